@@ -1,0 +1,343 @@
+//! The production backends: files on a real disk (memmap2 for reads and writes inside a
+//! file's mapped length, positional I/O outside it), a local directory as object store, and
+//! the system clock (`clock::SystemClock`).
+//!
+//! Nothing here sleeps or spawns: syncs run inline and resolve at once, so the same code works
+//! under real tokio and inside a simulation test that uses a temporary directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use memmap2::MmapMut;
+
+use super::object_store::{validate_key, ObjectError, ObjectStore};
+use super::storage::{DirEntry, FileLock, IoError, IoOp, Storage, StorageFile};
+use super::BoxFuture;
+
+/// Files on the real disk, rooted at nothing in particular: paths are used as given.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealStorage;
+
+impl RealStorage {
+    pub fn new() -> RealStorage {
+        RealStorage
+    }
+}
+
+fn err(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> IoError + '_ {
+    move |e| IoError::from_std(op, path, &e)
+}
+
+impl Storage for RealStorage {
+    fn create_dir_all(&self, path: &Path) -> Result<(), IoError> {
+        fs::create_dir_all(path).map_err(err(IoOp::Create, path))
+    }
+
+    fn create(&self, path: &Path) -> Result<Arc<dyn StorageFile>, IoError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(err(IoOp::Create, path))?;
+        Ok(Arc::new(RealFile::new(path, file)?))
+    }
+
+    fn open(&self, path: &Path) -> Result<Arc<dyn StorageFile>, IoError> {
+        if path.is_dir() {
+            return Err(IoError::NotAFile { op: IoOp::Open, path: path.to_path_buf() });
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(err(IoOp::Open, path))?;
+        Ok(Arc::new(RealFile::new(path, file)?))
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), IoError> {
+        fs::remove_file(path).map_err(err(IoOp::Remove, path))
+    }
+
+    fn remove_dir(&self, path: &Path) -> Result<(), IoError> {
+        fs::remove_dir(path).map_err(err(IoOp::Remove, path))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), IoError> {
+        fs::rename(from, to).map_err(err(IoOp::Rename, from))
+    }
+
+    fn list_dir(&self, path: &Path) -> Result<Vec<DirEntry>, IoError> {
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(path).map_err(err(IoOp::List, path))? {
+            let entry = entry.map_err(err(IoOp::List, path))?;
+            let is_dir = entry.file_type().map_err(err(IoOp::List, path))?.is_dir();
+            // Names that are not UTF-8 were not written by the engine; list them lossily so
+            // that the caller can report them rather than silently skip them.
+            entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), is_dir });
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn lock(&self, path: &Path) -> Result<FileLock, IoError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(err(IoOp::Lock, path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(FileLock::new(path.to_path_buf(), Box::new(file))),
+            Err(fs::TryLockError::WouldBlock) => Err(IoError::Locked { op: IoOp::Lock, path: path.to_path_buf() }),
+            Err(fs::TryLockError::Error(e)) => Err(IoError::from_std(IoOp::Lock, path, &e)),
+        }
+    }
+
+    fn sync_dir<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), IoError>> {
+        Box::pin(async move { File::open(path).and_then(|d| d.sync_all()).map_err(err(IoOp::Sync, path)) })
+    }
+}
+
+/// A real file. While the file has a non-zero length it is memory-mapped over that length;
+/// reads and writes inside the mapping are memcpys, outside it positional syscalls (Linux
+/// keeps both coherent through the one page cache). `set_len` remaps.
+#[derive(Debug)]
+pub struct RealFile {
+    path: PathBuf,
+    file: File,
+    map: RwLock<Option<MmapMut>>,
+}
+
+impl RealFile {
+    fn new(path: &Path, file: File) -> Result<RealFile, IoError> {
+        let real = RealFile { path: path.to_path_buf(), file, map: RwLock::new(None) };
+        real.remap()?;
+        Ok(real)
+    }
+
+    fn remap(&self) -> Result<(), IoError> {
+        let len = self.file.metadata().map_err(err(IoOp::Metadata, &self.path))?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the engine is the only writer of its store directory (the lock file
+            // enforces it) and never truncates a file below a live mapping without remapping
+            // here first, so the mapping stays valid for its lifetime.
+            Some(unsafe { MmapMut::map_mut(&self.file) }.map_err(err(IoOp::Open, &self.path))?)
+        };
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
+        Ok(())
+    }
+
+    fn in_map(map: &Option<MmapMut>, offset: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        let map = map.as_ref()?;
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= map.len()).then_some(start..end)
+    }
+}
+
+impl StorageFile for RealFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(range) = Self::in_map(&map, offset, buf.len()) {
+                if let Some(m) = map.as_ref() {
+                    buf.copy_from_slice(&m[range]);
+                    return Ok(());
+                }
+            }
+        }
+        let file_len = self.len()?;
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > file_len) {
+            return Err(IoError::ReadPastEnd { path: self.path.clone(), offset, len, file_len });
+        }
+        self.file.read_exact_at(buf, offset).map_err(err(IoOp::Read, &self.path))
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(range) = Self::in_map(&map, offset, data.len()) {
+                if let Some(m) = map.as_mut() {
+                    m[range].copy_from_slice(data);
+                    return Ok(());
+                }
+            }
+        }
+        self.file.write_all_at(data, offset).map_err(err(IoOp::Write, &self.path))
+    }
+
+    fn len(&self) -> Result<u64, IoError> {
+        Ok(self.file.metadata().map_err(err(IoOp::Metadata, &self.path))?.len())
+    }
+
+    fn set_len(&self, len_bytes: u64) -> Result<(), IoError> {
+        // Unmap first: truncating below a live mapping turns later accesses into SIGBUS.
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.file.set_len(len_bytes).map_err(err(IoOp::Truncate, &self.path))?;
+        self.remap()
+    }
+
+    fn sync_range(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), IoError>> {
+        Box::pin(async move {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+            match (map.as_ref(), Self::in_map(&map, offset, len_usize)) {
+                // msync(MS_SYNC) of the range: on Linux this syncs the file range however its
+                // pages were dirtied, so positional writes inside it are covered too.
+                (Some(m), Some(range)) => m.flush_range(range.start, range.len()),
+                _ => self.file.sync_data(),
+            }
+            .map_err(err(IoOp::Sync, &self.path))
+        })
+    }
+}
+
+/// A local directory used as an object store: one file per key, appends checked against the
+/// expected offset, every mutation fsynced before it is acknowledged.
+#[derive(Debug, Clone)]
+pub struct LocalObjectStore {
+    root: PathBuf,
+}
+
+impl LocalObjectStore {
+    pub fn new(root: impl Into<PathBuf>) -> Result<LocalObjectStore, ObjectError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| io_err("open", &root.display().to_string(), &e))?;
+        Ok(LocalObjectStore { root })
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, ObjectError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn size_now(&self, key: &str) -> Result<u64, ObjectError> {
+        let path = self.path_of(key)?;
+        match fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            Ok(_) => Err(ObjectError::NotFound { key: key.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ObjectError::NotFound { key: key.to_string() }),
+            Err(e) => Err(io_err("size", key, &e)),
+        }
+    }
+
+    fn put_now(&self, key: &str, data: &[u8]) -> Result<(), ObjectError> {
+        let path = self.path_of(key)?;
+        let io = |e: std::io::Error| io_err("put", key, &e);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io)?;
+        }
+        // Write aside and rename, so a reader never sees half an object.
+        let tmp = path.with_extension("tmp-put");
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(data).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)
+    }
+
+    fn append_now(&self, key: &str, expected_offset: u64, data: &[u8]) -> Result<u64, ObjectError> {
+        let path = self.path_of(key)?;
+        let io = |e: std::io::Error| io_err("append", key, &e);
+        let actual = match self.size_now(key) {
+            Ok(size) => size,
+            Err(ObjectError::NotFound { .. }) => 0,
+            Err(e) => return Err(e),
+        };
+        if actual != expected_offset {
+            return Err(ObjectError::OffsetMismatch { key: key.to_string(), expected: expected_offset, actual });
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io)?;
+        }
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        f.write_all_at(data, expected_offset).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        Ok(expected_offset + data.len() as u64)
+    }
+
+    fn get_now(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, ObjectError> {
+        let size = self.size_now(key)?;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(ObjectError::RangeOutOfBounds { key: key.to_string(), offset, len, size });
+        }
+        let path = self.path_of(key)?;
+        let f = File::open(&path).map_err(|e| io_err("get", key, &e))?;
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        f.read_exact_at(&mut buf, offset).map_err(|e| io_err("get", key, &e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn list_now(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        let mut keys = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).map_err(|e| io_err("list", prefix, &e))? {
+                let entry = entry.map_err(|e| io_err("list", prefix, &e))?;
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let key = rel.to_string_lossy().into_owned();
+                if !key.ends_with(".tmp-put") && key.starts_with(prefix) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn delete_now(&self, key: &str) -> Result<(), ObjectError> {
+        let path = self.path_of(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("delete", key, &e)),
+        }
+    }
+}
+
+fn io_err(op: &str, key: &str, e: &std::io::Error) -> ObjectError {
+    ObjectError::Io { op: op.to_string(), key: key.to_string(), message: e.to_string() }
+}
+
+impl ObjectStore for LocalObjectStore {
+    fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), ObjectError>> {
+        Box::pin(async move { self.put_now(key, &data) })
+    }
+
+    fn append<'a>(&'a self, key: &'a str, expected_offset: u64, data: Bytes) -> BoxFuture<'a, Result<u64, ObjectError>> {
+        Box::pin(async move { self.append_now(key, expected_offset, &data) })
+    }
+
+    fn get_range<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, Result<Bytes, ObjectError>> {
+        Box::pin(async move { self.get_now(key, offset, len) })
+    }
+
+    fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, ObjectError>> {
+        Box::pin(async move { self.size_now(key) })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, ObjectError>> {
+        Box::pin(async move { self.list_now(prefix) })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ObjectError>> {
+        Box::pin(async move { self.delete_now(key) })
+    }
+}
