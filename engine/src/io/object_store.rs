@@ -50,12 +50,8 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), ObjectError>>;
     /// Appends at `expected_offset`, which must equal the current size (0 creates the object).
     /// Returns the new size.
-    fn append<'a>(
-        &'a self,
-        key: &'a str,
-        expected_offset: u64,
-        data: Bytes,
-    ) -> BoxFuture<'a, Result<u64, ObjectError>>;
+    fn append<'a>(&'a self, key: &'a str, expected_offset: u64, data: Bytes)
+        -> BoxFuture<'a, Result<u64, ObjectError>>;
     /// Reads `[offset, offset + len)`; the whole range must lie inside the object.
     fn get_range<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, Result<Bytes, ObjectError>>;
     /// The object's size in bytes.

@@ -38,12 +38,8 @@ impl Storage for RealStorage {
     }
 
     fn create(&self, path: &Path) -> Result<Arc<dyn StorageFile>, IoError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(err(IoOp::Create, path))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(err(IoOp::Create, path))?;
         Ok(Arc::new(RealFile::new(path, file)?))
     }
 
@@ -321,7 +317,12 @@ impl ObjectStore for LocalObjectStore {
         Box::pin(async move { self.put_now(key, &data) })
     }
 
-    fn append<'a>(&'a self, key: &'a str, expected_offset: u64, data: Bytes) -> BoxFuture<'a, Result<u64, ObjectError>> {
+    fn append<'a>(
+        &'a self,
+        key: &'a str,
+        expected_offset: u64,
+        data: Bytes,
+    ) -> BoxFuture<'a, Result<u64, ObjectError>> {
         Box::pin(async move { self.append_now(key, expected_offset, &data) })
     }
 
