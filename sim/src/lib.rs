@@ -3,10 +3,21 @@
 //! drawn from a seed, the runner that executes one seeded run, and the trace that makes a run
 //! comparable bit for bit. `sim` implements `engine::io`'s seams and knows nothing of
 //! message-store semantics.
-//!
-//! Everything but the trace needs madsim, so it only exists in the simulation build
-//! (`--cfg madsim`, the workspace default).
 
+pub mod clock;
+pub mod fault_plan;
+pub mod runner;
 pub mod trace;
 
+pub use clock::NodeClock;
+pub use fault_plan::{Background, Fault, FaultKind, FaultPlan, PlanError, PlanSpace, TimedFault};
+pub use runner::{install_quiet_panic_hook, run, Outcome, RunOptions, Violation};
 pub use trace::{Trace, TraceRecord};
+
+/// Fails loudly if the simulation cfg is off: without it every madsim API is real tokio and
+/// the "simulation" would silently run on the real clock and disk.
+#[cfg(test)]
+#[test]
+fn simulation_cfg_is_on() {
+    assert!(cfg!(madsim), "build with --cfg madsim (the workspace's .cargo/config.toml sets it)");
+}

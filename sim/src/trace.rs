@@ -38,6 +38,7 @@ struct TraceState {
     records: Vec<TraceRecord>,
     scratch: String,
     start: Option<Instant>,
+    last_time_us: u64,
 }
 
 /// The trace of one run. Shared by every simulated component of the run.
@@ -78,6 +79,7 @@ impl Trace {
                 records: Vec::new(),
                 scratch: String::new(),
                 start: None,
+                last_time_us: 0,
             }),
         })
     }
@@ -110,6 +112,7 @@ impl Trace {
         let mut guard = self.state();
         let s = &mut *guard;
         let time_us = Self::elapsed_us(s.start);
+        s.last_time_us = time_us;
         s.scratch.clear();
         let _ = write!(s.scratch, "{time_us}|{node}|{kind}|{detail}");
         s.hash = fnv1a(s.hash, s.scratch.as_bytes());
@@ -122,6 +125,11 @@ impl Trace {
             tracing::debug!(target: "dst::trace", "{record}");
             s.records.push(record);
         }
+    }
+
+    /// Simulated time of the newest event (usable after the runtime is gone).
+    pub fn last_time_us(&self) -> u64 {
+        self.state().last_time_us
     }
 
     /// The rolling hash of every event so far.
