@@ -6,11 +6,13 @@
 
 pub mod clock;
 pub mod fault_plan;
+pub mod object_store;
 pub mod runner;
 pub mod trace;
 
 pub use clock::NodeClock;
 pub use fault_plan::{Background, Fault, FaultKind, FaultPlan, PlanError, PlanSpace, TimedFault};
+pub use object_store::{ObjectStoreConfig, ObjectStoreFaults, ObjectStoreStats, SimObjectStore};
 pub use runner::{install_quiet_panic_hook, run, Outcome, RunOptions, Violation};
 pub use trace::{Trace, TraceRecord};
 

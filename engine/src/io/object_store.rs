@@ -62,6 +62,10 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ObjectError>>;
 }
 
+/// The real backend writes a put aside under the key plus this suffix, then renames it; keys
+/// ending with it are reserved so that a user object can never be a half-written temporary.
+pub const TMP_PUT_SUFFIX: &str = ".tmp-put";
+
 /// Checks a key's shape; both backends reject the same keys.
 pub fn validate_key(key: &str) -> Result<(), ObjectError> {
     let invalid = |reason: &str| Err(ObjectError::InvalidKey { key: key.to_string(), reason: reason.to_string() });
@@ -76,6 +80,9 @@ pub fn validate_key(key: &str) -> Result<(), ObjectError> {
     }
     if key.chars().any(|c| c == '\0' || c == '\\') {
         return invalid("NUL or backslash");
+    }
+    if key.ends_with(TMP_PUT_SUFFIX) {
+        return invalid("reserved suffix .tmp-put");
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use memmap2::MmapMut;
 
-use super::object_store::{validate_key, ObjectError, ObjectStore};
+use super::object_store::{validate_key, ObjectError, ObjectStore, TMP_PUT_SUFFIX};
 use super::storage::{DirEntry, FileLock, IoError, IoOp, Storage, StorageFile};
 use super::BoxFuture;
 
@@ -225,7 +225,8 @@ impl LocalObjectStore {
         match fs::metadata(&path) {
             Ok(m) if m.is_file() => Ok(m.len()),
             Ok(_) => Err(ObjectError::NotFound { key: key.to_string() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ObjectError::NotFound { key: key.to_string() }),
+            // Below an object ("a/b" when "a" is an object) is nothing either, not an I/O error.
+            Err(e) if is_missing(&e) => Err(ObjectError::NotFound { key: key.to_string() }),
             Err(e) => Err(io_err("size", key, &e)),
         }
     }
@@ -237,7 +238,11 @@ impl LocalObjectStore {
             fs::create_dir_all(parent).map_err(io)?;
         }
         // Write aside and rename, so a reader never sees half an object.
-        let tmp = path.with_extension("tmp-put");
+        // The suffix is appended, not swapped for the extension: keys "x.log" and "x.idx" must
+        // not share a temporary file. `validate_key` keeps user keys from ending with it.
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(TMP_PUT_SUFFIX);
+        let tmp = path.with_file_name(tmp_name);
         let mut f = File::create(&tmp).map_err(io)?;
         f.write_all(data).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -289,7 +294,7 @@ impl LocalObjectStore {
                 }
                 let Ok(rel) = path.strip_prefix(&self.root) else { continue };
                 let key = rel.to_string_lossy().into_owned();
-                if !key.ends_with(".tmp-put") && key.starts_with(prefix) {
+                if !key.ends_with(TMP_PUT_SUFFIX) && key.starts_with(prefix) {
                     keys.push(key);
                 }
             }
@@ -302,10 +307,17 @@ impl LocalObjectStore {
         let path = self.path_of(key)?;
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            // No object by that key: missing, below an object, or only a prefix of other keys
+            // (a directory here). Deleting a missing object succeeds.
+            Err(e) if is_missing(&e) || e.kind() == std::io::ErrorKind::IsADirectory => Ok(()),
             Err(e) => Err(io_err("delete", key, &e)),
         }
     }
+}
+
+/// True when the error means "no file at this path", including a path that runs through a file.
+fn is_missing(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory)
 }
 
 fn io_err(op: &str, key: &str, e: &std::io::Error) -> ObjectError {
