@@ -1,4 +1,11 @@
 //! A RocketMQ-style message store. All I/O, time and task spawning go through the seams in
 //! [`io`]; the engine knows nothing of simulation and runs unchanged on a real disk.
 
+pub mod bugs;
+pub mod config;
+pub mod error;
 pub mod io;
+pub mod java_hash;
+pub mod mapped_file;
+pub mod mapped_file_queue;
+pub mod message;

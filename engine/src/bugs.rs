@@ -1,0 +1,206 @@
+//! The bug catalogue: known defects kept in the engine behind run-time switches, default off.
+//!
+//! Each entry re-creates one mechanism from RocketMQ's history (or one of our own) on the
+//! code path where it lived; the fixed behaviour is what runs when the switch is off. A
+//! scenario turns switches on through `StoreConfig::bugs` and expects the named checker to
+//! catch the result.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One catalogued bug. The serde name (kebab-case) is the id used in case files and on the
+/// command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bug {
+    /// #467: recovery skips an invalid record (by its declared size) instead of truncating.
+    SkipHalfWrittenRecord,
+    /// #8007: abnormal recovery destroys the current index file but restarts dispatch from a
+    /// point chosen without regard to it, so older keys are lost.
+    DestroyCurrentIndex,
+    /// #678: the checkpoint's logics timestamp follows dispatch, not durable CQ data.
+    CheckpointAheadOfCq,
+    /// ours: clean shutdown removes the abort file although dispatch is behind.
+    AbortDeletedWhileBehind,
+    /// ours: recovery does not check the body CRC.
+    NoCrcOnRecovery,
+    /// #8032 mechanism: abnormal recovery checks DUP_INFO, which no message carries; it stops
+    /// at the first record and truncates every consume queue to that file's start.
+    RecoveryCheckFlagMiswired,
+    /// ours: consume-queue truncation keeps one unit too many.
+    CqTruncateOffByOne,
+    /// ours: sync flush acknowledges the producer before the sync.
+    AckBeforeSync,
+    /// ours: a failed sync is retried and a later success taken as durability (fsyncgate).
+    RetryFailedSync,
+    /// ours: directory entries of new files are never synced; a power loss can drop a file.
+    NoDirSync,
+    /// RocketMQ's own behaviour: truncation does not zero the stale bytes after the cut, so a
+    /// later recovery can resurrect stale records.
+    NoZeroOnTruncate,
+}
+
+/// Static facts about a catalogued bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BugInfo {
+    pub bug: Bug,
+    pub id: &'static str,
+    /// RocketMQ issue ("#467") or "ours".
+    pub origin: &'static str,
+    pub description: &'static str,
+    /// The checker expected to catch it.
+    pub checker: &'static str,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 11] = [
+        Bug::SkipHalfWrittenRecord,
+        Bug::DestroyCurrentIndex,
+        Bug::CheckpointAheadOfCq,
+        Bug::AbortDeletedWhileBehind,
+        Bug::NoCrcOnRecovery,
+        Bug::RecoveryCheckFlagMiswired,
+        Bug::CqTruncateOffByOne,
+        Bug::AckBeforeSync,
+        Bug::RetryFailedSync,
+        Bug::NoDirSync,
+        Bug::NoZeroOnTruncate,
+    ];
+
+    pub fn info(self) -> BugInfo {
+        let (id, origin, description, checker) = match self {
+            Bug::SkipHalfWrittenRecord => (
+                "skip-half-written-record",
+                "#467",
+                "recovery skips an invalid record instead of truncating the log there",
+                "log-prefix",
+            ),
+            Bug::DestroyCurrentIndex => (
+                "destroy-current-index",
+                "#8007",
+                "abnormal recovery destroys the current index file and does not re-dispatch far enough back",
+                "key-index",
+            ),
+            Bug::CheckpointAheadOfCq => (
+                "checkpoint-ahead-of-cq",
+                "#678",
+                "the checkpoint's logics timestamp is flushed before the consume-queue data it describes is durable",
+                "consume-queue",
+            ),
+            Bug::AbortDeletedWhileBehind => (
+                "abort-deleted-while-behind",
+                "ours",
+                "clean shutdown deletes the abort file although dispatch has not caught up",
+                "abort-checkpoint",
+            ),
+            Bug::NoCrcOnRecovery => {
+                ("no-crc-on-recovery", "ours", "recovery accepts records whose body CRC does not match", "log-prefix")
+            }
+            Bug::RecoveryCheckFlagMiswired => (
+                "recovery-check-flag-miswired",
+                "#8032",
+                "abnormal recovery checks a DUP_INFO property no message carries and truncates every consume queue",
+                "consume-queue",
+            ),
+            Bug::CqTruncateOffByOne => {
+                ("cq-truncate-off-by-one", "ours", "consume-queue truncation keeps one unit too many", "consume-queue")
+            }
+            Bug::AckBeforeSync => (
+                "ack-before-sync",
+                "ours",
+                "sync flush acknowledges a producer before its message is durable",
+                "durability",
+            ),
+            Bug::RetryFailedSync => (
+                "retry-failed-sync",
+                "ours",
+                "a failed sync is retried and a later success is taken to mean the data is durable",
+                "durability",
+            ),
+            Bug::NoDirSync => (
+                "no-dir-sync",
+                "ours",
+                "the directory entry of a new file is never synced, so a power loss can drop the whole file",
+                "durability",
+            ),
+            Bug::NoZeroOnTruncate => (
+                "no-zero-on-truncate",
+                "ours",
+                "truncation leaves stale records after the cut, which a later recovery can resurrect",
+                "log-prefix",
+            ),
+        };
+        BugInfo { bug: self, id, origin, description, checker }
+    }
+
+    pub fn id(self) -> &'static str {
+        self.info().id
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+impl FromStr for Bug {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Bug, String> {
+        Bug::ALL.into_iter().find(|b| b.id() == s).ok_or_else(|| format!("unknown bug id {s:?}"))
+    }
+}
+
+/// The set of enabled bugs. Empty (every fix in place) by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BugSet(pub BTreeSet<Bug>);
+
+impl BugSet {
+    pub fn none() -> BugSet {
+        BugSet::default()
+    }
+
+    pub fn of(bugs: &[Bug]) -> BugSet {
+        BugSet(bugs.iter().copied().collect())
+    }
+
+    pub fn has(&self, bug: Bug) -> bool {
+        self.0.contains(&bug)
+    }
+
+    pub fn insert(&mut self, bug: Bug) {
+        self.0.insert(bug);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_serde_and_from_str() {
+        for bug in Bug::ALL {
+            let json = serde_json::to_string(&bug).unwrap();
+            assert_eq!(json, format!("\"{}\"", bug.id()));
+            assert_eq!(serde_json::from_str::<Bug>(&json).unwrap(), bug);
+            assert_eq!(bug.id().parse::<Bug>().unwrap(), bug);
+            let checker = bug.info().checker;
+            assert!([
+                "durability",
+                "log-prefix",
+                "consume-queue",
+                "key-index",
+                "abort-checkpoint",
+                "liveness",
+                "no-leak"
+            ]
+            .contains(&checker));
+        }
+        let set = BugSet::of(&[Bug::AckBeforeSync]);
+        assert_eq!(serde_json::to_string(&set).unwrap(), "[\"ack-before-sync\"]");
+    }
+}

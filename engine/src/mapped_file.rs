@@ -1,0 +1,279 @@
+//! One fixed-size file with RocketMQ's three positions: `wrote` (appended), `committed` (in
+//! the file's page cache) and `flushed` (durable). Without a write buffer the first two are
+//! equal; in transient-pool mode appends land in a pooled buffer and `commit` copies them
+//! into the file. Every read of a file is bracketed by a counted hold (`io::Holds`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::io::{Hold, HoldKind, Holds, IoError, PooledBuffer, Storage, StorageFile};
+
+/// The 20-digit zero-padded decimal name of a file starting at `offset`.
+pub fn file_name(offset: u64) -> String {
+    format!("{offset:020}")
+}
+
+/// Parses a 20-digit name back to an offset.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit())).then(|| name.parse().ok()).flatten()
+}
+
+/// Zeroes are written in chunks of this many bytes.
+const ZERO_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Writes zeros over `[from, to)` of `file`.
+pub fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> Result<(), IoError> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.write_at(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// A pending sync of one file range, taken under the owner's lock and awaited outside it.
+#[derive(Debug, Clone)]
+pub struct SyncPlan {
+    pub file: Arc<dyn StorageFile>,
+    pub from_offset: u64,
+    pub sync_from: u64,
+    pub sync_to: u64,
+    /// Store timestamp of the last message inside `[0, sync_to)`.
+    pub last_store_ts_ms: i64,
+}
+
+pub struct MappedFile {
+    file: Arc<dyn StorageFile>,
+    name: String,
+    from_offset: u64,
+    size: u64,
+    wrote: u64,
+    committed: u64,
+    flushed: u64,
+    write_buffer: Option<PooledBuffer>,
+    last_ts_wrote_ms: i64,
+    last_ts_committed_ms: i64,
+    holds: Holds,
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedFile")
+            .field("name", &self.name)
+            .field("wrote", &self.wrote)
+            .field("committed", &self.committed)
+            .field("flushed", &self.flushed)
+            .finish()
+    }
+}
+
+impl MappedFile {
+    /// Creates `dir/{from_offset}` of `size` bytes (zeros).
+    pub fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        from_offset: u64,
+        size: u64,
+        holds: Holds,
+        write_buffer: Option<PooledBuffer>,
+    ) -> Result<MappedFile> {
+        let name = file_name(from_offset);
+        let path = dir.join(&name);
+        let file = storage.create(&path)?;
+        file.set_len(size)?;
+        let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
+        mf.set_positions(0);
+        if let Some(buf) = write_buffer {
+            assert_eq!(buf.as_slice().len() as u64, size, "a write buffer is exactly one file long");
+            mf.write_buffer = Some(buf);
+        }
+        Ok(mf)
+    }
+
+    /// Wraps an existing file, initially marked full (RocketMQ's `load`); recovery fixes the
+    /// positions.
+    pub fn wrap(file: Arc<dyn StorageFile>, name: String, from_offset: u64, size: u64, holds: Holds) -> MappedFile {
+        MappedFile {
+            file,
+            name,
+            from_offset,
+            size,
+            wrote: size,
+            committed: size,
+            flushed: size,
+            write_buffer: None,
+            last_ts_wrote_ms: 0,
+            last_ts_committed_ms: 0,
+            holds,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+    pub fn path_buf(&self) -> PathBuf {
+        self.file.path().to_path_buf()
+    }
+    pub fn file(&self) -> &Arc<dyn StorageFile> {
+        &self.file
+    }
+    pub fn from_offset(&self) -> u64 {
+        self.from_offset
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn wrote(&self) -> u64 {
+        self.wrote
+    }
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+    pub fn flushed(&self) -> u64 {
+        self.flushed
+    }
+    pub fn remaining(&self) -> u64 {
+        self.size - self.wrote
+    }
+    pub fn is_full(&self) -> bool {
+        self.wrote == self.size
+    }
+    pub fn has_write_buffer(&self) -> bool {
+        self.write_buffer.is_some()
+    }
+    pub fn end_offset(&self) -> u64 {
+        self.from_offset + self.size
+    }
+
+    /// A counted hold on this file, for the duration of a read.
+    pub fn hold(&self) -> Hold {
+        self.holds.acquire(HoldKind::MappedFile, &self.name)
+    }
+
+    /// Sets all three positions (recovery, truncation).
+    pub fn set_positions(&mut self, pos: u64) {
+        assert!(pos <= self.size, "position {pos} beyond file {} of {} bytes", self.name, self.size);
+        self.wrote = pos;
+        self.committed = pos;
+        self.flushed = pos;
+    }
+
+    /// Appends `data` at `wrote` (into the write buffer if there is one).
+    pub fn append(&mut self, data: &[u8], store_ts_ms: i64) -> Result<()> {
+        let end = self.wrote + data.len() as u64;
+        assert!(end <= self.size, "append of {} bytes overflows {}", data.len(), self.name);
+        match &mut self.write_buffer {
+            Some(buf) => buf.as_mut_slice()[self.wrote as usize..end as usize].copy_from_slice(data),
+            None => {
+                self.file.write_at(self.wrote, data)?;
+                self.committed = end;
+                self.last_ts_committed_ms = store_ts_ms;
+            }
+        }
+        self.wrote = end;
+        self.last_ts_wrote_ms = store_ts_ms;
+        Ok(())
+    }
+
+    /// Declares the rest of the file written (after an end-of-file blank).
+    pub fn fill_to_end(&mut self) {
+        self.wrote = self.size;
+        if self.write_buffer.is_none() {
+            self.committed = self.size;
+        }
+    }
+
+    fn pages(pos: u64, page: u64) -> u64 {
+        pos / page
+    }
+
+    /// Copies written-but-uncommitted bytes from the write buffer into the file, if at least
+    /// `least_pages` are pending (0: any). Returns whether anything was committed. A full,
+    /// committed file gives its buffer back to the pool.
+    pub fn commit(&mut self, least_pages: u64, page: u64) -> Result<bool> {
+        let Some(buf) = &self.write_buffer else {
+            return Ok(false);
+        };
+        let able = self.is_full()
+            || if least_pages > 0 {
+                Self::pages(self.wrote, page) - Self::pages(self.committed, page) >= least_pages
+            } else {
+                self.wrote > self.committed
+            };
+        if !able || self.wrote == self.committed {
+            self.release_buffer_if_done();
+            return Ok(false);
+        }
+        let (from, to) = (self.committed as usize, self.wrote as usize);
+        self.file.write_at(self.committed, &buf.as_slice()[from..to])?;
+        self.committed = self.wrote;
+        self.last_ts_committed_ms = self.last_ts_wrote_ms;
+        self.release_buffer_if_done();
+        Ok(true)
+    }
+
+    fn release_buffer_if_done(&mut self) {
+        if self.is_full() && self.committed == self.size {
+            self.write_buffer = None;
+        }
+    }
+
+    /// Drops the write buffer (and whatever it held that was not committed).
+    pub fn drop_write_buffer(&mut self) {
+        self.write_buffer = None;
+        self.wrote = self.committed;
+    }
+
+    /// The range to sync if at least `least_pages` dirty pages are pending (0: any).
+    pub fn sync_plan(&self, least_pages: u64, page: u64) -> Option<SyncPlan> {
+        if self.committed <= self.flushed {
+            return None;
+        }
+        let able = self.committed == self.size
+            || least_pages == 0
+            || Self::pages(self.committed, page) - Self::pages(self.flushed, page) >= least_pages;
+        able.then(|| SyncPlan {
+            file: self.file.clone(),
+            from_offset: self.from_offset,
+            sync_from: self.flushed,
+            sync_to: self.committed,
+            last_store_ts_ms: self.last_ts_committed_ms,
+        })
+    }
+
+    /// Records a successful sync up to `pos`.
+    pub fn mark_flushed(&mut self, pos: u64) {
+        if pos > self.flushed && pos <= self.committed {
+            self.flushed = pos;
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `pos` (which must lie below the committed position).
+    pub fn read(&self, pos: u64, buf: &mut [u8]) -> Result<()> {
+        let _hold = self.hold();
+        self.file.read_at(pos, buf)?;
+        Ok(())
+    }
+
+    /// Overwrites `[pos, size)` with zeros so that stale bytes after a truncation point can
+    /// never be read back as records.
+    pub fn zero_tail(&self, pos: u64) -> Result<()> {
+        write_zeros(self.file.as_ref(), pos, self.size)?;
+        Ok(())
+    }
+
+    pub fn last_store_ts_wrote_ms(&self) -> i64 {
+        self.last_ts_wrote_ms
+    }
+
+    pub fn set_last_store_ts_ms(&mut self, ts: i64) {
+        self.last_ts_wrote_ms = ts;
+        self.last_ts_committed_ms = ts;
+    }
+}

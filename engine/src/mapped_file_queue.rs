@@ -1,0 +1,260 @@
+//! A directory of equal-sized mapped files named by their 20-digit start offset (RocketMQ's
+//! `MappedFileQueue`), plus the registry of directories whose entries still need a sync.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Result, StoreError};
+use crate::io::{Holds, IoError, PooledBuffer, Storage};
+use crate::mapped_file::{parse_file_name, MappedFile, SyncPlan};
+
+/// Directories with unsynced entries (files created or removed). A flush that makes data
+/// durable syncs these too: a synced file whose directory entry is lost is lost.
+#[derive(Debug, Default)]
+pub struct DirSyncs {
+    pending: Mutex<BTreeSet<PathBuf>>,
+    /// The `no-dir-sync` bug: never sync directories.
+    disabled: bool,
+}
+
+impl DirSyncs {
+    pub fn new(disabled: bool) -> DirSyncs {
+        DirSyncs { pending: Mutex::new(BTreeSet::new()), disabled }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn mark(&self, dir: &Path) {
+        self.pending().insert(dir.to_path_buf());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending().is_empty()
+    }
+
+    /// Syncs every pending directory. On failure the failed one stays pending.
+    pub async fn sync(&self, storage: &dyn Storage) -> Result<(), IoError> {
+        if self.disabled {
+            self.pending().clear();
+            return Ok(());
+        }
+        let dirs: BTreeSet<PathBuf> = std::mem::take(&mut *self.pending());
+        let mut dirs = dirs.into_iter();
+        while let Some(dir) = dirs.next() {
+            if let Err(e) = storage.sync_dir(&dir).await {
+                let mut p = self.pending();
+                p.insert(dir);
+                p.extend(dirs);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates `dir` (and missing parents), marking each parent whose entries changed.
+    pub fn ensure_dir(&self, storage: &dyn Storage, dir: &Path) -> Result<(), IoError> {
+        if storage.exists(dir) {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.ensure_dir(storage, parent)?;
+            storage.create_dir_all(dir)?;
+            self.mark(parent);
+        } else {
+            storage.create_dir_all(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `load` found wrong and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadRepairs {
+    /// A short last file (its length was not durable) extended with zeros.
+    pub extended_last_file: Option<PathBuf>,
+    /// Files after a gap in the offsets, removed (they cannot be part of a valid prefix).
+    pub removed_after_gap: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct MappedFileQueue {
+    dir: PathBuf,
+    file_size: u64,
+    files: Vec<MappedFile>,
+    holds: Holds,
+    dirs: Arc<DirSyncs>,
+}
+
+impl MappedFileQueue {
+    pub fn new(dir: PathBuf, file_size: u64, holds: Holds, dirs: Arc<DirSyncs>) -> MappedFileQueue {
+        MappedFileQueue { dir, file_size, files: Vec::new(), holds, dirs }
+    }
+
+    /// Opens every file of `dir` (creating the directory if missing). Files must be
+    /// `file_size` long, except that a short *last* file is extended: after a power loss its
+    /// length may not have been durable, and the missing bytes were never durable either.
+    pub fn load(
+        storage: &dyn Storage,
+        dir: PathBuf,
+        file_size: u64,
+        holds: Holds,
+        dirs: Arc<DirSyncs>,
+    ) -> Result<(MappedFileQueue, LoadRepairs)> {
+        dirs.ensure_dir(storage, &dir)?;
+        let mut q = MappedFileQueue::new(dir, file_size, holds, dirs);
+        let mut repairs = LoadRepairs::default();
+        let mut names = Vec::new();
+        for entry in storage.list_dir(&q.dir)? {
+            let path = q.dir.join(&entry.name);
+            match parse_file_name(&entry.name) {
+                Some(off) if !entry.is_dir && off % file_size == 0 => names.push((off, path)),
+                _ => return Err(StoreError::BadFileName { path }),
+            }
+        }
+        names.sort();
+        let count = names.len();
+        for (i, (off, path)) in names.into_iter().enumerate() {
+            let expected = q.files.last().map_or(off, |f| f.end_offset());
+            if off != expected {
+                storage.remove_file(&path)?;
+                q.dirs.mark(&q.dir);
+                repairs.removed_after_gap.push(path);
+                continue;
+            }
+            let file = storage.open(&path)?;
+            let len = file.len()?;
+            if len != file_size {
+                let is_last = i + 1 == count;
+                if !(is_last && len < file_size) {
+                    return Err(StoreError::BadFileSize { path, expected_bytes: file_size, actual_bytes: len });
+                }
+                file.set_len(file_size)?;
+                repairs.extended_last_file = Some(path);
+            }
+            let name = crate::mapped_file::file_name(off);
+            q.files.push(MappedFile::wrap(file, name, off, file_size, q.holds.clone()));
+        }
+        Ok((q, repairs))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+    pub fn files(&self) -> &[MappedFile] {
+        &self.files
+    }
+    pub fn files_mut(&mut self) -> &mut [MappedFile] {
+        &mut self.files
+    }
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+    pub fn last(&self) -> Option<&MappedFile> {
+        self.files.last()
+    }
+    pub fn last_mut(&mut self) -> Option<&mut MappedFile> {
+        self.files.last_mut()
+    }
+
+    /// Offset of the first byte of the first file (0 when empty).
+    pub fn min_offset(&self) -> u64 {
+        self.files.first().map_or(0, |f| f.from_offset())
+    }
+    /// Absolute end of what was appended.
+    pub fn max_offset(&self) -> u64 {
+        self.files.last().map_or(0, |f| f.from_offset() + f.wrote())
+    }
+    /// Absolute end of what is in the files (readable).
+    pub fn max_committed_offset(&self) -> u64 {
+        self.files.last().map_or(0, |f| f.from_offset() + f.committed())
+    }
+    /// Absolute end of what is durable (the first file with unsynced bytes bounds it).
+    pub fn flushed_offset(&self) -> u64 {
+        for f in &self.files {
+            if f.flushed() < f.size() {
+                return f.from_offset() + f.flushed();
+            }
+        }
+        self.files.last().map_or(0, |f| f.end_offset())
+    }
+
+    /// Index of the file containing absolute `offset`.
+    pub fn index_of(&self, offset: u64) -> Option<usize> {
+        let first = self.files.first()?.from_offset();
+        let i = usize::try_from(offset.checked_sub(first)? / self.file_size).ok()?;
+        (i < self.files.len()).then_some(i)
+    }
+
+    pub fn find(&self, offset: u64) -> Option<&MappedFile> {
+        self.index_of(offset).map(|i| &self.files[i])
+    }
+
+    /// Creates the file starting at `from_offset`, which must follow the last one.
+    pub fn create_file(
+        &mut self,
+        storage: &dyn Storage,
+        from_offset: u64,
+        write_buffer: Option<PooledBuffer>,
+    ) -> Result<&mut MappedFile> {
+        let expected = self.files.last().map(|f| f.end_offset());
+        assert!(expected.is_none_or(|e| e == from_offset), "files must be contiguous");
+        assert_eq!(from_offset % self.file_size, 0, "file offsets are multiples of the file size");
+        self.dirs.ensure_dir(storage, &self.dir)?;
+        let mf = MappedFile::create(storage, &self.dir, from_offset, self.file_size, self.holds.clone(), write_buffer)?;
+        self.dirs.mark(&self.dir);
+        self.files.push(mf);
+        Ok(self.files.last_mut().expect("just pushed"))
+    }
+
+    /// Truncates to absolute `offset` (`truncateDirtyFiles`): files wholly after it are
+    /// removed, the file containing it gets its positions set there (and, unless `keep_stale`,
+    /// its tail zeroed so that stale records cannot come back).
+    pub fn truncate_dirty(&mut self, storage: &dyn Storage, offset: u64, keep_stale: bool) -> Result<Vec<u64>> {
+        let mut removed = Vec::new();
+        while let Some(last) = self.files.last() {
+            if last.from_offset() <= offset {
+                break;
+            }
+            removed.push(last.from_offset());
+            let path = last.path_buf();
+            self.files.pop();
+            storage.remove_file(&path)?;
+            self.dirs.mark(&self.dir);
+        }
+        if let Some(last) = self.files.last_mut() {
+            let pos = (offset - last.from_offset()).min(last.size());
+            if pos < last.size() && !keep_stale {
+                last.zero_tail(pos)?;
+            }
+            last.set_positions(pos);
+        }
+        Ok(removed)
+    }
+
+    /// Collects the syncs needed to make everything committed durable (one plan per file).
+    pub fn sync_plans(&self, least_pages: u64, page: u64) -> Vec<SyncPlan> {
+        self.files.iter().filter_map(|f| f.sync_plan(least_pages, page)).collect()
+    }
+
+    /// Records a successful sync of a plan.
+    pub fn mark_flushed(&mut self, plan: &SyncPlan) {
+        if let Some(i) = self.index_of(plan.from_offset) {
+            self.files[i].mark_flushed(plan.sync_to);
+        }
+    }
+
+    /// Removes every file (`destroyLogics`).
+    pub fn destroy(&mut self, storage: &dyn Storage) -> Result<()> {
+        while let Some(f) = self.files.pop() {
+            storage.remove_file(f.path())?;
+            self.dirs.mark(&self.dir);
+        }
+        Ok(())
+    }
+}
