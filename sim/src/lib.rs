@@ -5,12 +5,14 @@
 //! message-store semantics.
 
 pub mod clock;
+pub mod disk;
 pub mod fault_plan;
 pub mod object_store;
 pub mod runner;
 pub mod trace;
 
 pub use clock::NodeClock;
+pub use disk::{BitFlip, CrashKind, DiskConfig, DiskFaults, DiskStats, LatencyProfile, PowerLossModel, SimDisk};
 pub use fault_plan::{Background, Fault, FaultKind, FaultPlan, PlanError, PlanSpace, TimedFault};
 pub use object_store::{ObjectStoreConfig, ObjectStoreFaults, ObjectStoreStats, SimObjectStore};
 pub use runner::{install_quiet_panic_hook, run, Outcome, RunOptions, Violation};
