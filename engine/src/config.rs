@@ -151,6 +151,6 @@ impl StoreConfig {
     }
 
     pub fn cq_file_size_bytes(&self) -> u64 {
-        self.cq_units_per_file * 20
+        self.cq_units_per_file * crate::consume_queue::CQ_UNIT_SIZE
     }
 }

@@ -9,3 +9,6 @@ pub mod java_hash;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 pub mod message;
+pub mod commit_log;
+pub mod consume_queue;
+pub mod index;

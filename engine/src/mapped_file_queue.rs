@@ -79,6 +79,15 @@ pub struct LoadRepairs {
     pub removed_after_gap: Vec<PathBuf>,
 }
 
+/// What a truncation did.
+#[derive(Debug, Default)]
+pub struct Truncation {
+    /// Start offsets of the removed files.
+    pub removed_files: Vec<u64>,
+    /// The zeroed tail of the file the cut fell in, to be synced.
+    pub zeroed_tail: Option<SyncPlan>,
+}
+
 #[derive(Debug)]
 pub struct MappedFileQueue {
     dir: PathBuf,
@@ -214,14 +223,15 @@ impl MappedFileQueue {
 
     /// Truncates to absolute `offset` (`truncateDirtyFiles`): files wholly after it are
     /// removed, the file containing it gets its positions set there (and, unless `keep_stale`,
-    /// its tail zeroed so that stale records cannot come back).
-    pub fn truncate_dirty(&mut self, storage: &dyn Storage, offset: u64, keep_stale: bool) -> Result<Vec<u64>> {
-        let mut removed = Vec::new();
+    /// its tail zeroed so that stale records cannot come back; the returned plan must be
+    /// synced before new data is made durable).
+    pub fn truncate_dirty(&mut self, storage: &dyn Storage, offset: u64, keep_stale: bool) -> Result<Truncation> {
+        let mut out = Truncation::default();
         while let Some(last) = self.files.last() {
             if last.from_offset() <= offset {
                 break;
             }
-            removed.push(last.from_offset());
+            out.removed_files.push(last.from_offset());
             let path = last.path_buf();
             self.files.pop();
             storage.remove_file(&path)?;
@@ -231,10 +241,17 @@ impl MappedFileQueue {
             let pos = (offset - last.from_offset()).min(last.size());
             if pos < last.size() && !keep_stale {
                 last.zero_tail(pos)?;
+                out.zeroed_tail = Some(SyncPlan {
+                    file: last.file().clone(),
+                    from_offset: last.from_offset(),
+                    sync_from: pos,
+                    sync_to: last.size(),
+                    last_store_ts_ms: 0,
+                });
             }
             last.set_positions(pos);
         }
-        Ok(removed)
+        Ok(out)
     }
 
     /// Collects the syncs needed to make everything committed durable (one plan per file).

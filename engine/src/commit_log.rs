@@ -1,0 +1,357 @@
+//! The commit log: the append path (RocketMQ `CommitLog.putMessage` / `doAppend`, §3.1),
+//! the topic-queue offset table, and positioned reads of records for dispatch, reads and
+//! recovery. Callers hold the store's commit-log lock around the methods taking `&mut self`;
+//! reads take a `ReadView` under the lock and decode outside it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::error::{Result, StoreError};
+use crate::io::{BufferPool, Hold, Holds, IoError, Storage, StorageFile};
+use crate::mapped_file::MappedFile;
+use crate::mapped_file_queue::{DirSyncs, MappedFileQueue};
+use crate::message::{
+    decode, encode_blank, peek_header, record_len, Decoded, DecodeOptions, Message, BLANK_MAGIC,
+    END_FILE_MIN_BLANK_BYTES, FIXED_RECORD_BYTES, MESSAGE_MAGIC, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQ_KEY,
+    SYSFLAG_TX_MASK, SYSFLAG_TX_PREPARED, SYSFLAG_TX_ROLLBACK,
+};
+
+/// A message to append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutRequest {
+    pub topic: String,
+    pub queue_id: u32,
+    pub body: Vec<u8>,
+    pub tags: Option<String>,
+    /// Message keys (the KEYS property, space-separated on disk); each must be non-empty and
+    /// free of spaces.
+    pub keys: Vec<String>,
+    pub flag: i32,
+    pub sys_flag: i32,
+    pub born_timestamp_ms: i64,
+    pub born_host: [u8; 8],
+    /// Further properties, written after KEYS, TAGS and UNIQ_KEY.
+    pub extra_properties: Vec<(String, String)>,
+}
+
+impl PutRequest {
+    pub fn new(topic: &str, queue_id: u32, body: &[u8]) -> PutRequest {
+        PutRequest { topic: topic.to_string(), queue_id, body: body.to_vec(), ..PutRequest::default() }
+    }
+
+    /// Checks what the store requires of a request before taking any lock.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(StoreError::InvalidArgument(m));
+        let topic_ok = |c: char| c.is_ascii_alphanumeric() || "%|-_".contains(c);
+        if self.topic.is_empty() || self.topic.len() > 127 || !self.topic.chars().all(topic_ok) {
+            return bad(format!("topic {:?} must be 1..=127 characters of [A-Za-z0-9%|_-]", self.topic));
+        }
+        if self.queue_id > i32::MAX as u32 {
+            return bad(format!("queue id {} out of range", self.queue_id));
+        }
+        for k in &self.keys {
+            if k.is_empty() || k.contains([' ', '\u{1}', '\u{2}']) {
+                return bad(format!("key {k:?} is empty or contains a separator"));
+            }
+        }
+        if let Some(t) = &self.tags {
+            if t.is_empty() || t.contains(['\u{1}', '\u{2}']) {
+                return bad(format!("tags {t:?} are empty or contain a separator"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where an appended message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub phy_offset: u64,
+    pub queue_offset: u64,
+    pub store_timestamp_ms: i64,
+    pub size_bytes: u32,
+    /// `phy_offset + size_bytes`: what must be durable before a sync-flush ack.
+    pub end_offset: u64,
+}
+
+/// A file to read from, with a hold on it for as long as the view lives.
+pub struct ReadView {
+    pub file: Arc<dyn StorageFile>,
+    pub from_offset: u64,
+    /// Bytes of the file that may be read (the committed position).
+    pub readable: u64,
+    pub size: u64,
+    _hold: Hold,
+}
+
+/// A record read from a file, or "not all of it is readable yet".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordAt {
+    Decoded(Decoded),
+    NeedMore,
+}
+
+/// Reads and decodes the record at `pos` of a file of `size` bytes of which `readable` may be
+/// read. With `readable == size` (recovery) a short record is `Corrupt`, not `NeedMore`.
+pub fn read_record(
+    file: &dyn StorageFile,
+    from_offset: u64,
+    pos: u64,
+    readable: u64,
+    size: u64,
+    opts: DecodeOptions,
+) -> Result<RecordAt, IoError> {
+    let complete = readable >= size;
+    let opts = DecodeOptions {
+        expected_phy_offset: Some(from_offset + pos),
+        bytes_left_in_file: Some(size.saturating_sub(pos)),
+        ..opts
+    };
+    let avail = readable.saturating_sub(pos);
+    if avail < END_FILE_MIN_BLANK_BYTES {
+        if !complete {
+            return Ok(RecordAt::NeedMore);
+        }
+        let mut buf = vec![0u8; avail as usize];
+        file.read_at(pos, &mut buf)?;
+        return Ok(RecordAt::Decoded(decode(&buf, &opts)));
+    }
+    let mut head = [0u8; 8];
+    file.read_at(pos, &mut head)?;
+    let (total, magic) = peek_header(&head).expect("8 bytes hold a header");
+    let sane = magic == MESSAGE_MAGIC && total >= FIXED_RECORD_BYTES as i32 && (total as u64) <= opts.max_record_bytes;
+    if !sane || magic == BLANK_MAGIC {
+        return Ok(RecordAt::Decoded(decode(&head, &opts)));
+    }
+    let total = total as u64;
+    if total > avail {
+        if !complete {
+            return Ok(RecordAt::NeedMore);
+        }
+        // Past the end of the file, or cut short: decode what is there to name the damage.
+        let mut buf = vec![0u8; avail.min(opts.max_record_bytes) as usize];
+        file.read_at(pos, &mut buf)?;
+        return Ok(RecordAt::Decoded(decode(&buf, &opts)));
+    }
+    let mut buf = vec![0u8; total as usize];
+    file.read_at(pos, &mut buf)?;
+    Ok(RecordAt::Decoded(decode(&buf, &opts)))
+}
+
+/// The UNIQ_KEY the store assigns: hex of STOREHOST and the physical offset (RocketMQ's
+/// store-side message id), 32 characters.
+pub fn uniq_key(store_host: &[u8; 8], phy_offset: u64) -> String {
+    format!("{:016X}{:016X}", u64::from_be_bytes(*store_host), phy_offset)
+}
+const UNIQ_KEY_CHARS: usize = 32;
+
+#[derive(Debug)]
+pub struct CommitLog {
+    queue: MappedFileQueue,
+    topic_queue_table: BTreeMap<(String, u32), u64>,
+    last_store_ts_ms: i64,
+    buf: Vec<u8>,
+    pool: Option<BufferPool>,
+    max_message_size_bytes: u64,
+    store_host: [u8; 8],
+}
+
+impl CommitLog {
+    pub fn new(queue: MappedFileQueue, pool: Option<BufferPool>, max_message_size_bytes: u64, store_host: [u8; 8]) -> CommitLog {
+        CommitLog {
+            queue,
+            topic_queue_table: BTreeMap::new(),
+            last_store_ts_ms: 0,
+            buf: Vec::new(),
+            pool,
+            max_message_size_bytes,
+            store_host,
+        }
+    }
+
+    /// Loads `dir` (see `MappedFileQueue::load`).
+    pub fn load(
+        storage: &dyn Storage,
+        dir: std::path::PathBuf,
+        file_size: u64,
+        holds: Holds,
+        dirs: Arc<DirSyncs>,
+        pool: Option<BufferPool>,
+        max_message_size_bytes: u64,
+        store_host: [u8; 8],
+    ) -> Result<(CommitLog, crate::mapped_file_queue::LoadRepairs)> {
+        let (q, repairs) = MappedFileQueue::load(storage, dir, file_size, holds, dirs)?;
+        Ok((CommitLog::new(q, pool, max_message_size_bytes, store_host), repairs))
+    }
+
+    pub fn queue(&self) -> &MappedFileQueue {
+        &self.queue
+    }
+    pub fn queue_mut(&mut self) -> &mut MappedFileQueue {
+        &mut self.queue
+    }
+    pub fn file_size(&self) -> u64 {
+        self.queue.file_size()
+    }
+    pub fn max_offset(&self) -> u64 {
+        self.queue.max_offset()
+    }
+    pub fn min_offset(&self) -> u64 {
+        self.queue.min_offset()
+    }
+    pub fn last_store_ts_ms(&self) -> i64 {
+        self.last_store_ts_ms
+    }
+    /// After recovery: the store timestamp of the last valid record (the clock floor).
+    pub fn set_last_store_ts_ms(&mut self, ts: i64) {
+        self.last_store_ts_ms = self.last_store_ts_ms.max(ts);
+    }
+    pub fn topic_queue_table(&self) -> &BTreeMap<(String, u32), u64> {
+        &self.topic_queue_table
+    }
+    pub fn set_topic_queue_table(&mut self, table: BTreeMap<(String, u32), u64>) {
+        self.topic_queue_table = table;
+    }
+
+    fn message_for(&self, req: &PutRequest, queue_offset: u64, store_ts_ms: i64) -> Message {
+        let mut properties = Vec::with_capacity(3 + req.extra_properties.len());
+        if !req.keys.is_empty() {
+            properties.push((PROPERTY_KEYS.to_string(), req.keys.join(" ")));
+        }
+        if let Some(t) = &req.tags {
+            properties.push((PROPERTY_TAGS.to_string(), t.clone()));
+        }
+        properties.push((PROPERTY_UNIQ_KEY.to_string(), "0".repeat(UNIQ_KEY_CHARS)));
+        properties.extend(req.extra_properties.iter().cloned());
+        Message {
+            queue_id: req.queue_id,
+            flag: req.flag,
+            queue_offset,
+            phy_offset: 0,
+            sys_flag: req.sys_flag,
+            born_timestamp_ms: req.born_timestamp_ms,
+            born_host: req.born_host,
+            store_timestamp_ms: store_ts_ms,
+            store_host: self.store_host,
+            reconsume_times: 0,
+            prepared_tx_offset: 0,
+            body: req.body.clone(),
+            topic: req.topic.clone(),
+            properties,
+        }
+    }
+
+    /// The last file if it has room, else a new one after it.
+    fn writable_file(&mut self, storage: &dyn Storage) -> Result<&mut MappedFile> {
+        let needs_new = self.queue.last().is_none_or(|f| f.is_full());
+        if needs_new {
+            let from = self.queue.last().map_or(0, |f| f.end_offset());
+            let buffer = self.pool.as_ref().and_then(|p| p.borrow());
+            if self.pool.is_some() && buffer.is_none() {
+                // RocketMQ falls back to writing the file directly when the pool is empty.
+                tracing::warn!("transient pool exhausted; file {from} is written directly");
+            }
+            return self.queue.create_file(storage, from, buffer);
+        }
+        Ok(self.queue.last_mut().expect("checked"))
+    }
+
+    /// Appends one message (`doAppend`). The store timestamp is `now_ms` clamped to the
+    /// previous one, so timestamps never decrease in log order even if the clock jumps back.
+    pub fn append(&mut self, storage: &dyn Storage, req: &PutRequest, now_ms: i64) -> Result<AppendResult> {
+        let store_ts_ms = now_ms.max(self.last_store_ts_ms);
+        let key = (req.topic.clone(), req.queue_id);
+        let tx = req.sys_flag & SYSFLAG_TX_MASK;
+        let counts = tx != SYSFLAG_TX_PREPARED && tx != SYSFLAG_TX_ROLLBACK;
+        let queue_offset = if counts { self.topic_queue_table.get(&key).copied().unwrap_or(0) } else { 0 };
+        let mut msg = self.message_for(req, queue_offset, store_ts_ms);
+        let len = record_len(msg.body.len(), msg.topic.len(), msg.properties_len());
+        if len > self.max_message_size_bytes {
+            return Err(StoreError::MessageTooLarge { size_bytes: len, limit_bytes: self.max_message_size_bytes });
+        }
+        msg.validate()?;
+        loop {
+            let store_host = self.store_host;
+            let file = self.writable_file(storage)?;
+            if len + END_FILE_MIN_BLANK_BYTES > file.remaining() {
+                let blank = encode_blank(file.remaining());
+                file.append(&blank, store_ts_ms)?;
+                file.fill_to_end();
+                continue;
+            }
+            let phy = file.from_offset() + file.wrote();
+            msg.phy_offset = phy;
+            if let Some(p) = msg.properties.iter_mut().find(|(k, _)| k == PROPERTY_UNIQ_KEY) {
+                p.1 = uniq_key(&store_host, phy);
+            }
+            self.buf.clear();
+            msg.encode_into(&mut self.buf)?;
+            debug_assert_eq!(self.buf.len() as u64, len);
+            let file = self.queue.last_mut().expect("writable file exists");
+            file.append(&self.buf, store_ts_ms)?;
+            if counts {
+                self.topic_queue_table.insert(key, queue_offset + 1);
+            }
+            self.last_store_ts_ms = store_ts_ms;
+            return Ok(AppendResult {
+                phy_offset: phy,
+                queue_offset,
+                store_timestamp_ms: store_ts_ms,
+                size_bytes: len as u32,
+                end_offset: phy + len,
+            });
+        }
+    }
+
+    /// A view of the file containing `phy` (None if no file does).
+    pub fn view(&self, phy: u64) -> Option<ReadView> {
+        let f = self.queue.find(phy)?;
+        Some(ReadView {
+            file: f.file().clone(),
+            from_offset: f.from_offset(),
+            readable: f.committed(),
+            size: f.size(),
+            _hold: f.hold(),
+        })
+    }
+
+    /// The absolute end of what readers may see (committed bytes).
+    pub fn readable_offset(&self) -> u64 {
+        self.queue.max_committed_offset()
+    }
+
+    /// Commits write buffers into their files (transient pool). Returns whether anything moved.
+    pub fn commit(&mut self, least_pages: u64, page: u64) -> Result<bool> {
+        let mut any = false;
+        for f in self.queue.files_mut() {
+            if f.has_write_buffer() {
+                any |= f.commit(least_pages, page)?;
+            }
+        }
+        Ok(any)
+    }
+}
+
+/// Reads the message of `size` bytes at `phy` through a view, checking the body CRC.
+pub fn read_message(view: &ReadView, phy: u64, size: u32, max_record_bytes: u64) -> Result<Message> {
+    let what = || format!("commit log offset {phy}");
+    let pos = phy - view.from_offset;
+    if pos + u64::from(size) > view.readable {
+        return Err(StoreError::corrupt(what(), format!("record of {size} bytes beyond readable {}", view.readable)));
+    }
+    let mut buf = vec![0u8; size as usize];
+    view.file.read_at(pos, &mut buf)?;
+    let opts = DecodeOptions {
+        check_crc: true,
+        check_dup_info: false,
+        expected_phy_offset: Some(phy),
+        bytes_left_in_file: Some(view.size - pos),
+        max_record_bytes,
+    };
+    match decode(&buf, &opts) {
+        Decoded::Valid(m, s) if s == size => Ok(m),
+        Decoded::Valid(_, s) => Err(StoreError::corrupt(what(), format!("record is {s} bytes, unit says {size}"))),
+        Decoded::Blank { .. } => Err(StoreError::corrupt(what(), "blank record")),
+        Decoded::Corrupt(c) => Err(StoreError::corrupt(what(), c.reason.to_string())),
+    }
+}
