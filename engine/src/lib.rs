@@ -12,3 +12,13 @@ pub mod message;
 pub mod commit_log;
 pub mod consume_queue;
 pub mod index;
+pub mod checkpoint;
+pub mod dispatch;
+pub mod flush;
+pub mod recovery;
+pub mod store;
+
+pub use bugs::{Bug, BugSet};
+pub use config::{FlushMode, StoreConfig};
+pub use error::StoreError;
+pub use store::{PutResult, Store, StoredMessage};

@@ -1,0 +1,435 @@
+//! Start-up (§3.4): load every structure, then recover. Normal recovery (clean shutdown)
+//! scans the last three commit-log files; abnormal recovery (abort file present) starts at
+//! the newest file whose first message is not newer than the checkpoint, re-dispatches every
+//! valid message, and truncates the commit log and consume queues after the first invalid
+//! record. Then dispatch catches up from the reput start offset and the topic-queue table is
+//! rebuilt from the consume queues.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::bugs::Bug;
+use crate::checkpoint::{CheckpointFile, CheckpointState};
+use crate::commit_log::{read_record, CommitLog, RecordAt};
+use crate::config::StoreConfig;
+use crate::consume_queue::ConsumeQueue;
+use crate::error::{Result, StoreError};
+use crate::index::{IndexLoad, IndexService};
+use crate::io::{BufferPool, Clock, Holds, Storage, StorageFile};
+use crate::mapped_file::SyncPlan;
+use crate::mapped_file_queue::DirSyncs;
+use crate::message::{CorruptReason, Decoded, DecodeOptions};
+use crate::store::{lock, CqMap, Inner, StorePaths};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryKind {
+    /// The abort file was absent: the last shutdown was clean (or the store is new).
+    #[default]
+    Normal,
+    /// The abort file was present: the last run crashed.
+    Abnormal,
+}
+
+/// The checkpoint as found at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckpointFound {
+    Valid,
+    #[default]
+    Missing,
+    /// Bad CRC: treated as no checkpoint.
+    Corrupt,
+}
+
+/// What the last `open` recovered and truncated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryReport {
+    pub kind: RecoveryKind,
+    pub checkpoint: CheckpointFound,
+    pub checkpoint_data: crate::checkpoint::CheckpointData,
+    /// Start offset of the first commit-log file scanned.
+    pub scan_start_offset: u64,
+    /// The recovered commit-log end (`processOffset`).
+    pub commit_log_end: u64,
+    /// Commit-log bytes that were in files after the recovered end (in the cut file and the
+    /// removed ones), i.e. what recovery threw away, measured in file space.
+    pub commit_log_files_removed: Vec<u64>,
+    /// Where the scan stopped and why, if it stopped at an invalid record.
+    pub stopped_at: Option<(u64, String)>,
+    /// Records skipped instead of truncated (only with the `skip-half-written-record` bug).
+    pub skipped_records: Vec<u64>,
+    /// Messages dispatched by the abnormal scan.
+    pub redispatched_messages: u64,
+    /// The commit-log offset the consume queues were truncated to, if they were.
+    pub cq_truncated_to: Option<u64>,
+    /// Units removed per queue ("topic/queue").
+    pub cq_units_removed: BTreeMap<String, u64>,
+    /// Index files destroyed (not known durable, unreadable, or beyond the log end).
+    pub index_files_destroyed: Vec<String>,
+    /// The offset the reput service started from.
+    pub reput_from: u64,
+    /// Messages dispatched by the catch-up after recovery.
+    pub caught_up_messages: u64,
+    /// Files repaired while loading (short last files extended, files after a gap removed).
+    pub load_repairs: Vec<String>,
+}
+
+/// What `load` found, for `recover`.
+pub(crate) struct Loaded {
+    clean: bool,
+    ckpt: CheckpointState,
+    index_load: IndexLoad,
+    repairs: Vec<String>,
+}
+
+fn load_cqs(
+    storage: &dyn Storage,
+    cfg: &StoreConfig,
+    paths: &StorePaths,
+    holds: &Holds,
+    dirs: &Arc<DirSyncs>,
+    repairs: &mut Vec<String>,
+) -> Result<CqMap> {
+    dirs.ensure_dir(storage, &paths.consume_queue)?;
+    let mut map = CqMap::new();
+    for topic in storage.list_dir(&paths.consume_queue)? {
+        let tdir = paths.consume_queue.join(&topic.name);
+        if !topic.is_dir {
+            return Err(StoreError::BadFileName { path: tdir });
+        }
+        for q in storage.list_dir(&tdir)? {
+            let qdir = tdir.join(&q.name);
+            let id: u32 = match q.name.parse::<u32>() {
+                Ok(id) if q.is_dir && q.name == id.to_string() => id,
+                _ => return Err(StoreError::BadFileName { path: qdir }),
+            };
+            let (cq, r) =
+                ConsumeQueue::load(storage, &paths.root, &topic.name, id, cfg.cq_units_per_file, holds.clone(), dirs.clone())?;
+            repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
+            repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
+            map.insert((topic.name.clone(), id), cq);
+        }
+    }
+    Ok(map)
+}
+
+/// Loads every structure (`DefaultMessageStore.load`). The abort file is created here, before
+/// anything is changed, so that a crash during recovery is itself seen as a crash.
+pub(crate) fn load(
+    cfg: StoreConfig,
+    paths: StorePaths,
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    holds: Holds,
+    dirs: Arc<DirSyncs>,
+    pool: Option<BufferPool>,
+) -> Result<(Inner, Loaded)> {
+    let st = storage.as_ref();
+    let clean = !st.exists(&paths.abort);
+    if clean {
+        st.create(&paths.abort)?;
+        dirs.mark(&paths.root);
+    }
+    let mut repairs = Vec::new();
+    let (cl, r) = CommitLog::load(
+        st,
+        paths.commit_log.clone(),
+        cfg.commit_log_file_size_bytes,
+        holds.clone(),
+        dirs.clone(),
+        pool,
+        cfg.max_message_size_bytes,
+        cfg.store_host,
+    )?;
+    repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
+    repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
+    let cqs = load_cqs(st, &cfg, &paths, &holds, &dirs, &mut repairs)?;
+    let (ckpt_file, ckpt) = CheckpointFile::open(st, &paths.checkpoint)?;
+    if ckpt == CheckpointState::Missing {
+        dirs.mark(&paths.root);
+    }
+    let (index, index_load) = IndexService::load(
+        st,
+        paths.index.clone(),
+        cfg.index_max_hash_slots,
+        cfg.index_max_items,
+        holds.clone(),
+        dirs.clone(),
+        clean,
+        ckpt.data().index_msg_timestamp_ms,
+    )?;
+    let data = ckpt.data();
+    let inner = Inner {
+        cfg,
+        paths,
+        storage,
+        clock,
+        holds,
+        dirs,
+        cl: Mutex::new(cl),
+        cqs: Mutex::new(cqs),
+        index: Mutex::new(index),
+        ckpt_file: tokio::sync::Mutex::new(ckpt_file),
+        ckpt: Mutex::new(data),
+        logics_dispatched_ts: AtomicI64::new(data.logics_msg_timestamp_ms),
+        reput_offset: AtomicU64::new(0),
+        not_writeable: Mutex::new(None),
+        shutting_down: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        wake_flush: Notify::new(),
+        wake_commit: Notify::new(),
+        wake_reput: Notify::new(),
+        wake_group: Notify::new(),
+        stop_notify: Notify::new(),
+        group_requests: Mutex::new(Vec::new()),
+        recovery: Mutex::new(RecoveryReport::default()),
+    };
+    Ok((inner, Loaded { clean, ckpt, index_load, repairs }))
+}
+
+/// The result of scanning the commit log.
+#[derive(Debug, Default)]
+struct Scan {
+    end: u64,
+    last_store_ts_ms: i64,
+    stopped: Option<(u64, CorruptReason)>,
+    skipped: Vec<u64>,
+    dispatched: u64,
+}
+
+type FileRef = (Arc<dyn StorageFile>, u64, u64);
+
+fn cl_files(inner: &Inner) -> Vec<FileRef> {
+    lock(&inner.cl).queue().files().iter().map(|f| (f.file().clone(), f.from_offset(), f.size())).collect()
+}
+
+/// Scans from file `start` (`recoverNormally`/`recoverAbnormally`'s loop), dispatching each
+/// valid message when `dispatch`.
+async fn scan(inner: &Inner, files: &[FileRef], start: usize, opts: DecodeOptions, dispatch: bool) -> Result<Scan> {
+    let mut s = Scan::default();
+    let Some(first) = files.get(start) else { return Ok(s) };
+    s.end = first.1;
+    let skip_bug = inner.bug(Bug::SkipHalfWrittenRecord);
+    let (mut idx, mut pos) = (start, 0u64);
+    loop {
+        let (file, from, size) = &files[idx];
+        if pos >= *size {
+            // Only damage can end a record exactly at the file end; go on with the next file.
+            if idx + 1 < files.len() {
+                (idx, pos) = (idx + 1, 0);
+                continue;
+            }
+            s.end = from + size;
+            return Ok(s);
+        }
+        let rec = read_record(file.as_ref(), *from, pos, *size, *size, opts)?;
+        let decoded = match rec {
+            RecordAt::Decoded(d) => d,
+            RecordAt::NeedMore => unreachable!("a whole file is readable"),
+        };
+        match decoded {
+            Decoded::Valid(m, size_bytes) => {
+                if dispatch {
+                    crate::dispatch::dispatch_message(inner, &m, size_bytes).await?;
+                    s.dispatched += 1;
+                }
+                s.last_store_ts_ms = s.last_store_ts_ms.max(m.store_timestamp_ms);
+                pos += u64::from(size_bytes);
+                s.end = from + pos;
+            }
+            Decoded::Blank { .. } => {
+                s.end = from + size;
+                if idx + 1 < files.len() {
+                    (idx, pos) = (idx + 1, 0);
+                } else {
+                    return Ok(s);
+                }
+            }
+            Decoded::Corrupt(c) => {
+                let skippable = c.declared_size.filter(|&d| d > 0 && pos + u64::from(d) <= *size);
+                if let (true, Some(d)) = (skip_bug, skippable) {
+                    s.skipped.push(from + pos);
+                    pos += u64::from(d);
+                    s.end = from + pos;
+                    continue;
+                }
+                s.end = from + pos;
+                s.stopped = Some((from + pos, c.reason));
+                return Ok(s);
+            }
+        }
+    }
+}
+
+/// `isMappedFileMatchedRecover`: the first record is a message with a non-zero store
+/// timestamp not newer than `min_ts`.
+fn file_matches(file: &FileRef, min_ts: i64, max_record: u64) -> Result<bool> {
+    let opts = DecodeOptions { check_crc: false, max_record_bytes: max_record, ..DecodeOptions::default() };
+    let rec = read_record(file.0.as_ref(), file.1, 0, file.2, file.2, opts)?;
+    Ok(matches!(rec, RecordAt::Decoded(Decoded::Valid(m, _)) if m.store_timestamp_ms != 0 && m.store_timestamp_ms <= min_ts))
+}
+
+/// The abnormal scan's first file.
+fn abnormal_start(inner: &Inner, files: &[FileRef], ckpt: &CheckpointState, index_from: Option<u64>) -> Result<usize> {
+    let min_ts = ckpt.data().min_timestamp_ms();
+    let mut start = 0;
+    for i in (0..files.len()).rev() {
+        if file_matches(&files[i], min_ts, inner.decode_limit())? {
+            start = i;
+            break;
+        }
+    }
+    if let Some(phy) = index_from {
+        let by_index = lock(&inner.cl).queue().index_of(phy).unwrap_or(0);
+        start = start.min(by_index);
+    }
+    Ok(start)
+}
+
+fn recovery_opts(inner: &Inner) -> DecodeOptions {
+    DecodeOptions {
+        check_crc: inner.cfg.check_crc_on_recover && !inner.bug(Bug::NoCrcOnRecovery),
+        check_dup_info: false,
+        expected_phy_offset: None,
+        bytes_left_in_file: None,
+        max_record_bytes: inner.decode_limit(),
+    }
+}
+
+/// Runs recovery and the dispatch catch-up (`recover` + the start of `start`).
+pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
+    let st = inner.storage.as_ref();
+    let keep_stale = inner.bug(Bug::NoZeroOnTruncate);
+    let mut report = RecoveryReport {
+        kind: if loaded.clean { RecoveryKind::Normal } else { RecoveryKind::Abnormal },
+        checkpoint: match loaded.ckpt {
+            CheckpointState::Valid(_) => CheckpointFound::Valid,
+            CheckpointState::Missing => CheckpointFound::Missing,
+            CheckpointState::Corrupt => CheckpointFound::Corrupt,
+        },
+        checkpoint_data: loaded.ckpt.data(),
+        index_files_destroyed: loaded.index_load.destroyed.clone(),
+        load_repairs: loaded.repairs.clone(),
+        ..RecoveryReport::default()
+    };
+    let mut to_sync: Vec<SyncPlan> = Vec::new();
+    // Consume queues first (`recoverConsumeQueue`).
+    {
+        let mut cqs = lock(&inner.cqs);
+        for cq in cqs.values_mut() {
+            to_sync.extend(cq.recover(st, keep_stale)?);
+        }
+    }
+    // Index files the abnormal load destroyed must be rebuilt from where the kept ones end.
+    let index_from = (!loaded.index_load.destroyed.is_empty() && !inner.bug(Bug::DestroyCurrentIndex))
+        .then(|| lock(&inner.index).indexed_up_to());
+    let files = cl_files(inner);
+    let opts = recovery_opts(inner);
+    let (cl_end, cq_cut, scan) = if loaded.clean {
+        let start = files.len().saturating_sub(3);
+        report.scan_start_offset = files.get(start).map_or(0, |f| f.1);
+        let s = scan(inner, &files, start, opts, false).await?;
+        (s.end, s.end, s)
+    } else {
+        let start = abnormal_start(inner, &files, &loaded.ckpt, index_from)?;
+        report.scan_start_offset = files.get(start).map_or(0, |f| f.1);
+        let miswired = inner.bug(Bug::RecoveryCheckFlagMiswired);
+        let s = scan(inner, &files, start, DecodeOptions { check_dup_info: miswired, ..opts }, true).await?;
+        if miswired && matches!(s.stopped, Some((_, CorruptReason::DupInfoMissing))) {
+            // The commit log itself is recovered correctly (as DLedger's own recovery would);
+            // only the consume-queue cut uses the wrongly failed offset.
+            let real = scan(inner, &files, start, opts, false).await?;
+            (real.end, s.end, Scan { dispatched: s.dispatched, ..real })
+        } else {
+            (s.end, s.end, s)
+        }
+    };
+    report.commit_log_end = cl_end;
+    report.stopped_at = scan.stopped.as_ref().map(|(o, r)| (*o, r.to_string()));
+    report.skipped_records = scan.skipped.clone();
+    report.redispatched_messages = scan.dispatched;
+    truncate(inner, &mut report, &mut to_sync, cl_end, cq_cut, files.is_empty(), keep_stale)?;
+    {
+        let mut cl = lock(&inner.cl);
+        let floor = scan.last_store_ts_ms.max(report.checkpoint_data.physic_msg_timestamp_ms);
+        cl.set_last_store_ts_ms(floor);
+    }
+    for p in &to_sync {
+        p.file.sync_range(p.sync_from, p.sync_to - p.sync_from).await?;
+    }
+    inner.sync_dirs().await?;
+    let reput_from = reput_start(inner, cl_end, index_from, report.index_files_destroyed.len());
+    report.reput_from = reput_from;
+    inner.reput_offset.store(reput_from, Ordering::SeqCst);
+    report.caught_up_messages = crate::dispatch::dispatch_available(inner).await?;
+    rebuild_topic_queue_table(inner);
+    *lock(&inner.recovery) = report;
+    Ok(())
+}
+
+/// Cuts the commit log at `cl_end` and the consume queues at `cq_cut`; drops index files
+/// that reference the cut-off part.
+fn truncate(
+    inner: &Inner,
+    report: &mut RecoveryReport,
+    to_sync: &mut Vec<SyncPlan>,
+    cl_end: u64,
+    cq_cut: u64,
+    no_files: bool,
+    keep_stale: bool,
+) -> Result<()> {
+    let st = inner.storage.as_ref();
+    let t = lock(&inner.cl).queue_mut().truncate_dirty(st, cl_end, keep_stale)?;
+    report.commit_log_files_removed = t.removed_files;
+    to_sync.extend(t.zeroed_tail);
+    let off_by_one = inner.bug(Bug::CqTruncateOffByOne);
+    let mut cqs = lock(&inner.cqs);
+    for ((topic, q), cq) in cqs.iter_mut() {
+        let removed = if no_files {
+            let n = cq.max_offset_in_queue();
+            cq.destroy(st)?;
+            n
+        } else if cq.max_physic_offset() > cq_cut || cq_cut < cl_end {
+            let (n, z) = cq.truncate_dirty(st, cq_cut, off_by_one, keep_stale)?;
+            to_sync.extend(z);
+            report.cq_truncated_to = Some(cq_cut);
+            n
+        } else {
+            0
+        };
+        if removed > 0 {
+            report.cq_units_removed.insert(format!("{topic}/{q}"), removed);
+        }
+    }
+    drop(cqs);
+    let dropped = lock(&inner.index).drop_beyond(st, cl_end)?;
+    report.index_files_destroyed.extend(dropped);
+    Ok(())
+}
+
+/// The reput start (4.8: the largest consume-queue end, at least the log's first offset),
+/// lowered to where the index must be rebuilt from. Under the #8032 mechanism it is the
+/// commit-log end (5.x: the confirm offset), so truncated queues are never rebuilt.
+fn reput_start(inner: &Inner, cl_end: u64, index_from: Option<u64>, index_destroyed: usize) -> u64 {
+    if inner.bug(Bug::RecoveryCheckFlagMiswired) {
+        return cl_end;
+    }
+    let max_cq = lock(&inner.cqs).values().map(|c| c.max_physic_offset()).max().unwrap_or(0);
+    let min_cl = lock(&inner.cl).min_offset();
+    let mut from = max_cq.max(min_cl).min(cl_end);
+    if let Some(i) = index_from {
+        from = from.min(i);
+    }
+    if index_destroyed > 0 && !inner.bug(Bug::DestroyCurrentIndex) {
+        from = from.min(lock(&inner.index).indexed_up_to()).max(min_cl);
+    }
+    from
+}
+
+/// `recoverTopicQueueTable`: each queue's next offset is its consume queue's end.
+pub(crate) fn rebuild_topic_queue_table(inner: &Inner) {
+    let table = lock(&inner.cqs).iter().map(|(k, cq)| (k.clone(), cq.max_offset_in_queue())).collect();
+    lock(&inner.cl).set_topic_queue_table(table);
+}

@@ -1,0 +1,531 @@
+//! The message store (`DefaultMessageStore`): open (lock, load, recover, catch up dispatch),
+//! start (background services), put/get/query, inspection for checkers, and clean shutdown.
+//! The background services live in `flush` and `dispatch`, recovery in `recovery`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+
+use crate::bugs::Bug;
+use crate::checkpoint::{CheckpointData, CheckpointFile};
+use crate::commit_log::{read_message, read_record, CommitLog, PutRequest, RecordAt};
+use crate::config::{FlushMode, StoreConfig};
+use crate::consume_queue::ConsumeQueue;
+use crate::error::{Result, StoreError};
+use crate::index::IndexService;
+use crate::io::{BufferPool, Clock, FileLock, Holds, IoError, Storage};
+use crate::mapped_file_queue::DirSyncs;
+use crate::message::{Decoded, DecodeOptions, Message};
+use crate::recovery::RecoveryReport;
+
+/// Where a put landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutResult {
+    pub phy_offset: u64,
+    pub queue_offset: u64,
+    pub store_timestamp_ms: i64,
+    pub size_bytes: u32,
+}
+
+/// A message read back from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub phy_offset: u64,
+    pub size_bytes: u32,
+    pub store_timestamp_ms: i64,
+    pub born_timestamp_ms: i64,
+    pub body: Vec<u8>,
+    pub tags: Option<String>,
+    pub keys: Vec<String>,
+    pub uniq_key: Option<String>,
+    pub properties: Vec<(String, String)>,
+}
+
+impl StoredMessage {
+    pub fn from_message(m: Message, size_bytes: u32) -> StoredMessage {
+        StoredMessage {
+            tags: m.tags().map(str::to_string),
+            keys: m.keys().into_iter().map(str::to_string).collect(),
+            uniq_key: m.uniq_key().map(str::to_string),
+            topic: m.topic,
+            queue_id: m.queue_id,
+            queue_offset: m.queue_offset,
+            phy_offset: m.phy_offset,
+            size_bytes,
+            store_timestamp_ms: m.store_timestamp_ms,
+            born_timestamp_ms: m.born_timestamp_ms,
+            body: m.body,
+            properties: m.properties,
+        }
+    }
+}
+
+/// The store's paths.
+#[derive(Debug, Clone)]
+pub struct StorePaths {
+    pub root: PathBuf,
+    pub commit_log: PathBuf,
+    pub consume_queue: PathBuf,
+    pub index: PathBuf,
+    pub checkpoint: PathBuf,
+    pub abort: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl StorePaths {
+    pub fn new(root: &std::path::Path) -> StorePaths {
+        StorePaths {
+            root: root.to_path_buf(),
+            commit_log: root.join("commitlog"),
+            consume_queue: root.join("consumequeue"),
+            index: root.join("index"),
+            checkpoint: root.join("checkpoint"),
+            abort: root.join("abort"),
+            lock: root.join("lock"),
+        }
+    }
+}
+
+pub(crate) type CqMap = BTreeMap<(String, u32), ConsumeQueue>;
+
+/// A producer waiting for its bytes to be durable (group commit).
+pub(crate) struct GroupRequest {
+    pub end_offset: u64,
+    pub done: oneshot::Sender<Result<()>>,
+}
+
+/// State shared by the store handle and its services.
+pub(crate) struct Inner {
+    pub cfg: StoreConfig,
+    pub paths: StorePaths,
+    pub storage: Arc<dyn Storage>,
+    pub clock: Arc<dyn Clock>,
+    pub holds: Holds,
+    pub dirs: Arc<DirSyncs>,
+    pub cl: Mutex<CommitLog>,
+    pub cqs: Mutex<CqMap>,
+    pub index: Mutex<IndexService>,
+    pub ckpt_file: tokio::sync::Mutex<CheckpointFile>,
+    /// Checkpoint values backed by durable data (what a checkpoint write records).
+    pub ckpt: Mutex<CheckpointData>,
+    /// Store timestamp of the newest message dispatched to a consume queue.
+    pub logics_dispatched_ts: AtomicI64,
+    pub reput_offset: AtomicU64,
+    pub not_writeable: Mutex<Option<String>>,
+    pub shutting_down: AtomicBool,
+    pub stopping: AtomicBool,
+    pub wake_flush: Notify,
+    pub wake_commit: Notify,
+    pub wake_reput: Notify,
+    pub wake_group: Notify,
+    pub stop_notify: Notify,
+    pub group_requests: Mutex<Vec<GroupRequest>>,
+    pub recovery: Mutex<RecoveryReport>,
+}
+
+/// Locks a std mutex; a poisoned lock means a task panicked mid-update, and a panic inside
+/// the store is already fatal to the run.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    pub fn bug(&self, b: Bug) -> bool {
+        self.cfg.bugs.has(b)
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn is_writeable(&self) -> bool {
+        lock(&self.not_writeable).is_none()
+    }
+
+    /// A failed sync: the data it covered may be gone (Linux drops the dirty pages), so the
+    /// store stops accepting writes and never acks what that sync covered.
+    pub fn mark_not_writeable(&self, reason: String) {
+        tracing::error!(%reason, "store is no longer writeable");
+        let mut nw = lock(&self.not_writeable);
+        if nw.is_none() {
+            *nw = Some(reason.clone());
+        }
+        drop(nw);
+        self.fail_group_requests(StoreError::NotWriteable { reason });
+    }
+
+    pub fn not_writeable_error(&self) -> Option<StoreError> {
+        lock(&self.not_writeable).clone().map(|reason| StoreError::NotWriteable { reason })
+    }
+
+    pub fn fail_group_requests(&self, err: StoreError) {
+        let reqs = std::mem::take(&mut *lock(&self.group_requests));
+        for r in reqs {
+            let _ = r.done.send(Err(err.clone()));
+        }
+    }
+
+    pub fn max_phy_offset(&self) -> u64 {
+        lock(&self.cl).max_offset()
+    }
+
+    pub fn dispatch_behind_bytes(&self) -> u64 {
+        self.max_phy_offset().saturating_sub(self.reput_offset.load(Ordering::SeqCst))
+    }
+
+    pub fn decode_limit(&self) -> u64 {
+        self.cfg.max_message_size_bytes
+    }
+
+    /// Writes the checkpoint with the current durable-backed values.
+    pub async fn write_checkpoint(&self) -> Result<()> {
+        let file = self.ckpt_file.lock().await;
+        let data = *lock(&self.ckpt);
+        if let Err(e) = file.write(&data).await {
+            self.mark_not_writeable(format!("checkpoint sync failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Syncs directories with new or removed entries.
+    pub async fn sync_dirs(&self) -> Result<(), IoError> {
+        self.dirs.sync(self.storage.as_ref()).await
+    }
+
+    fn put_inner(&self, req: &PutRequest) -> Result<crate::commit_log::AppendResult> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(StoreError::ShutDown);
+        }
+        if let Some(e) = self.not_writeable_error() {
+            return Err(e);
+        }
+        let now = self.now_ms();
+        let mut cl = lock(&self.cl);
+        cl.append(self.storage.as_ref(), req, now)
+    }
+
+    pub async fn put(&self, req: PutRequest) -> Result<PutResult> {
+        req.validate()?;
+        let r = self.put_inner(&req)?;
+        self.wake_reput.notify_one();
+        let result = PutResult {
+            phy_offset: r.phy_offset,
+            queue_offset: r.queue_offset,
+            store_timestamp_ms: r.store_timestamp_ms,
+            size_bytes: r.size_bytes,
+        };
+        if self.cfg.flush_mode == FlushMode::Sync {
+            if self.bug(Bug::AckBeforeSync) {
+                self.wake_group.notify_one();
+                return Ok(result);
+            }
+            self.wait_durable(r.end_offset).await?;
+        }
+        Ok(result)
+    }
+
+    /// Group commit: waits until `end_offset` is durable (or fails, or times out).
+    async fn wait_durable(&self, end_offset: u64) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.group_requests).push(GroupRequest { end_offset, done: tx });
+        self.wake_group.notify_one();
+        let timeout_ms = self.cfg.sync_flush_timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StoreError::ShutDown),
+            Err(_) => Err(StoreError::FlushTimeout { offset: end_offset, timeout_ms }),
+        }
+    }
+
+    pub fn get(&self, topic: &str, queue_id: u32, queue_offset: u64, max_count: usize) -> Result<Vec<StoredMessage>> {
+        let units = {
+            let cqs = lock(&self.cqs);
+            let Some(cq) = cqs.get(&(topic.to_string(), queue_id)) else { return Ok(Vec::new()) };
+            let end = cq.max_offset_in_queue().min(queue_offset.saturating_add(max_count as u64));
+            let mut units = Vec::new();
+            for i in queue_offset.max(cq.min_offset_in_queue())..end {
+                match cq.unit(i)? {
+                    Some(u) if u.is_blank() => continue,
+                    Some(u) => units.push((i, u)),
+                    None => break,
+                }
+            }
+            units
+        };
+        let mut out = Vec::with_capacity(units.len());
+        for (i, u) in units {
+            let phy = u.phy_offset as u64;
+            let what = || format!("{topic}/{queue_id} unit {i} (commit log offset {phy})");
+            let view = lock(&self.cl).view(phy).ok_or_else(|| StoreError::corrupt(what(), "no commit-log file"))?;
+            let size = u32::try_from(u.size).map_err(|_| StoreError::corrupt(what(), "negative size"))?;
+            let m = read_message(&view, phy, size, self.decode_limit())?;
+            if m.topic != topic || m.queue_id != queue_id || m.queue_offset != i {
+                return Err(StoreError::corrupt(what(), format!("record is {}/{}@{}", m.topic, m.queue_id, m.queue_offset)));
+            }
+            out.push(StoredMessage::from_message(m, size));
+        }
+        Ok(out)
+    }
+
+    pub fn query_by_key(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Result<Vec<StoredMessage>> {
+        let phys = lock(&self.index).query(topic, key, begin_ms, end_ms, max.saturating_mul(4).max(32))?;
+        let phys: std::collections::BTreeSet<u64> = phys.into_iter().collect();
+        let mut out = Vec::new();
+        for phy in phys {
+            let Some(view) = lock(&self.cl).view(phy) else { continue };
+            let pos = phy - view.from_offset;
+            if pos >= view.readable {
+                continue;
+            }
+            let opts = DecodeOptions { max_record_bytes: self.decode_limit(), ..DecodeOptions::default() };
+            let rec = read_record(view.file.as_ref(), view.from_offset, pos, view.readable, view.size, opts)?;
+            if let RecordAt::Decoded(Decoded::Valid(m, size)) = rec {
+                let matches = m.topic == topic && (m.keys().contains(&key) || m.uniq_key() == Some(key));
+                if matches {
+                    out.push(StoredMessage::from_message(m, size));
+                }
+            }
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+}
+
+/// A running (or opened) store. Dropping it without `shutdown` is a crash: services stop
+/// where they are and the abort file stays.
+pub struct Store {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    file_lock: Mutex<Option<FileLock>>,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.inner.paths.root).finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `config.root_dir`: takes the lock, loads every file, recovers
+    /// (normally after a clean shutdown, abnormally otherwise) and dispatches what the
+    /// consume queues and index are missing. Call `start` to run the background services.
+    pub async fn open(config: StoreConfig, storage: Arc<dyn Storage>, clock: Arc<dyn Clock>) -> Result<Store> {
+        config.validate()?;
+        let paths = StorePaths::new(&config.root_dir);
+        let dirs = Arc::new(DirSyncs::new(config.bugs.has(Bug::NoDirSync)));
+        dirs.ensure_dir(storage.as_ref(), &paths.root)?;
+        let file_lock = match storage.lock(&paths.lock) {
+            Ok(l) => l,
+            Err(IoError::Locked { .. }) => return Err(StoreError::AlreadyLocked { path: paths.root.clone() }),
+            Err(e) => return Err(e.into()),
+        };
+        let holds = Holds::new();
+        let pool = (config.flush_mode == FlushMode::TransientPool).then(|| {
+            BufferPool::new(
+                "transient-store-pool",
+                config.transient_pool_buffers,
+                config.commit_log_file_size_bytes as usize,
+                holds.clone(),
+            )
+        });
+        let (inner, loaded) = crate::recovery::load(config, paths, storage, clock, holds, dirs, pool)?;
+        let inner = Arc::new(inner);
+        crate::recovery::recover(&inner, loaded).await?;
+        Ok(Store {
+            inner,
+            tasks: Mutex::new(Vec::new()),
+            file_lock: Mutex::new(Some(file_lock)),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the flush, commit, group-commit, consume-queue flush and reput services.
+    pub fn start(&self) -> Result<()> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(StoreError::ShutDown);
+        }
+        let mut tasks = lock(&self.tasks);
+        if !tasks.is_empty() {
+            return Ok(());
+        }
+        tasks.extend(crate::flush::spawn_services(&self.inner));
+        tasks.push(crate::dispatch::spawn_reput(&self.inner));
+        Ok(())
+    }
+
+    /// Appends a message. Under `FlushMode::Sync` resolves only once it is durable.
+    pub async fn put(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        body: &[u8],
+        tags: Option<&str>,
+        keys: &[&str],
+    ) -> Result<PutResult> {
+        let mut req = PutRequest::new(topic, queue_id, body);
+        req.tags = tags.map(str::to_string);
+        req.keys = keys.iter().map(|k| k.to_string()).collect();
+        req.born_timestamp_ms = self.inner.now_ms();
+        self.put_request(req).await
+    }
+
+    /// Appends a fully specified message.
+    pub async fn put_request(&self, req: PutRequest) -> Result<PutResult> {
+        self.inner.put(req).await
+    }
+
+    /// Up to `max_count` messages of a queue from `queue_offset`.
+    pub fn get(&self, topic: &str, queue_id: u32, queue_offset: u64, max_count: usize) -> Result<Vec<StoredMessage>> {
+        self.inner.get(topic, queue_id, queue_offset, max_count)
+    }
+
+    /// Messages of `topic` with key (KEYS token or UNIQ_KEY) `key`, stored within
+    /// `[begin_ms, end_ms]` (at the index's one-second resolution), at most `max`.
+    pub fn query_by_key(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Result<Vec<StoredMessage>> {
+        self.inner.query_by_key(topic, key, begin_ms, end_ms, max)
+    }
+
+    /// First queue offset with a message (0 for an unknown queue).
+    pub fn min_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        lock(&self.inner.cqs).get(&(topic.to_string(), queue_id)).map_or(0, |c| c.min_offset_in_queue())
+    }
+
+    /// Next queue offset to be dispatched (0 for an unknown queue).
+    pub fn max_offset(&self, topic: &str, queue_id: u32) -> u64 {
+        lock(&self.inner.cqs).get(&(topic.to_string(), queue_id)).map_or(0, |c| c.max_offset_in_queue())
+    }
+
+    /// Every known (topic, queue id).
+    pub fn queues(&self) -> Vec<(String, u32)> {
+        lock(&self.inner.cqs).keys().cloned().collect()
+    }
+
+    /// End of the commit log (what has been appended; after `open`, the recovered end).
+    pub fn max_phy_offset(&self) -> u64 {
+        self.inner.max_phy_offset()
+    }
+    /// The confirm offset: in this (non-replicated) store, the commit-log end.
+    pub fn confirm_offset(&self) -> u64 {
+        self.max_phy_offset()
+    }
+    /// End of what is in the files' page cache (differs from `max_phy_offset` in transient-pool mode).
+    pub fn committed_offset(&self) -> u64 {
+        lock(&self.inner.cl).readable_offset()
+    }
+    /// End of what is durable.
+    pub fn flushed_offset(&self) -> u64 {
+        lock(&self.inner.cl).queue().flushed_offset()
+    }
+    pub fn min_phy_offset(&self) -> u64 {
+        lock(&self.inner.cl).min_offset()
+    }
+    pub fn reput_offset(&self) -> u64 {
+        self.inner.reput_offset.load(Ordering::SeqCst)
+    }
+    pub fn dispatch_behind_bytes(&self) -> u64 {
+        self.inner.dispatch_behind_bytes()
+    }
+    /// What the last `open` recovered and truncated.
+    pub fn last_recovery(&self) -> RecoveryReport {
+        lock(&self.inner.recovery).clone()
+    }
+    /// The store's hold registry (mapped files being read, pooled buffers lent).
+    pub fn holds(&self) -> Holds {
+        self.inner.holds.clone()
+    }
+    /// The checkpoint values backed by durable data (as the next checkpoint write records them).
+    pub fn checkpoint(&self) -> CheckpointData {
+        *lock(&self.inner.ckpt)
+    }
+    pub fn is_writeable(&self) -> bool {
+        self.inner.is_writeable()
+    }
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.cfg
+    }
+    pub fn paths(&self) -> &StorePaths {
+        &self.inner.paths
+    }
+
+    /// Makes everything appended so far durable (commit, flush of the commit log and
+    /// consume queues) without shutting down.
+    pub async fn flush_all(&self) -> Result<()> {
+        crate::flush::final_flush(&self.inner).await
+    }
+
+    /// Clean shutdown (`DefaultMessageStore.shutdown`): stop accepting puts, final commit and
+    /// flush, wait (bounded) for dispatch to catch up, stop services, flush consume queues
+    /// and index, write the checkpoint, and remove the abort file only if the store is still
+    /// writeable and dispatch has caught up. Always ends.
+    pub async fn shutdown(&self) -> Result<()> {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        inner.shutting_down.store(true, Ordering::SeqCst);
+        let mut first_err = crate::flush::final_commit_log_flush(inner).await.err();
+        if !inner.bug(Bug::AbortDeletedWhileBehind) {
+            crate::dispatch::wait_caught_up(inner, Duration::from_millis(inner.cfg.shutdown_dispatch_wait_ms)).await;
+        }
+        self.stop_services().await;
+        if let Err(e) = crate::flush::final_logics_flush(inner).await {
+            first_err.get_or_insert(e);
+        }
+        inner.fail_group_requests(StoreError::ShutDown);
+        let behind = inner.dispatch_behind_bytes();
+        let clean = inner.is_writeable() && (behind == 0 || inner.bug(Bug::AbortDeletedWhileBehind));
+        if clean {
+            if let Err(e) = remove_abort(inner).await {
+                first_err.get_or_insert(e);
+            }
+        } else {
+            tracing::warn!(behind, writeable = inner.is_writeable(), "shutdown abnormally: abort file kept");
+        }
+        lock(&self.file_lock).take();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn stop_services(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        for n in [&self.inner.stop_notify, &self.inner.wake_flush, &self.inner.wake_commit, &self.inner.wake_reput, &self.inner.wake_group] {
+            n.notify_waiters();
+        }
+        let tasks: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn remove_abort(inner: &Inner) -> Result<()> {
+    if inner.storage.exists(&inner.paths.abort) {
+        inner.storage.remove_file(&inner.paths.abort)?;
+        inner.dirs.mark(&inner.paths.root);
+    }
+    inner.sync_dirs().await?;
+    Ok(())
+}
+
+impl Drop for Store {
+    /// A drop without shutdown is a crash: background tasks are aborted where they stand
+    /// (nothing is flushed, the abort file stays) and the lock is released.
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
