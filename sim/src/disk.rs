@@ -265,6 +265,7 @@ struct Pages {
 impl Pages {
     /// Copies `[offset, offset + buf.len())` into `buf`; the caller has checked the bounds.
     fn read(&self, geo: Geometry, offset: u64, buf: &mut [u8]) {
+        debug_assert!(offset.checked_add(buf.len() as u64).is_some_and(|end| end <= self.len_bytes));
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
@@ -281,6 +282,7 @@ impl Pages {
 
     /// Writes `data` at `offset` and extends the length; the caller has checked for overflow.
     fn write(&mut self, geo: Geometry, offset: u64, data: &[u8]) {
+        debug_assert!(offset.checked_add(data.len() as u64).is_some(), "caller checks for overflow");
         let mut done = 0usize;
         while done < data.len() {
             let pos = offset + done as u64;
@@ -620,6 +622,12 @@ pub struct SimDisk {
     state: Mutex<State>,
 }
 
+// The world shares disks across tasks and the storage seam requires it.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SimDisk>();
+};
+
 impl fmt::Debug for SimDisk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.state();
@@ -782,6 +790,7 @@ impl SimDisk {
                     }
                 }
             }
+            debug_assert!(inode.dirty.is_empty());
             inode.current = inode.durable.clone();
         }
         self.lose_pending_ops(st, &mut report);
