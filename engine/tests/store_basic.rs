@@ -1,0 +1,215 @@
+//! Put/get/query, restarts (clean → normal path, crash → abnormal path), flush modes.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+use engine::recovery::RecoveryKind;
+use engine::{FlushMode, Store, StoreError};
+
+#[test]
+fn simulation_build_is_on() {
+    assert!(cfg!(madsim), "engine tests run in the simulation build");
+}
+
+#[tokio::test]
+async fn put_get_query_and_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    let puts = put_n(&store, &clock, 300, 3, 700, 10).await;
+    assert!(store.max_phy_offset() > 3 * cfg.commit_log_file_size_bytes, "several files rolled");
+    store.flush_all().await.unwrap();
+    common_wait_dispatch(&store).await;
+    assert_queues(&store, &puts, u64::MAX);
+    let found = store.query_by_key("T", "k7", 0, i64::MAX, 10).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].phy_offset, puts[7].1.phy_offset);
+    assert_eq!(found[0].keys, vec!["k7".to_string()]);
+    let uniq = found[0].uniq_key.clone().unwrap();
+    assert_eq!(store.query_by_key("T", &uniq, 0, i64::MAX, 10).unwrap().len(), 1);
+    let end = store.max_phy_offset();
+    store.shutdown().await.unwrap();
+    assert!(!abort_exists(&cfg), "clean shutdown removes the abort file");
+    drop(store);
+
+    let store = open(&cfg, &storage, &clock).await;
+    let rep = store.last_recovery();
+    assert_eq!(rep.kind, RecoveryKind::Normal);
+    assert_eq!(rep.commit_log_end, end);
+    assert_eq!(store.max_phy_offset(), end);
+    assert!(rep.cq_units_removed.is_empty());
+    assert_queues(&store, &puts, u64::MAX);
+    // Keys of old messages survive a clean restart.
+    assert_eq!(store.query_by_key("T", "k0", 0, i64::MAX, 10).unwrap().len(), 1);
+    store.start().unwrap();
+    let r = store.put("T", 0, b"next", None, &[]).await.unwrap();
+    assert_eq!(r.queue_offset, 100, "queue offsets continue after restart");
+    assert!(r.store_timestamp_ms >= puts.last().unwrap().1.store_timestamp_ms);
+    store.shutdown().await.unwrap();
+}
+
+pub async fn common_wait_dispatch(store: &Store) {
+    for _ in 0..1000 {
+        if store.dispatch_behind_bytes() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("dispatch did not catch up");
+}
+
+#[tokio::test]
+async fn crash_takes_the_abnormal_path_and_loses_nothing_in_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    let puts = put_n(&store, &clock, 200, 2, 500, 50).await;
+    let end = store.max_phy_offset();
+    drop(store); // crash: no shutdown
+    assert!(abort_exists(&cfg));
+    let store = open(&cfg, &storage, &clock).await;
+    let rep = store.last_recovery();
+    assert_eq!(rep.kind, RecoveryKind::Abnormal);
+    assert_eq!(rep.commit_log_end, end, "a process crash keeps the page cache");
+    assert_queues(&store, &puts, end);
+    assert_eq!(store.query_by_key("T", "k199", 0, i64::MAX, 10).unwrap().len(), 1);
+    store.start().unwrap();
+    store.shutdown().await.unwrap();
+    let store = open(&cfg, &storage, &clock).await;
+    assert_eq!(store.last_recovery().kind, RecoveryKind::Normal);
+}
+
+#[tokio::test]
+async fn clock_going_backwards_keeps_store_timestamps_monotone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    let a = store.put("T", 0, b"a", None, &[]).await.unwrap();
+    clock.advance(-60_000);
+    let b = store.put("T", 0, b"b", None, &[]).await.unwrap();
+    assert_eq!(b.store_timestamp_ms, a.store_timestamp_ms);
+    drop(store);
+    let store = open(&cfg, &storage, &clock).await;
+    let c = store.put("T", 0, b"c", None, &[]).await.unwrap();
+    assert!(c.store_timestamp_ms >= a.store_timestamp_ms, "the floor survives a restart");
+}
+
+#[tokio::test]
+async fn second_store_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1);
+    let store = open(&cfg, &storage, &clock).await;
+    let err = Store::open(cfg.clone(), storage.clone(), clock.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyLocked { .. }), "{err:?}");
+    store.shutdown().await.unwrap();
+    drop(store);
+    Store::open(cfg.clone(), storage.clone(), clock.clone()).await.expect("lock released by shutdown");
+}
+
+#[tokio::test]
+async fn sync_mode_group_commit_shares_syncs_and_acks_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.flush_mode = FlushMode::Sync;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = std::sync::Arc::new(open(&cfg, &storage, &clock).await);
+    store.start().unwrap();
+    let before = storage.c.syncs.load(Ordering::SeqCst);
+    let mut handles = Vec::new();
+    for p in 0..64u32 {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move {
+            let mut offs = Vec::new();
+            for i in 0..10 {
+                let r = s.put("T", p % 4, format!("p{p}-{i}").as_bytes(), None, &[]).await.unwrap();
+                offs.push(r.phy_offset + r.size_bytes as u64);
+            }
+            offs
+        }));
+    }
+    for h in handles {
+        for end in h.await.unwrap() {
+            assert!(store.flushed_offset() >= end, "acked only once durable");
+        }
+    }
+    let syncs = storage.c.syncs.load(Ordering::SeqCst) - before;
+    assert!(syncs < 640 / 4, "64 producers share syncs: {syncs} syncs for 640 puts");
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_sync_is_fatal_and_never_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.flush_mode = FlushMode::Sync;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    store.put("T", 0, b"ok", None, &[]).await.unwrap();
+    storage.c.fail_next_sync.store(true, Ordering::SeqCst);
+    let err = store.put("T", 0, b"lost", None, &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotWriteable { .. }), "{err:?}");
+    assert!(!store.is_writeable());
+    let err = store.put("T", 0, b"after", None, &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotWriteable { .. }));
+    let _ = store.shutdown().await;
+    assert!(abort_exists(&cfg), "an unwriteable store does not shut down clean");
+}
+
+#[tokio::test]
+async fn transient_pool_loses_uncommitted_on_crash_and_returns_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.flush_mode = FlushMode::TransientPool;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    // No services: nothing is committed.
+    store.put("T", 0, b"only in the write buffer", None, &[]).await.unwrap();
+    assert_eq!(store.committed_offset(), 0);
+    assert_eq!(store.holds().count(engine::io::HoldKind::PooledBuffer), 1);
+    drop(store);
+    let store = open(&cfg, &storage, &clock).await;
+    assert_eq!(store.max_phy_offset(), 0, "uncommitted bytes die with the process");
+    store.start().unwrap();
+    let puts = put_n(&store, &clock, 150, 2, 600, 5).await;
+    store.shutdown().await.unwrap();
+    assert_eq!(store.holds().count(engine::io::HoldKind::PooledBuffer), 0, "buffers returned at shutdown");
+    assert!(store.holds().outstanding().is_empty());
+    drop(store);
+    let store = open(&cfg, &storage, &clock).await;
+    assert_eq!(store.last_recovery().kind, RecoveryKind::Normal);
+    assert_queues(&store, &puts, u64::MAX);
+}
+
+#[tokio::test]
+async fn async_flush_service_makes_data_durable_and_advances_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    let puts = put_n(&store, &clock, 50, 1, 1000, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    assert_eq!(store.flushed_offset(), store.max_phy_offset(), "thorough flush ran");
+    let ck = store.checkpoint();
+    assert_eq!(ck.physic_msg_timestamp_ms, puts.last().unwrap().1.store_timestamp_ms);
+    assert_eq!(ck.logics_msg_timestamp_ms, puts.last().unwrap().1.store_timestamp_ms, "CQ thorough flush ran");
+    assert!(store.holds().outstanding().is_empty(), "no holds when idle");
+    store.shutdown().await.unwrap();
+}
