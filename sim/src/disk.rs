@@ -9,8 +9,9 @@
 //! - a page that is neither dirty nor "lost" by a failed sync is equal in both images (within
 //!   both lengths);
 //! - stored bytes past an image's length are zero, so extending an image reads zeros;
-//! - the durable length changes only on a successful sync (or a bit of both at power loss:
-//!   never, the length is metadata and we do not model its writeback).
+//! - the durable length changes only on a successful sync, never at a power loss: an unsynced
+//!   length change (append, truncate) is metadata whose writeback we do not model, so it is
+//!   always lost, and bytes past the durable length never survive.
 //!
 //! Namespace: the current tree, the durable tree, and one ordered log of pending namespace
 //! operations between them (a journal). `sync_dir(d)` commits the log up to the last entry
