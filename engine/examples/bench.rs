@@ -1,0 +1,135 @@
+//! Throughput of the store on a real disk, next to the raw page-cache write bandwidth of the
+//! same disk measured in the same run.
+//!
+//! `RUSTFLAGS="" cargo run --release --target-dir target/std -p engine --example bench -- --dir /tmp/x`
+//! Options: `--mb N` (volume of the raw and async runs, default 1024), `--sync-single N`
+//! (puts of the single sync producer, default 2000), `--sync-each N` (puts per producer of
+//! the 64-producer sync run, default 200).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::io::real::RealStorage;
+use engine::io::{Storage, SystemClock};
+use engine::{FlushMode, Store, StoreConfig};
+
+const MSG_BYTES: usize = 1024;
+
+struct Args {
+    dir: PathBuf,
+    mb: u64,
+    sync_single: u64,
+    sync_each: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args { dir: std::env::temp_dir().join("engine-bench"), mb: 1024, sync_single: 2000, sync_each: 200 };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    for pair in v.chunks(2) {
+        let val = pair.get(1).cloned().unwrap_or_default();
+        match pair[0].as_str() {
+            "--dir" => a.dir = PathBuf::from(val),
+            "--mb" => a.mb = val.parse().expect("--mb N"),
+            "--sync-single" => a.sync_single = val.parse().expect("--sync-single N"),
+            "--sync-each" => a.sync_each = val.parse().expect("--sync-each N"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    a
+}
+
+fn line(name: &str, msgs: u64, bytes: u64, secs: f64, raw_mb_s: f64) -> f64 {
+    let mb_s = bytes as f64 / secs / 1e6;
+    println!(
+        "{name:<28} {:>12.0} msgs/s {:>10.1} MB/s  {:>6.1}% of raw  ({msgs} msgs in {secs:.2} s)",
+        msgs as f64 / secs,
+        mb_s,
+        100.0 * mb_s / raw_mb_s
+    );
+    msgs as f64 / secs
+}
+
+/// Sequential 1 MiB writes into a fresh file through the same storage seam, page cache only.
+fn raw_bandwidth(dir: &Path, total: u64) -> f64 {
+    let st = RealStorage::new();
+    let path = dir.join("raw");
+    let _ = std::fs::remove_file(&path);
+    let f = st.create(&path).unwrap();
+    f.set_len(total).unwrap();
+    let chunk = vec![0x5Au8; 1 << 20];
+    let t = Instant::now();
+    let mut at = 0;
+    while at < total {
+        f.write_at(at, &chunk).unwrap();
+        at += chunk.len() as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+    let mb_s = total as f64 / secs / 1e6;
+    println!("{:<28} {:>12} {:>17.1} MB/s  (1 MiB writes, {} MiB in {secs:.2} s)", "raw page-cache write", "", mb_s, total >> 20);
+    mb_s
+}
+
+async fn open(dir: &Path, mode: FlushMode) -> Store {
+    let _ = std::fs::remove_dir_all(dir);
+    let cfg = StoreConfig { root_dir: dir.to_path_buf(), flush_mode: mode, ..StoreConfig::default() };
+    let store = Store::open(cfg, Arc::new(RealStorage::new()), Arc::new(SystemClock)).await.unwrap();
+    store.start().unwrap();
+    store
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    std::fs::create_dir_all(&a.dir).unwrap();
+    let raw = raw_bandwidth(&a.dir, a.mb << 20);
+    let body = vec![0x42u8; MSG_BYTES];
+
+    let store = open(&a.dir.join("async"), FlushMode::Async).await;
+    let n = (a.mb << 20) / MSG_BYTES as u64;
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for i in 0..n {
+        let r = store.put("Bench", (i % 8) as u32, &body, None, &[]).await.unwrap();
+        bytes += u64::from(r.size_bytes);
+    }
+    line("async flush, 1 KiB", n, bytes, t.elapsed().as_secs_f64(), raw);
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    let store = open(&a.dir.join("sync1"), FlushMode::Sync).await;
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for i in 0..a.sync_single {
+        bytes += u64::from(store.put("Bench", (i % 8) as u32, &body, None, &[]).await.unwrap().size_bytes);
+    }
+    let single = line("sync flush, 1 producer", a.sync_single, bytes, t.elapsed().as_secs_f64(), raw);
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    let store = Arc::new(open(&a.dir.join("sync64"), FlushMode::Sync).await);
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for p in 0..64u32 {
+        let (s, body, each) = (store.clone(), body.clone(), a.sync_each);
+        handles.push(tokio::spawn(async move {
+            let mut bytes = 0u64;
+            for _ in 0..each {
+                bytes += u64::from(s.put("Bench", p % 8, &body, None, &[]).await.unwrap().size_bytes);
+            }
+            bytes
+        }));
+    }
+    let mut bytes = 0u64;
+    for h in handles {
+        bytes += h.await.unwrap();
+    }
+    let many = line("sync flush, 64 producers", 64 * a.sync_each, bytes, t.elapsed().as_secs_f64(), raw);
+    store.shutdown().await.unwrap();
+    println!("sync 64 producers / 1 producer: {:.1}x", many / single);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&a.dir);
+}
+
