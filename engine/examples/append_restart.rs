@@ -16,7 +16,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .get(2)
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("engine-append-restart-{}", std::process::id())));
-    let cfg = StoreConfig { root_dir: dir.clone(), commit_log_file_size_bytes: 16 << 20, cq_units_per_file: 100_000, index_max_hash_slots: 100_000, index_max_items: 400_000, ..StoreConfig::default() };
+    let cfg = StoreConfig {
+        root_dir: dir.clone(),
+        commit_log_file_size_bytes: 16 << 20,
+        cq_units_per_file: 100_000,
+        index_max_hash_slots: 100_000,
+        index_max_items: 400_000,
+        ..StoreConfig::default()
+    };
     let open = || Store::open(cfg.clone(), Arc::new(RealStorage::new()), Arc::new(SystemClock));
     let store = open().await?;
     store.start()?;

@@ -3,8 +3,8 @@
 //!
 //! `RUSTFLAGS="" cargo run --release --target-dir target/std -p engine --example bench -- --dir /tmp/x`
 //! Options: `--mb N` (volume of the raw and async runs, default 1024), `--sync-single N`
-//! (puts of the single sync producer, default 2000), `--sync-each N` (puts per producer of
-//! the 64-producer sync run, default 200).
+//! (puts of the single sync producer, default 5000), `--sync-each N` (puts per producer of
+//! the 64-producer sync run, default 1000).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { dir: std::env::temp_dir().join("engine-bench"), mb: 1024, sync_single: 2000, sync_each: 200 };
+    let mut a = Args { dir: std::env::temp_dir().join("engine-bench"), mb: 1024, sync_single: 5000, sync_each: 1000 };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
         let val = pair.get(1).cloned().unwrap_or_default();
@@ -68,7 +68,13 @@ fn raw_bandwidth(dir: &Path, total: u64) -> f64 {
     drop(f);
     std::fs::remove_file(&path).unwrap();
     let mb_s = total as f64 / secs / 1e6;
-    println!("{:<28} {:>12} {:>17.1} MB/s  (1 MiB writes, {} MiB in {secs:.2} s)", "raw page-cache write", "", mb_s, total >> 20);
+    println!(
+        "{:<28} {:>12} {:>17.1} MB/s  (1 MiB writes, {} MiB in {secs:.2} s)",
+        "raw page-cache write",
+        "",
+        mb_s,
+        total >> 20
+    );
     mb_s
 }
 
@@ -132,4 +138,3 @@ async fn main() {
     drop(store);
     let _ = std::fs::remove_dir_all(&a.dir);
 }
-

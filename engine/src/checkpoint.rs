@@ -52,7 +52,11 @@ impl CheckpointData {
             return None;
         }
         let at = |o: usize| i64::from_be_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        Some(CheckpointData { physic_msg_timestamp_ms: at(0), logics_msg_timestamp_ms: at(8), index_msg_timestamp_ms: at(16) })
+        Some(CheckpointData {
+            physic_msg_timestamp_ms: at(0),
+            logics_msg_timestamp_ms: at(8),
+            index_msg_timestamp_ms: at(16),
+        })
     }
 }
 
@@ -127,7 +131,11 @@ mod tests {
 
     #[test]
     fn crc_guards_the_fields() {
-        let d = CheckpointData { physic_msg_timestamp_ms: 10_000, logics_msg_timestamp_ms: 9_000, index_msg_timestamp_ms: 1 };
+        let d = CheckpointData {
+            physic_msg_timestamp_ms: 10_000,
+            logics_msg_timestamp_ms: 9_000,
+            index_msg_timestamp_ms: 1,
+        };
         let mut b = d.encode();
         assert_eq!(CheckpointData::decode(&b), Some(d));
         assert_eq!(d.min_timestamp_ms(), 6_000);

@@ -11,7 +11,7 @@ use crate::io::{BufferPool, Hold, Holds, IoError, Storage, StorageFile};
 use crate::mapped_file::MappedFile;
 use crate::mapped_file_queue::{DirSyncs, MappedFileQueue};
 use crate::message::{
-    decode, encode_blank, peek_header, record_len, Decoded, DecodeOptions, Message, BLANK_MAGIC,
+    decode, encode_blank, peek_header, record_len, DecodeOptions, Decoded, Message, BLANK_MAGIC,
     END_FILE_MIN_BLANK_BYTES, FIXED_RECORD_BYTES, MESSAGE_MAGIC, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQ_KEY,
     SYSFLAG_TX_MASK, SYSFLAG_TX_PREPARED, SYSFLAG_TX_ROLLBACK,
 };
@@ -157,7 +157,12 @@ pub struct CommitLog {
 }
 
 impl CommitLog {
-    pub fn new(queue: MappedFileQueue, pool: Option<BufferPool>, max_message_size_bytes: u64, store_host: [u8; 8]) -> CommitLog {
+    pub fn new(
+        queue: MappedFileQueue,
+        pool: Option<BufferPool>,
+        max_message_size_bytes: u64,
+        store_host: [u8; 8],
+    ) -> CommitLog {
         CommitLog {
             queue,
             topic_queue_table: BTreeMap::new(),

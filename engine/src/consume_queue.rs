@@ -93,13 +93,8 @@ impl ConsumeQueue {
         let dir = queue_dir(root, topic, queue_id);
         let (files, repairs) = MappedFileQueue::load(storage, dir, units_per_file * CQ_UNIT_SIZE, holds, dirs)?;
         let min = files.min_offset();
-        let cq = ConsumeQueue {
-            topic: topic.to_string(),
-            queue_id,
-            files,
-            max_physic_offset: 0,
-            min_logic_offset: min,
-        };
+        let cq =
+            ConsumeQueue { topic: topic.to_string(), queue_id, files, max_physic_offset: 0, min_logic_offset: min };
         Ok((cq, repairs))
     }
 

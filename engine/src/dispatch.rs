@@ -10,7 +10,7 @@ use crate::commit_log::{read_record, RecordAt};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::error::Result;
 use crate::java_hash::java_string_hash;
-use crate::message::{Decoded, DecodeOptions, Message};
+use crate::message::{DecodeOptions, Decoded, Message};
 use crate::store::{lock, Inner};
 
 /// `CommitLogDispatcherBuildConsumeQueue` + `CommitLogDispatcherBuildIndex` for one message.
@@ -84,7 +84,8 @@ pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
             }
         };
         let pos = reput - view.from_offset;
-        let opts = DecodeOptions { check_crc: false, max_record_bytes: inner.decode_limit(), ..DecodeOptions::default() };
+        let opts =
+            DecodeOptions { check_crc: false, max_record_bytes: inner.decode_limit(), ..DecodeOptions::default() };
         let rec = read_record(view.file.as_ref(), view.from_offset, pos, view.readable, view.size, opts)?;
         let next = match rec {
             RecordAt::NeedMore => return Ok(n),

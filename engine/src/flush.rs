@@ -75,7 +75,8 @@ pub(crate) async fn flush_commit_log(inner: &Inner, least_pages: u64) -> Result<
 fn resolve_group_requests(inner: &Inner) {
     let flushed = lock(&inner.cl).queue().flushed_offset();
     let mut reqs = lock(&inner.group_requests);
-    let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut *reqs).into_iter().partition(|r| r.end_offset <= flushed);
+    let (done, waiting): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut *reqs).into_iter().partition(|r| r.end_offset <= flushed);
     *reqs = waiting;
     drop(reqs);
     for r in done {
@@ -234,6 +235,7 @@ async fn group_commit_loop(inner: Arc<Inner>) {
         wait(&inner, d, &inner.wake_group).await;
         let waiting = !lock(&inner.group_requests).is_empty() || inner.bug(Bug::AckBeforeSync);
         if waiting {
+            gather_requests(&inner).await;
             if let Err(e) = flush_commit_log(&inner, 0).await {
                 tracing::error!(error = %e, "group commit failed");
                 if inner.bug(Bug::RetryFailedSync) {
@@ -242,6 +244,20 @@ async fn group_commit_loop(inner: Arc<Inner>) {
                 inner.fail_group_requests(e);
             }
         }
+    }
+}
+
+/// Lets producers that are about to append join this sync: yields while the queue of
+/// waiting producers keeps growing (a lone producer costs one yield, not a timer).
+async fn gather_requests(inner: &Inner) {
+    let mut seen = lock(&inner.group_requests).len();
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+        let now = lock(&inner.group_requests).len();
+        if now == seen {
+            break;
+        }
+        seen = now;
     }
 }
 

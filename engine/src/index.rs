@@ -110,7 +110,14 @@ impl IndexFile {
     }
 
     /// Opens a file; `None` if its size or header cannot be what this store wrote.
-    fn open(storage: &dyn Storage, path: &Path, name: String, slots: u32, items: u32, holds: Holds) -> Result<Option<IndexFile>> {
+    fn open(
+        storage: &dyn Storage,
+        path: &Path,
+        name: String,
+        slots: u32,
+        items: u32,
+        holds: Holds,
+    ) -> Result<Option<IndexFile>> {
         let file = storage.open(path)?;
         if file.len()? != index_file_size(slots, items) {
             return Ok(None);
@@ -369,11 +376,22 @@ impl IndexService {
                 let needs_new = self.files.last().is_none_or(|f| f.is_full());
                 if needs_new {
                     if let Some(full) = self.files.last() {
-                        sealed = Some(SealedIndex { plan: full.sync_plan(), end_timestamp_ms: full.header.end_timestamp_ms });
+                        sealed = Some(SealedIndex {
+                            plan: full.sync_plan(),
+                            end_timestamp_ms: full.header.end_timestamp_ms,
+                        });
                     }
                     let name = self.next_name(now_ms);
                     let seed = self.files.last().map(|f| f.header);
-                    let f = IndexFile::create(storage, &self.dir, name, self.slots, self.items, seed.as_ref(), self.holds.clone())?;
+                    let f = IndexFile::create(
+                        storage,
+                        &self.dir,
+                        name,
+                        self.slots,
+                        self.items,
+                        seed.as_ref(),
+                        self.holds.clone(),
+                    )?;
                     self.dirs.mark(&self.dir);
                     self.files.push(f);
                 }

@@ -2,19 +2,19 @@
 //! [`io`]; the engine knows nothing of simulation and runs unchanged on a real disk.
 
 pub mod bugs;
+pub mod checkpoint;
+pub mod commit_log;
 pub mod config;
+pub mod consume_queue;
+pub mod dispatch;
 pub mod error;
+pub mod flush;
+pub mod index;
 pub mod io;
 pub mod java_hash;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 pub mod message;
-pub mod commit_log;
-pub mod consume_queue;
-pub mod index;
-pub mod checkpoint;
-pub mod dispatch;
-pub mod flush;
 pub mod recovery;
 pub mod store;
 

@@ -21,7 +21,7 @@ use crate::index::{IndexLoad, IndexService};
 use crate::io::{BufferPool, Clock, Holds, Storage, StorageFile};
 use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
-use crate::message::{CorruptReason, Decoded, DecodeOptions};
+use crate::message::{CorruptReason, DecodeOptions, Decoded};
 use crate::store::{lock, CqMap, Inner, StorePaths};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,8 +105,15 @@ fn load_cqs(
                 Ok(id) if q.is_dir && q.name == id.to_string() => id,
                 _ => return Err(StoreError::BadFileName { path: qdir }),
             };
-            let (cq, r) =
-                ConsumeQueue::load(storage, &paths.root, &topic.name, id, cfg.cq_units_per_file, holds.clone(), dirs.clone())?;
+            let (cq, r) = ConsumeQueue::load(
+                storage,
+                &paths.root,
+                &topic.name,
+                id,
+                cfg.cq_units_per_file,
+                holds.clone(),
+                dirs.clone(),
+            )?;
             repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
             repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
             map.insert((topic.name.clone(), id), cq);
@@ -268,7 +275,9 @@ async fn scan(inner: &Inner, files: &[FileRef], start: usize, opts: DecodeOption
 fn file_matches(file: &FileRef, min_ts: i64, max_record: u64) -> Result<bool> {
     let opts = DecodeOptions { check_crc: false, max_record_bytes: max_record, ..DecodeOptions::default() };
     let rec = read_record(file.0.as_ref(), file.1, 0, file.2, file.2, opts)?;
-    Ok(matches!(rec, RecordAt::Decoded(Decoded::Valid(m, _)) if m.store_timestamp_ms != 0 && m.store_timestamp_ms <= min_ts))
+    Ok(
+        matches!(rec, RecordAt::Decoded(Decoded::Valid(m, _)) if m.store_timestamp_ms != 0 && m.store_timestamp_ms <= min_ts),
+    )
 }
 
 /// The abnormal scan's first file.

@@ -19,7 +19,7 @@ use crate::error::{Result, StoreError};
 use crate::index::IndexService;
 use crate::io::{BufferPool, Clock, FileLock, Holds, IoError, Storage};
 use crate::mapped_file_queue::DirSyncs;
-use crate::message::{Decoded, DecodeOptions, Message};
+use crate::message::{DecodeOptions, Decoded, Message};
 use crate::recovery::RecoveryReport;
 
 /// Where a put landed.
@@ -268,14 +268,24 @@ impl Inner {
             let size = u32::try_from(u.size).map_err(|_| StoreError::corrupt(what(), "negative size"))?;
             let m = read_message(&view, phy, size, self.decode_limit())?;
             if m.topic != topic || m.queue_id != queue_id || m.queue_offset != i {
-                return Err(StoreError::corrupt(what(), format!("record is {}/{}@{}", m.topic, m.queue_id, m.queue_offset)));
+                return Err(StoreError::corrupt(
+                    what(),
+                    format!("record is {}/{}@{}", m.topic, m.queue_id, m.queue_offset),
+                ));
             }
             out.push(StoredMessage::from_message(m, size));
         }
         Ok(out)
     }
 
-    pub fn query_by_key(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Result<Vec<StoredMessage>> {
+    pub fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>> {
         let phys = lock(&self.index).query(topic, key, begin_ms, end_ms, max.saturating_mul(4).max(32))?;
         let phys: std::collections::BTreeSet<u64> = phys.into_iter().collect();
         let mut out = Vec::new();
@@ -390,7 +400,14 @@ impl Store {
 
     /// Messages of `topic` with key (KEYS token or UNIQ_KEY) `key`, stored within
     /// `[begin_ms, end_ms]` (at the index's one-second resolution), at most `max`.
-    pub fn query_by_key(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Result<Vec<StoredMessage>> {
+    pub fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>> {
         self.inner.query_by_key(topic, key, begin_ms, end_ms, max)
     }
 
@@ -499,7 +516,13 @@ impl Store {
 
     async fn stop_services(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
-        for n in [&self.inner.stop_notify, &self.inner.wake_flush, &self.inner.wake_commit, &self.inner.wake_reput, &self.inner.wake_group] {
+        for n in [
+            &self.inner.stop_notify,
+            &self.inner.wake_flush,
+            &self.inner.wake_commit,
+            &self.inner.wake_reput,
+            &self.inner.wake_group,
+        ] {
             n.notify_waiters();
         }
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.tasks));

@@ -127,7 +127,7 @@ async fn blank_in_the_wrong_place_is_corruption() {
 async fn half_written_consume_queue_unit_is_dropped_and_rebuilt() {
     let s = setup().await;
     let n = 100u64; // units of queue 0
-    // Garbage after the last unit: a physical offset with a zero size.
+                    // Garbage after the last unit: a physical offset with a zero size.
     write_file(&cq_file(&s.cfg, 0, n), (n % s.cfg.cq_units_per_file) * 20, &[0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
     // Queue 1: its last unit's size field torn to zero.
     let last = n - 1;
@@ -149,7 +149,11 @@ async fn write_checkpoint(cfg: &StoreConfig, data: CheckpointData) {
 async fn checkpoint_newer_than_data_starts_at_the_newest_file() {
     let s = setup().await;
     let far = i64::MAX / 2;
-    write_checkpoint(&s.cfg, CheckpointData { physic_msg_timestamp_ms: far, logics_msg_timestamp_ms: far, index_msg_timestamp_ms: far }).await;
+    write_checkpoint(
+        &s.cfg,
+        CheckpointData { physic_msg_timestamp_ms: far, logics_msg_timestamp_ms: far, index_msg_timestamp_ms: far },
+    )
+    .await;
     make_abort(&s.cfg);
     let store = open(&s.cfg, &s.storage, &s.clock).await;
     let rep = store.last_recovery();
@@ -165,7 +169,11 @@ async fn checkpoint_newer_than_data_starts_at_the_newest_file() {
 #[tokio::test]
 async fn checkpoint_older_than_data_rescans_everything() {
     let s = setup().await;
-    write_checkpoint(&s.cfg, CheckpointData { physic_msg_timestamp_ms: 1, logics_msg_timestamp_ms: 1, index_msg_timestamp_ms: 1 }).await;
+    write_checkpoint(
+        &s.cfg,
+        CheckpointData { physic_msg_timestamp_ms: 1, logics_msg_timestamp_ms: 1, index_msg_timestamp_ms: 1 },
+    )
+    .await;
     make_abort(&s.cfg);
     let store = open(&s.cfg, &s.storage, &s.clock).await;
     let rep = store.last_recovery();
