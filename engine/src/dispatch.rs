@@ -65,6 +65,8 @@ pub(crate) async fn dispatch_message(inner: &Inner, m: &Message, size_bytes: u32
 }
 
 /// Dispatches everything readable from the reput offset. Returns the messages dispatched.
+/// The commit-log lock is taken once per file region, not once per record, so that dispatch
+/// does not contend with producers record by record.
 pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
     let mut n = 0;
     loop {
@@ -83,32 +85,36 @@ pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
                 None => return Ok(n),
             }
         };
-        let pos = reput - view.from_offset;
         let opts =
             DecodeOptions { check_crc: false, max_record_bytes: inner.decode_limit(), ..DecodeOptions::default() };
-        let rec = read_record(view.file.as_ref(), view.from_offset, pos, view.readable, view.size, opts)?;
-        let next = match rec {
-            RecordAt::NeedMore => return Ok(n),
-            RecordAt::Decoded(Decoded::Valid(m, size)) => {
-                drop(view);
-                dispatch_message(inner, &m, size).await?;
-                n += 1;
-                reput + u64::from(size)
-            }
-            RecordAt::Decoded(Decoded::Blank { .. }) => view.from_offset + view.size,
-            RecordAt::Decoded(Decoded::Corrupt(c)) => match c.declared_size {
-                // RocketMQ skips a failed record of known size and stops otherwise.
-                Some(d) if d > 0 && pos + u64::from(d) <= view.readable => {
-                    tracing::error!(offset = reput, reason = %c.reason, "reput skips a corrupt record");
-                    reput + u64::from(d)
+        let mut at = reput;
+        // Every record below the view's readable position can be read without the lock.
+        while at < view.from_offset + view.readable {
+            let pos = at - view.from_offset;
+            let rec = read_record(view.file.as_ref(), view.from_offset, pos, view.readable, view.size, opts)?;
+            let next = match rec {
+                RecordAt::NeedMore => return Ok(n),
+                RecordAt::Decoded(Decoded::Valid(m, size)) => {
+                    dispatch_message(inner, &m, size).await?;
+                    n += 1;
+                    at + u64::from(size)
                 }
-                _ => {
-                    tracing::error!(offset = reput, reason = %c.reason, "reput stopped at a corrupt record");
-                    return Ok(n);
-                }
-            },
-        };
-        inner.reput_offset.store(next, Ordering::SeqCst);
+                RecordAt::Decoded(Decoded::Blank { .. }) => view.from_offset + view.size,
+                RecordAt::Decoded(Decoded::Corrupt(c)) => match c.declared_size {
+                    // RocketMQ skips a failed record of known size and stops otherwise.
+                    Some(d) if d > 0 && pos + u64::from(d) <= view.readable => {
+                        tracing::error!(offset = at, reason = %c.reason, "reput skips a corrupt record");
+                        at + u64::from(d)
+                    }
+                    _ => {
+                        tracing::error!(offset = at, reason = %c.reason, "reput stopped at a corrupt record");
+                        return Ok(n);
+                    }
+                },
+            };
+            inner.reput_offset.store(next, Ordering::SeqCst);
+            at = next;
+        }
     }
 }
 
