@@ -1,1 +1,17 @@
+//! Scenarios (workloads with their checkers), the case files they are saved as, and the
+//! machinery behind the `dst` tool: run a case, explore seeds, shrink a failing plan.
 
+pub mod case;
+pub mod disk_log;
+pub mod explore;
+pub mod scenario;
+pub mod shrink;
+
+pub use case::{Case, CaseError, Expectation, ExpectedOutcome};
+pub use scenario::{find_scenario, run_case, Scenario, SCENARIOS};
+
+#[cfg(test)]
+#[test]
+fn simulation_cfg_is_on() {
+    assert!(cfg!(madsim), "build with --cfg madsim (the workspace's .cargo/config.toml sets it)");
+}

@@ -10,6 +10,7 @@ pub mod fault_plan;
 pub mod object_store;
 pub mod runner;
 pub mod trace;
+pub mod world;
 
 pub use clock::NodeClock;
 pub use disk::{BitFlip, CrashKind, DiskConfig, DiskFaults, DiskStats, LatencyProfile, PowerLossModel, SimDisk};
@@ -17,6 +18,7 @@ pub use fault_plan::{Background, Fault, FaultKind, FaultPlan, PlanError, PlanSpa
 pub use object_store::{ObjectStoreConfig, ObjectStoreFaults, ObjectStoreStats, SimObjectStore};
 pub use runner::{install_quiet_panic_hook, run, Outcome, RunOptions, Violation};
 pub use trace::{Trace, TraceRecord};
+pub use world::{NodeLife, World, WorldConfig};
 
 /// Fails loudly if the simulation cfg is off: without it every madsim API is real tokio and
 /// the "simulation" would silently run on the real clock and disk.

@@ -1,1 +1,296 @@
-fn main() {}
+//! `dst`: the deterministic simulation testbed's command line.
+//!
+//!   dst explore   run many seeds, print a summary, save failures as case files
+//!   dst replay    re-run one case (or seed) with its full timeline; check the trace hash
+//!   dst shrink    the smallest fault plan that still fails the same way
+//!   dst list      scenarios and checkers
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use scenarios::explore::{explore, Budget, ExploreOptions, ExploreReport, Shard};
+use scenarios::scenario::{generated_case, DEFAULT_SCENARIO};
+use scenarios::{find_scenario, run_case, Case, ExpectedOutcome, SCENARIOS};
+
+#[derive(Parser)]
+#[command(name = "dst", version, about = "Deterministic simulation testing of a RocketMQ-style message store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run many seeds (all cores), print a summary, save each failure as a case file.
+    Explore(ExploreArgs),
+    /// Re-run one case: its event timeline, its violations, and a determinism check.
+    Replay(ReplayArgs),
+    /// Shrink a failing case to the smallest fault plan that still fails the same way.
+    Shrink(ShrinkArgs),
+    /// List scenarios and their checkers.
+    List,
+}
+
+#[derive(Args)]
+struct ExploreArgs {
+    /// Scenario to run.
+    #[arg(long, default_value = DEFAULT_SCENARIO)]
+    scenario: String,
+    /// Number of seeds (of the whole range; a shard runs its share).
+    #[arg(long, conflicts_with = "time")]
+    seeds: Option<u64>,
+    /// Run for this many wall-clock seconds instead of a number of seeds.
+    #[arg(long)]
+    time: Option<f64>,
+    /// First seed of the range.
+    #[arg(long, default_value_t = 0)]
+    start_seed: u64,
+    /// Switch a catalogued bug back on (repeatable).
+    #[arg(long = "bug")]
+    bugs: Vec<String>,
+    /// Parallel runs (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Run only shard k of n of the seed range, e.g. 3/8.
+    #[arg(long, default_value = "1/1")]
+    shard: String,
+    /// Print the report as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Where failing cases are written.
+    #[arg(long, default_value = "target/dst-cases")]
+    save_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// A case file (TOML).
+    case: Option<PathBuf>,
+    /// Replay the plan explore would draw for this seed, instead of a case file.
+    #[arg(long, conflicts_with = "case")]
+    seed: Option<u64>,
+    #[arg(long, default_value = DEFAULT_SCENARIO)]
+    scenario: String,
+    #[arg(long = "bug")]
+    bugs: Vec<String>,
+    /// Do not print the event timeline.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ShrinkArgs {
+    /// The failing case file.
+    case: PathBuf,
+    /// Where to write the shrunk case (default: next to it, `.shrunk.toml`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    sim::install_quiet_panic_hook();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Explore(args) => cmd_explore(args),
+        Command::Replay(args) => cmd_replay(args),
+        Command::Shrink(args) => cmd_shrink(args),
+        Command::List => cmd_list(),
+    }
+}
+
+fn scenario(name: &str) -> Result<&'static scenarios::Scenario> {
+    let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+    find_scenario(name).with_context(|| format!("unknown scenario {name:?}; known: {}", known.join(", ")))
+}
+
+fn check_bugs(bugs: &[String]) -> Result<BTreeSet<String>> {
+    if let Some(bug) = bugs.first() {
+        bail!("unknown bug {bug:?}: no bugs are catalogued yet (see `dst list`)");
+    }
+    Ok(BTreeSet::new())
+}
+
+fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
+    let scenario = scenario(&args.scenario)?;
+    let bugs = check_bugs(&args.bugs)?;
+    let shard = Shard::parse(&args.shard).map_err(anyhow::Error::msg)?;
+    let budget = match (args.seeds, args.time) {
+        (_, Some(t)) if !(t > 0.0 && t.is_finite()) => bail!("--time must be a positive number of seconds"),
+        (_, Some(t)) => Budget::Time(Duration::from_secs_f64(t)),
+        (Some(n), None) => Budget::Seeds(n),
+        (None, None) => Budget::Seeds(1_000),
+    };
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let opts = ExploreOptions {
+        scenario,
+        budget,
+        start_seed: args.start_seed,
+        bugs,
+        jobs,
+        shard,
+        save_dir: Some(args.save_dir),
+        stop_at_first_failure: false,
+    };
+    let bar = progress_bar(&opts);
+    let report = explore(&opts, &|r| {
+        bar.inc(1);
+        if !r.passed {
+            bar.println(format!("seed {} failed: {}", r.seed, r.violations[0]));
+        }
+    });
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, jobs);
+    }
+    Ok(if report.failed_runs == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn progress_bar(opts: &ExploreOptions) -> ProgressBar {
+    let bar = match opts.budget {
+        Budget::Seeds(n) => ProgressBar::new(opts.shard.share_of(n)),
+        Budget::Time(_) => ProgressBar::new_spinner(),
+    };
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} seeds ({per_sec})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+fn print_report(report: &ExploreReport, jobs: usize) {
+    println!("scenario      {}", report.scenario);
+    if !report.bugs.is_empty() {
+        println!("bugs on       {}", report.bugs.iter().cloned().collect::<Vec<_>>().join(", "));
+    }
+    println!("shard         {}/{}", report.shard.index, report.shard.count);
+    println!("runs          {}", report.runs);
+    println!("failed runs   {}", report.failed_runs);
+    println!("wall time     {:.2} s on {jobs} jobs", report.wall_seconds);
+    println!("seeds/s       {:.1}", report.seeds_per_second);
+    println!("sim s/wall s  {:.0}", report.simulated_seconds_per_wall_second);
+    println!("events        {}", report.events);
+    if report.violations_by_checker.is_empty() {
+        println!("violations    none");
+    } else {
+        println!("violations by checker:");
+        for (checker, n) in &report.violations_by_checker {
+            println!("  {checker:<20} {n}");
+        }
+        println!("failing seeds (replay with `cargo dst replay <case>`):");
+        for r in report.failures().take(20) {
+            println!("  seed {:<8} {}  {}", r.seed, r.case_file.as_deref().unwrap_or("-"), r.violations[0]);
+        }
+    }
+}
+
+fn load_replay_case(args: &ReplayArgs) -> Result<Case> {
+    match (&args.case, args.seed) {
+        (Some(path), _) => Ok(Case::load(path)?),
+        (None, Some(seed)) => {
+            let bugs = check_bugs(&args.bugs)?;
+            Ok(generated_case(scenario(&args.scenario)?, seed, &bugs))
+        }
+        (None, None) => bail!("replay needs a case file or --seed N"),
+    }
+}
+
+fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
+    let case = load_replay_case(&args)?;
+    scenario(&case.scenario)?;
+    let first = run_case(&case, !args.quiet).map_err(anyhow::Error::msg)?;
+    if !args.quiet {
+        println!("timeline ({} events):", first.events);
+        for record in &first.records {
+            println!("  {record}");
+        }
+    }
+    println!("scenario      {}  seed {}", case.scenario, case.seed);
+    println!("simulated     {:.3} s, {} events", first.sim_time_ms as f64 / 1_000.0, first.events);
+    if first.violations.is_empty() {
+        println!("violations    none");
+    }
+    for v in &first.violations {
+        println!("violation     {v}");
+    }
+    println!("trace hash    {:016x}", first.trace_hash);
+    let second = run_case(&case, false).map_err(anyhow::Error::msg)?;
+    let deterministic = second.trace_hash == first.trace_hash;
+    println!(
+        "second run    {:016x} ({})",
+        second.trace_hash,
+        if deterministic { "identical: deterministic" } else { "DIFFERENT: nondeterminism" }
+    );
+    let expected = match case.expect.outcome {
+        ExpectedOutcome::Pass => first.violations.is_empty(),
+        ExpectedOutcome::Fail => first.violations.iter().any(|v| Some(&v.checker) == case.expect.checker.as_ref()),
+    };
+    println!(
+        "expected      {:?}{}",
+        case.expect.outcome,
+        if expected { " (as expected)" } else { " (NOT as expected)" }
+    );
+    Ok(if deterministic && expected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn cmd_shrink(args: ShrinkArgs) -> Result<ExitCode> {
+    let case = Case::load(&args.case)?;
+    scenario(&case.scenario)?;
+    let checker = match &case.expect.checker {
+        Some(c) => c.clone(),
+        None => {
+            let outcome = run_case(&case, false).map_err(anyhow::Error::msg)?;
+            match outcome.violations.first() {
+                Some(v) => v.checker.clone(),
+                None => bail!("the case passes; there is nothing to shrink"),
+            }
+        }
+    };
+    let shrunk = scenarios::shrink::shrink(&case, &checker).map_err(anyhow::Error::msg)?;
+    let out = args.out.unwrap_or_else(|| args.case.with_extension("shrunk.toml"));
+    let mut shrunk_case = shrunk.case;
+    shrunk_case.expect.checker = Some(checker);
+    shrunk_case.expect.outcome = ExpectedOutcome::Fail;
+    shrunk_case.save(&out)?;
+    println!(
+        "shrunk {} -> {} events in {} runs; written to {}",
+        case.plan.events.len(),
+        shrunk_case.plan.events.len(),
+        shrunk.runs,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_list() -> Result<ExitCode> {
+    println!("scenarios:");
+    for s in SCENARIOS {
+        println!("  {:<12} {}", s.name, s.description.split_whitespace().collect::<Vec<_>>().join(" "));
+        println!("  {:<12} checkers: {}", "", s.checkers.join(", "));
+    }
+    println!("bugs: none catalogued yet");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,75 @@
+//! The scenario registry and the one way to run a case.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sim::fault_plan::PlanSpace;
+use sim::{FaultPlan, Outcome, RunOptions, Trace, Violation};
+
+use crate::case::Case;
+
+/// Everything a scenario body receives.
+pub struct RunInput {
+    pub seed: u64,
+    pub trace: Arc<Trace>,
+    pub plan: FaultPlan,
+    pub bugs: BTreeSet<String>,
+    pub config: toml::Table,
+}
+
+pub type ScenarioFuture = Pin<Box<dyn Future<Output = Vec<Violation>>>>;
+
+/// A named workload with its checkers.
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The checkers this scenario runs.
+    pub checkers: &'static [&'static str],
+    /// What fault plans for it may contain.
+    pub plan_space: fn() -> PlanSpace,
+    pub run: fn(RunInput) -> ScenarioFuture,
+}
+
+pub static SCENARIOS: &[Scenario] = &[Scenario {
+    name: "disk-log",
+    description: "one node appends checksummed records to a file, syncing in batches, under crashes, \
+                  power loss, failed syncs and a full disk; checks acknowledged records survive",
+    checkers: &["durability", "log-prefix", "liveness", sim::runner::NO_PANIC, sim::runner::TIME_LIMIT],
+    plan_space: crate::disk_log::plan_space,
+    run: |input| Box::pin(crate::disk_log::run(input.seed, input.trace, input.plan, input.bugs)),
+}];
+
+/// The scenario `dst` runs when none is named.
+pub const DEFAULT_SCENARIO: &str = "disk-log";
+
+pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// Runs one case on a fresh runtime and thread. An unknown scenario is reported as an error
+/// outcome by the caller, so it is checked here first.
+pub fn run_case(case: &Case, keep_trace: bool) -> Result<Outcome, String> {
+    let scenario = find_scenario(&case.scenario).ok_or_else(|| format!("unknown scenario {:?}", case.scenario))?;
+    let mut options = RunOptions::new(case.seed);
+    options.keep_trace = keep_trace;
+    options.net.packet_loss_rate = case.plan.background.packet_loss_prob;
+    let (seed, plan, bugs, config, run) =
+        (case.seed, case.plan.clone(), case.bugs.clone(), case.config.clone(), scenario.run);
+    Ok(sim::run(options, move |trace| run(RunInput { seed, trace, plan, bugs, config })))
+}
+
+/// The case explore runs for `seed`: the scenario's plan drawn from the seed.
+pub fn generated_case(scenario: &Scenario, seed: u64, bugs: &BTreeSet<String>) -> Case {
+    Case {
+        format_version: crate::case::FORMAT_VERSION,
+        scenario: scenario.name.to_string(),
+        seed,
+        note: String::new(),
+        bugs: bugs.clone(),
+        config: toml::Table::new(),
+        expect: crate::case::Expectation { outcome: crate::case::ExpectedOutcome::Pass, checker: None },
+        plan: FaultPlan::generate(seed, &(scenario.plan_space)()),
+    }
+}
