@@ -145,7 +145,7 @@ async fn open_log(storage: &dyn Storage) -> Result<Arc<dyn StorageFile>, IoError
 }
 
 /// The writer process: recover, then append and sync batches until told to stop.
-async fn writer_process(world: Arc<World>, history: Shared) {
+async fn writer_process(world: Arc<World>, history: Shared, ack_before_sync: bool) {
     let storage = world.disk(NODE).storage();
     world.report_up(NODE);
     let now_ms = || world.trace().now_us() / 1_000;
@@ -174,6 +174,10 @@ async fn writer_process(world: Arc<World>, history: Shared) {
             end += rec.len() as u64;
             next_seq += 1;
             unacked.extend_from_slice(&rec);
+        }
+        if ack_before_sync {
+            // The catalogued bug, at this scenario's level: acknowledge, then sync.
+            lock(&history).acked_below = next_seq;
         }
         if sync_batch(file.as_ref(), acked_end, &unacked).await {
             acked_end = end;
@@ -207,11 +211,12 @@ async fn park() {
 }
 
 /// Runs the scenario in the current simulation; returns the checkers' violations.
-pub async fn run(seed: u64, trace: Arc<Trace>, plan: FaultPlan, _bugs: BTreeSet<String>) -> Vec<Violation> {
+pub async fn run(seed: u64, trace: Arc<Trace>, plan: FaultPlan, bugs: BTreeSet<String>) -> Vec<Violation> {
+    let ack_before_sync = bugs.contains(engine::Bug::AckBeforeSync.id());
     let world = World::new(seed, trace.clone(), plan, WorldConfig::default());
     let history: Shared = Arc::default();
     let (w, h) = (world.clone(), history.clone());
-    let node = world.add_node(NODE, move || writer_process(w.clone(), h.clone()));
+    let node = world.add_node(NODE, move || writer_process(w.clone(), h.clone(), ack_before_sync));
     world.play_faults().await;
     tokio::time::sleep(Duration::from_millis(QUIET_MS)).await;
     // Final clean stop, then one more recovery by an independent reader.

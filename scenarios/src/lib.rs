@@ -6,6 +6,7 @@ pub mod disk_log;
 pub mod explore;
 pub mod scenario;
 pub mod shrink;
+pub mod zoo;
 
 pub use case::{Case, CaseError, Expectation, ExpectedOutcome};
 pub use scenario::{find_scenario, run_case, Scenario, SCENARIOS};

@@ -27,6 +27,8 @@ pub struct Scenario {
     pub description: &'static str,
     /// The checkers this scenario runs.
     pub checkers: &'static [&'static str],
+    /// The catalogued bugs (ids) this scenario can switch on; `dst` rejects others.
+    pub bugs: fn() -> Vec<&'static str>,
     /// What fault plans for it may contain.
     pub plan_space: fn() -> PlanSpace,
     pub run: fn(RunInput) -> ScenarioFuture,
@@ -37,6 +39,7 @@ pub static SCENARIOS: &[Scenario] = &[Scenario {
     description: "one node appends checksummed records to a file, syncing in batches, under crashes, \
                   power loss, failed syncs and a full disk; checks acknowledged records survive",
     checkers: &["durability", "log-prefix", "liveness", sim::runner::NO_PANIC, sim::runner::TIME_LIMIT],
+    bugs: || vec![engine::Bug::AckBeforeSync.id()],
     plan_space: crate::disk_log::plan_space,
     run: |input| Box::pin(crate::disk_log::run(input.seed, input.trace, input.plan, input.bugs)),
 }];
@@ -46,6 +49,32 @@ pub const DEFAULT_SCENARIO: &str = "disk-log";
 
 pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// Every engine bug: for scenarios that run the whole store.
+pub fn all_engine_bugs() -> Vec<&'static str> {
+    engine::Bug::ALL.iter().map(|b| b.id()).collect()
+}
+
+/// Checks bug ids against the catalogue and the scenario.
+pub fn check_bugs<'a>(
+    scenario: &Scenario,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Result<BTreeSet<String>, String> {
+    let supported = (scenario.bugs)();
+    let mut out = BTreeSet::new();
+    for id in ids {
+        let bug: engine::Bug = id.parse()?;
+        if !supported.contains(&bug.id()) {
+            return Err(format!(
+                "scenario {} cannot switch on bug {id:?}; it supports: {}",
+                scenario.name,
+                supported.join(", ")
+            ));
+        }
+        out.insert(bug.id().to_string());
+    }
+    Ok(out)
 }
 
 /// Runs one case on a fresh runtime and thread. An unknown scenario is reported as an error

@@ -3,7 +3,8 @@
 //!   dst explore   run many seeds, print a summary, save failures as case files
 //!   dst replay    re-run one case (or seed) with its full timeline; check the trace hash
 //!   dst shrink    the smallest fault plan that still fails the same way
-//!   dst list      scenarios and checkers
+//!   dst zoo       every catalogued bug: seeds and time until a checker catches it
+//!   dst list      scenarios, checkers and bugs
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
@@ -33,7 +34,10 @@ enum Command {
     Replay(ReplayArgs),
     /// Shrink a failing case to the smallest fault plan that still fails the same way.
     Shrink(ShrinkArgs),
-    /// List scenarios and their checkers.
+    /// For every catalogued bug: seeds and time until caught, by which checker, and whether
+    /// its witness case passes with the bug off.
+    Zoo(ZooArgs),
+    /// List scenarios, their checkers, and the bug catalogue.
     List,
 }
 
@@ -93,6 +97,26 @@ struct ShrinkArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct ZooArgs {
+    #[arg(long, default_value = DEFAULT_SCENARIO)]
+    scenario: String,
+    /// Give up on a bug after this many seeds.
+    #[arg(long, default_value_t = 500)]
+    max_seeds: u64,
+    /// Only this bug (repeatable).
+    #[arg(long = "bug")]
+    bugs: Vec<String>,
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Write each bug's witness case to DIR/<bug>.toml (e.g. `seeds`).
+    #[arg(long)]
+    save_to: Option<PathBuf>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 fn main() -> ExitCode {
     sim::install_quiet_panic_hook();
     match run(Cli::parse()) {
@@ -109,6 +133,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explore(args) => cmd_explore(args),
         Command::Replay(args) => cmd_replay(args),
         Command::Shrink(args) => cmd_shrink(args),
+        Command::Zoo(args) => cmd_zoo(args),
         Command::List => cmd_list(),
     }
 }
@@ -118,16 +143,21 @@ fn scenario(name: &str) -> Result<&'static scenarios::Scenario> {
     find_scenario(name).with_context(|| format!("unknown scenario {name:?}; known: {}", known.join(", ")))
 }
 
-fn check_bugs(bugs: &[String]) -> Result<BTreeSet<String>> {
-    if let Some(bug) = bugs.first() {
-        bail!("unknown bug {bug:?}: no bugs are catalogued yet (see `dst list`)");
+fn check_bugs(scenario: &scenarios::Scenario, bugs: &[String]) -> Result<BTreeSet<String>> {
+    scenarios::scenario::check_bugs(scenario, bugs).map_err(|e| anyhow::anyhow!("{e} (see `dst list`)"))
+}
+
+fn jobs(requested: Option<usize>) -> Result<usize> {
+    let jobs = requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
     }
-    Ok(BTreeSet::new())
+    Ok(jobs)
 }
 
 fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
     let scenario = scenario(&args.scenario)?;
-    let bugs = check_bugs(&args.bugs)?;
+    let bugs = check_bugs(scenario, &args.bugs)?;
     let shard = Shard::parse(&args.shard).map_err(anyhow::Error::msg)?;
     let budget = match (args.seeds, args.time) {
         (_, Some(t)) if !(t > 0.0 && t.is_finite()) => bail!("--time must be a positive number of seconds"),
@@ -135,10 +165,7 @@ fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
         (Some(n), None) => Budget::Seeds(n),
         (None, None) => Budget::Seeds(1_000),
     };
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    if jobs == 0 {
-        bail!("--jobs must be at least 1");
-    }
+    let jobs = jobs(args.jobs)?;
     let opts = ExploreOptions {
         scenario,
         budget,
@@ -211,8 +238,9 @@ fn load_replay_case(args: &ReplayArgs) -> Result<Case> {
     match (&args.case, args.seed) {
         (Some(path), _) => Ok(Case::load(path)?),
         (None, Some(seed)) => {
-            let bugs = check_bugs(&args.bugs)?;
-            Ok(generated_case(scenario(&args.scenario)?, seed, &bugs))
+            let scenario = scenario(&args.scenario)?;
+            let bugs = check_bugs(scenario, &args.bugs)?;
+            Ok(generated_case(scenario, seed, &bugs))
         }
         (None, None) => bail!("replay needs a case file or --seed N"),
     }
@@ -291,6 +319,56 @@ fn cmd_list() -> Result<ExitCode> {
         println!("  {:<12} {}", s.name, s.description.split_whitespace().collect::<Vec<_>>().join(" "));
         println!("  {:<12} checkers: {}", "", s.checkers.join(", "));
     }
-    println!("bugs: none catalogued yet");
+    println!("bugs (switch one on with --bug ID):");
+    for bug in engine::Bug::ALL {
+        let info = bug.info();
+        let scenarios: Vec<&str> = SCENARIOS.iter().filter(|s| (s.bugs)().contains(&info.id)).map(|s| s.name).collect();
+        println!("  {:<30} {:<6} caught by {:<17} {}", info.id, info.origin, info.checker, info.description);
+        println!("  {:<30} {:<6} in scenarios: {}", "", "", scenarios.join(", "));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_zoo(args: ZooArgs) -> Result<ExitCode> {
+    let scenario = scenario(&args.scenario)?;
+    let only = check_bugs(scenario, &args.bugs)?;
+    if args.max_seeds == 0 {
+        bail!("--max-seeds must be at least 1");
+    }
+    let opts = scenarios::zoo::ZooOptions {
+        scenario,
+        max_seeds: args.max_seeds,
+        jobs: jobs(args.jobs)?,
+        save_dir: args.save_to.as_deref(),
+        only,
+    };
+    if !args.json {
+        println!(
+            "{:<30} {:>7} {:>7} {:>8}  {:<17} {:<9} {}",
+            "bug", "origin", "seeds", "seconds", "caught by", "expected", "passes w/o bug"
+        );
+    }
+    let entries = scenarios::zoo::zoo(&opts, &|e| {
+        if !args.json {
+            println!(
+                "{:<30} {:>7} {:>7} {:>8.2}  {:<17} {:<9} {}",
+                e.bug,
+                e.origin,
+                if e.caught() { e.seeds_to_catch.to_string() } else { format!(">{}", e.seeds_to_catch) },
+                e.wall_seconds,
+                e.checker.as_deref().unwrap_or("NOT CAUGHT"),
+                if e.expected_checker_fired { "yes" } else { "no" },
+                match e.passes_with_bug_off {
+                    Some(true) => "yes",
+                    Some(false) => "NO",
+                    None => "-",
+                },
+            );
+        }
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    }
+    let all_good = entries.iter().all(|e| e.caught() && e.passes_with_bug_off == Some(true));
+    Ok(if all_good { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
