@@ -160,6 +160,7 @@ async fn writer_process(world: Arc<World>, history: Shared, ack_before_sync: boo
     // Linux may have dropped them from the page cache's dirty set (fsyncgate).
     let mut unacked: Vec<u8> = Vec::new();
     let mut acked_end = end;
+    let mut pages_lost = false;
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
@@ -179,28 +180,37 @@ async fn writer_process(world: Arc<World>, history: Shared, ack_before_sync: boo
             // The catalogued bug, at this scenario's level: acknowledge, then sync.
             lock(&history).acked_below = next_seq;
         }
-        if sync_batch(file.as_ref(), acked_end, &unacked).await {
+        if make_durable(file.as_ref(), acked_end, &unacked, &mut pages_lost).await {
             acked_end = end;
             unacked.clear();
             lock(&history).acked_below = next_seq;
         }
     }
-    if sync_batch(file.as_ref(), acked_end, &unacked).await {
+    if make_durable(file.as_ref(), acked_end, &unacked, &mut pages_lost).await {
         lock(&history).acked_below = next_seq;
         world.report_stopped(NODE);
     }
 }
 
-/// Syncs the unacknowledged tail; after a failure, rewrites it first so the pages are dirty
-/// again. Returns whether the tail is now durable.
-async fn sync_batch(file: &dyn StorageFile, acked_end: u64, unacked: &[u8]) -> bool {
+/// Makes the unacknowledged tail durable. After a failed sync Linux may have marked its pages
+/// clean without writing them (fsyncgate), so a later sync would "succeed" without them: the
+/// tail is rewritten first, and nothing is acknowledged until a rewrite and a sync both
+/// succeed. (The fuzzer found the first version of this, which ignored a failed rewrite;
+/// `seeds/disk-log-fsyncgate-rewrite.toml` keeps that plan.)
+async fn make_durable(file: &dyn StorageFile, acked_end: u64, unacked: &[u8], pages_lost: &mut bool) -> bool {
     if unacked.is_empty() {
         return true;
+    }
+    if *pages_lost {
+        if file.write_at(acked_end, unacked).is_err() {
+            return false;
+        }
+        *pages_lost = false;
     }
     match file.sync_range(acked_end, unacked.len() as u64).await {
         Ok(()) => true,
         Err(_) => {
-            let _ = file.write_at(acked_end, unacked);
+            *pages_lost = true;
             false
         }
     }

@@ -42,7 +42,7 @@ pub struct ZooOptions<'a> {
     pub scenario: &'static Scenario,
     pub max_seeds: u64,
     pub jobs: usize,
-    /// Where each bug's witness case is written (`<dir>/<bug>.toml`); `None`: not written.
+    /// Where each bug's witness case is written (`<dir>/<scenario>-<bug>.toml`); `None`: not written.
     pub save_dir: Option<&'a Path>,
     /// Only these bugs (empty: all the scenario supports).
     pub only: BTreeSet<String>,
@@ -97,7 +97,7 @@ fn hunt(opts: &ZooOptions<'_>, bug_id: &str) -> ZooEntry {
         case.note = format!("bug zoo witness for {bug_id} ({origin}): {}", w.violations[0]);
         entry.passes_with_bug_off = Some(passes_without_bugs(&case));
         if let Some(dir) = opts.save_dir {
-            let path = dir.join(format!("{bug_id}.toml"));
+            let path = dir.join(format!("{}-{bug_id}.toml", opts.scenario.name));
             if case.save(&path).is_ok() {
                 entry.case_file = Some(path.display().to_string());
             }

@@ -287,6 +287,12 @@ impl FaultPlan {
     }
 }
 
+/// Draws one fault of `kind` from its own small seed: the building block for property tests
+/// that generate plans event by event (and shrink them by dropping events).
+pub fn draw_fault_from_seed(seed: u64, kind: FaultKind, space: &PlanSpace) -> Option<Fault> {
+    draw_fault(&mut ChaCha8Rng::seed_from_u64(seed), kind, space)
+}
+
 fn check_prob(p: f64) -> Result<(), String> {
     if (0.0..=1.0).contains(&p) {
         Ok(())

@@ -173,6 +173,7 @@ where
             body(body_trace).await
         })
     }));
+    trace.stop_clock();
     let sim_time_ms = trace.last_time_us() / 1_000;
     let violations = match result {
         Ok(violations) => violations,

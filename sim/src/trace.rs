@@ -93,17 +93,25 @@ impl Trace {
         self.state().start = Some(Instant::now());
     }
 
-    /// Simulated microseconds since `start_clock` (0 before it, or outside a simulation).
-    pub fn now_us(&self) -> u64 {
-        Self::elapsed_us(self.state().start)
+    /// Freezes the trace's clock at the newest event's time. The runner calls it when the
+    /// runtime ends: after that `Instant` is real time, and reading it would make the hash
+    /// depend on the wall clock.
+    pub fn stop_clock(&self) {
+        self.state().start = None;
     }
 
-    fn elapsed_us(start: Option<Instant>) -> u64 {
+    /// Simulated microseconds since `start_clock` (0 before it, or outside a simulation).
+    pub fn now_us(&self) -> u64 {
+        let s = self.state();
+        Self::elapsed_us(s.start, s.last_time_us)
+    }
+
+    fn elapsed_us(start: Option<Instant>, last_time_us: u64) -> u64 {
         match start {
             // Inside madsim `Instant::now` is virtual time; the trace never reads real time
             // because `start` is only set from inside the runtime.
             Some(start) => u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            None => 0,
+            None => last_time_us,
         }
     }
 
@@ -111,7 +119,7 @@ impl Trace {
     pub fn record(&self, node: &str, kind: &'static str, detail: fmt::Arguments<'_>) {
         let mut guard = self.state();
         let s = &mut *guard;
-        let time_us = Self::elapsed_us(s.start);
+        let time_us = Self::elapsed_us(s.start, s.last_time_us);
         s.last_time_us = time_us;
         s.scratch.clear();
         let _ = write!(s.scratch, "{time_us}|{node}|{kind}|{detail}");

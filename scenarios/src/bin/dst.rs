@@ -109,7 +109,7 @@ struct ZooArgs {
     bugs: Vec<String>,
     #[arg(long)]
     jobs: Option<usize>,
-    /// Write each bug's witness case to DIR/<bug>.toml (e.g. `seeds`).
+    /// Write each bug's witness case to DIR/<scenario>-<bug>.toml (e.g. `seeds`).
     #[arg(long)]
     save_to: Option<PathBuf>,
     /// Print the results as JSON.
