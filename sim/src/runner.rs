@@ -195,6 +195,22 @@ where
     }
 }
 
+/// Runs `make()`'s future on a fresh madsim runtime on a fresh OS thread (the determinism
+/// rule), re-raising any panic in the caller: the building block for tests that need a
+/// simulation but not a whole `run` (proptest must see the panic to shrink).
+pub fn block_on<T, F>(seed: u64, make: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: Future<Output = T> + 'static,
+{
+    let joined = std::thread::spawn(move || {
+        let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        runtime.block_on(make())
+    })
+    .join();
+    joined.unwrap_or_else(|panic| panic::resume_unwind(panic))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@
 //! without re-implementing the page cache.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,23 +17,6 @@ use engine::io::storage::{IoError, Storage, StorageFile, StorageFileExt};
 use proptest::prelude::*;
 use sim::disk::{BitFlip, CrashKind, DiskConfig, DiskFaults, LatencyProfile, PowerLossModel, SimDisk};
 use sim::Trace;
-
-/// Runs one simulated test body on a fresh madsim runtime on a fresh OS thread, re-raising
-/// its panic (so proptest sees the failure and shrinks).
-fn in_sim<F, Fut>(seed: u64, body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let joined = std::thread::spawn(move || {
-        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.block_on(body());
-    })
-    .join();
-    if let Err(panic) = joined {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 fn disk_with(config: DiskConfig, seed: u64) -> (Arc<SimDisk>, Arc<Trace>) {
     let trace = Trace::new(false);
@@ -386,7 +368,7 @@ proptest! {
         power_loss in power_loss_strategy(),
         ops in prop::collection::vec(op_strategy(), 1..60),
     ) {
-        in_sim(seed, move || async move {
+        sim::runner::block_on(seed, move || async move {
             let mut h = Harness::new(seed, power_loss).await;
             for op in &ops {
                 h.apply(op).await;
@@ -404,7 +386,7 @@ proptest! {
 
 #[test]
 fn failed_sync_is_visible_until_power_loss_then_lost() {
-    in_sim(1, || async {
+    sim::runner::block_on(1, || async {
         let (disk, trace) = disk_with(quick_config(PowerLossModel::KEEP_ALL), 1);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -431,7 +413,7 @@ fn failed_sync_is_visible_until_power_loss_then_lost() {
 
 #[test]
 fn failed_sync_then_process_crash_keeps_new_bytes() {
-    in_sim(2, || async {
+    sim::runner::block_on(2, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 2);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -447,7 +429,7 @@ fn failed_sync_then_process_crash_keeps_new_bytes() {
 
 #[test]
 fn torn_pages_are_sector_atomic_and_traced() {
-    in_sim(3, || async {
+    sim::runner::block_on(3, || async {
         let model = PowerLossModel { keep_page_prob: 0.0, tear_page_prob: 1.0, keep_dir_op_prob: 1.0 };
         let (disk, trace) = disk_with(quick_config(model), 3);
         let storage = disk.storage();
@@ -477,7 +459,7 @@ fn torn_pages_are_sector_atomic_and_traced() {
 
 #[test]
 fn power_loss_counts_kept_and_dropped_pages() {
-    in_sim(4, || async {
+    sim::runner::block_on(4, || async {
         for (model, kept, dropped) in [(PowerLossModel::KEEP_ALL, 3, 0), (PowerLossModel::LOSE_ALL, 0, 3)] {
             let (disk, _) = disk_with(quick_config(model), 4);
             let storage = disk.storage();
@@ -496,7 +478,7 @@ fn power_loss_counts_kept_and_dropped_pages() {
 
 #[test]
 fn unsynced_length_change_is_not_durable() {
-    in_sim(5, || async {
+    sim::runner::block_on(5, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::KEEP_ALL), 5);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -514,7 +496,7 @@ fn unsynced_length_change_is_not_durable() {
 
 #[test]
 fn shrink_then_grow_exposes_zeros_not_old_bytes() {
-    in_sim(22, || async {
+    sim::runner::block_on(22, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::KEEP_ALL), 22);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -538,7 +520,7 @@ fn shrink_then_grow_exposes_zeros_not_old_bytes() {
 
 #[test]
 fn process_crash_keeps_unsynced_writes() {
-    in_sim(6, || async {
+    sim::runner::block_on(6, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 6);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -559,7 +541,7 @@ fn process_crash_keeps_unsynced_writes() {
 
 #[test]
 fn unsynced_create_is_lost_with_its_data() {
-    in_sim(7, || async {
+    sim::runner::block_on(7, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 7);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -578,7 +560,7 @@ fn unsynced_create_is_lost_with_its_data() {
 
 #[test]
 fn sync_dir_makes_entries_durable() {
-    in_sim(8, || async {
+    sim::runner::block_on(8, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 8);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -592,7 +574,7 @@ fn sync_dir_makes_entries_durable() {
 
 #[test]
 fn sync_dir_commits_the_journal_prefix() {
-    in_sim(9, || async {
+    sim::runner::block_on(9, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 9);
         let storage = disk.storage();
         for d in ["/a", "/b"] {
@@ -619,7 +601,7 @@ fn sync_dir_commits_the_journal_prefix() {
 
 #[test]
 fn unsynced_mkdir_loses_the_subtree() {
-    in_sim(10, || async {
+    sim::runner::block_on(10, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 10);
         let storage = disk.storage();
         storage.create_dir_all(Path::new("/store/commitlog")).unwrap();
@@ -640,7 +622,7 @@ fn unsynced_mkdir_loses_the_subtree() {
 
 #[test]
 fn unsynced_remove_resurrects_the_file() {
-    in_sim(11, || async {
+    sim::runner::block_on(11, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 11);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -655,7 +637,7 @@ fn unsynced_remove_resurrects_the_file() {
 
 #[test]
 fn rename_is_atomic_across_power_loss() {
-    in_sim(12, || async {
+    sim::runner::block_on(12, || async {
         let mut outcomes = BTreeSet::new();
         for seed in 0..64 {
             let model = PowerLossModel { keep_page_prob: 0.5, tear_page_prob: 0.5, keep_dir_op_prob: 0.5 };
@@ -688,7 +670,7 @@ fn rename_is_atomic_across_power_loss() {
 
 #[test]
 fn rename_replaces_and_moves_directories() {
-    in_sim(13, || async {
+    sim::runner::block_on(13, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::KEEP_ALL), 13);
         let storage = disk.storage();
         storage.create_dir_all(Path::new("/s/d1")).unwrap();
@@ -709,7 +691,7 @@ fn rename_replaces_and_moves_directories() {
 
 #[test]
 fn enospc_beyond_capacity_changes_nothing() {
-    in_sim(14, || async {
+    sim::runner::block_on(14, || async {
         let config = DiskConfig { capacity_bytes: Some(10_000), ..quick_config(PowerLossModel::default()) };
         let (disk, trace) = disk_with(config, 14);
         let storage = disk.storage();
@@ -735,7 +717,7 @@ fn enospc_beyond_capacity_changes_nothing() {
 
 #[test]
 fn eio_on_read_and_write() {
-    in_sim(15, || async {
+    sim::runner::block_on(15, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::default()), 15);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -760,7 +742,7 @@ fn eio_on_read_and_write() {
 
 #[test]
 fn crash_makes_every_old_handle_stale() {
-    in_sim(16, || async {
+    sim::runner::block_on(16, || async {
         let config =
             DiskConfig { sync_latency: LatencyProfile { p50_us: 1_000, p99_us: 1_000 }, ..DiskConfig::default() };
         let (disk, _) = disk_with(config, 16);
@@ -796,7 +778,7 @@ fn crash_makes_every_old_handle_stale() {
 
 #[test]
 fn locks_are_exclusive_and_released_by_drop_or_crash() {
-    in_sim(17, || async {
+    sim::runner::block_on(17, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 17);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -820,7 +802,7 @@ fn locks_are_exclusive_and_released_by_drop_or_crash() {
 
 #[test]
 fn bit_flip_corrupts_one_durable_bit() {
-    in_sim(18, || async {
+    sim::runner::block_on(18, || async {
         let (disk, trace) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 18);
         assert_eq!(disk.inject_bit_flip(), None, "no durable data yet");
         let storage = disk.storage();
@@ -843,7 +825,7 @@ fn bit_flip_corrupts_one_durable_bit() {
 
 #[test]
 fn huge_offsets_never_panic() {
-    in_sim(19, || async {
+    sim::runner::block_on(19, || async {
         let (disk, _) = disk_with(quick_config(PowerLossModel::LOSE_ALL), 19);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -872,7 +854,7 @@ fn huge_offsets_never_panic() {
 fn same_seed_same_trace_other_node_other_choices() {
     let run = |node: &'static str| {
         let (tx, rx) = std::sync::mpsc::channel();
-        in_sim(20, move || async move {
+        sim::runner::block_on(20, move || async move {
             let trace = Trace::new(false);
             trace.start_clock();
             let disk = SimDisk::new(node, DiskConfig::default(), 20, trace.clone());
@@ -928,7 +910,7 @@ fn config_serde_rejects_unknown_fields_and_defaults() {
 
 #[test]
 fn invalid_geometry_is_repaired_not_panicking() {
-    in_sim(21, || async {
+    sim::runner::block_on(21, || async {
         let config = DiskConfig { page_size_bytes: 0, sector_size_bytes: 0, ..quick_config(PowerLossModel::default()) };
         let (disk, _) = disk_with(config, 21);
         let storage = disk.storage();

@@ -9,22 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use engine::io::object_store::{ObjectError, ObjectStore};
 use madsim::net::NetSim;
-use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::runtime::{Handle, NodeHandle};
 use sim::{ObjectStoreConfig, ObjectStoreFaults, SimObjectStore, Trace};
-
-/// Runs `make()`'s future in a fresh madsim runtime on a fresh OS thread, re-raising panics.
-fn run_sim<T, F>(seed: u64, make: impl FnOnce() -> F + Send + 'static) -> T
-where
-    T: Send + 'static,
-    F: Future<Output = T> + 'static,
-{
-    let joined = std::thread::spawn(move || {
-        let runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        runtime.block_on(make())
-    })
-    .join();
-    joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 struct World {
     trace: Arc<Trace>,
@@ -76,7 +62,7 @@ fn object(store: &SimObjectStore, key: &str) -> Option<Bytes> {
 
 #[test]
 fn no_faults_semantics_and_typed_errors() {
-    run_sim(1, || async {
+    sim::runner::block_on(1, || async {
         let w = world(1, ObjectStoreConfig::default());
         on_broker(&w, |c| async move {
             c.put("t/seg", b("hello")).await.unwrap();
@@ -111,7 +97,7 @@ fn no_faults_semantics_and_typed_errors() {
 
 #[test]
 fn latency_follows_the_config() {
-    run_sim(2, || async {
+    sim::runner::block_on(2, || async {
         let config = ObjectStoreConfig { latency_ms: (100, 100), request_timeout_ms: 5000, bytes_per_ms: 1000 };
         let w = world(2, config);
         w.store.set_faults(faults(|f| f.extra_latency_ms = 50));
@@ -128,7 +114,7 @@ fn latency_follows_the_config() {
 
 #[test]
 fn lost_ack_applies_but_reports_outcome_unknown() {
-    run_sim(3, || async {
+    sim::runner::block_on(3, || async {
         let w = world(3, ObjectStoreConfig::default());
         w.store.set_faults(faults(|f| f.ack_lost_prob = 1.0));
         let (append, put, elapsed) = on_broker(&w, |c| async move {
@@ -160,7 +146,7 @@ fn lost_ack_applies_but_reports_outcome_unknown() {
 
 #[test]
 fn partial_append_applies_a_strict_prefix_then_fails() {
-    run_sim(4, || async {
+    sim::runner::block_on(4, || async {
         let w = world(4, ObjectStoreConfig::default());
         w.store.set_faults(faults(|f| f.partial_append_prob = 1.0));
         let data: Bytes = (0..100u8).collect::<Vec<u8>>().into();
@@ -201,7 +187,7 @@ fn partial_append_applies_a_strict_prefix_then_fails() {
 
 #[test]
 fn injected_errors_apply_nothing() {
-    run_sim(5, || async {
+    sim::runner::block_on(5, || async {
         let w = world(5, ObjectStoreConfig::default());
         on_broker(&w, |c| async move { c.put("keep", b("1")).await.unwrap() }).await;
         w.store.set_faults(faults(|f| f.error_prob = 1.0));
@@ -225,7 +211,7 @@ fn injected_errors_apply_nothing() {
 
 #[test]
 fn size_queries_fail_while_other_requests_succeed() {
-    run_sim(6, || async {
+    sim::runner::block_on(6, || async {
         let w = world(6, ObjectStoreConfig::default());
         w.store.set_faults(faults(|f| f.size_fail_prob = 1.0));
         let (put, size, get) = on_broker(&w, |c| async move {
@@ -244,7 +230,7 @@ fn size_queries_fail_while_other_requests_succeed() {
 
 #[test]
 fn unavailability_window_then_recovery() {
-    run_sim(7, || async {
+    sim::runner::block_on(7, || async {
         let w = world(7, ObjectStoreConfig::default());
         w.store.set_unavailable(true);
         let (put, append, list) =
@@ -267,7 +253,7 @@ fn unavailability_window_then_recovery() {
 
 #[test]
 fn partitions_turn_requests_into_timeouts() {
-    run_sim(8, || async {
+    sim::runner::block_on(8, || async {
         let w = world(8, ObjectStoreConfig::default());
         let (broker, store) = (w.broker.id(), w.store.node_id());
         let net = NetSim::current();
@@ -308,7 +294,7 @@ fn partitions_turn_requests_into_timeouts() {
 /// the wire: `Unavailable` must still mean "not applied", even when they arrive later.
 #[test]
 fn unavailable_always_means_not_applied() {
-    run_sim(9, || async {
+    sim::runner::block_on(9, || async {
         let config = ObjectStoreConfig { latency_ms: (0, 0), request_timeout_ms: 5, bytes_per_ms: 0 };
         let w = world(9, config);
         let results = on_broker(&w, |c| async move {
@@ -339,7 +325,7 @@ fn unavailable_always_means_not_applied() {
 
 #[test]
 fn broker_killed_mid_request_is_still_applied() {
-    run_sim(10, || async {
+    sim::runner::block_on(10, || async {
         let w = world(10, ObjectStoreConfig::default());
         let data = Bytes::from(vec![7u8; 4096]);
         let in_flight = w.broker.spawn({
@@ -401,17 +387,17 @@ async fn faulty_workload(seed: u64) -> (u64, BTreeMap<String, Bytes>) {
 
 #[test]
 fn same_seed_same_trace_different_seed_different_trace() {
-    let first = run_sim(42, || faulty_workload(42));
-    let second = run_sim(42, || faulty_workload(42));
+    let first = sim::runner::block_on(42, || faulty_workload(42));
+    let second = sim::runner::block_on(42, || faulty_workload(42));
     assert_eq!(first, second, "same seed, same trace hash and contents");
-    let other = run_sim(43, || faulty_workload(43));
+    let other = sim::runner::block_on(43, || faulty_workload(43));
     assert_ne!(first.0, other.0, "a different seed gives a different trace");
 }
 
 /// Garbage keys, huge offsets and lengths, and absurd configurations never panic.
 #[test]
 fn garbage_never_panics() {
-    run_sim(11, || async {
+    sim::runner::block_on(11, || async {
         let config = ObjectStoreConfig { latency_ms: (90, 10), request_timeout_ms: u64::MAX, bytes_per_ms: 0 };
         let w = world(11, config);
         w.store.set_faults(ObjectStoreFaults {

@@ -5,29 +5,13 @@
 //! The engine is tested on the simulated store and shipped on a real one, so any difference
 //! between them here is a difference the tests would hide.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use engine::io::object_store::{validate_key, ObjectError, ObjectStore};
 use engine::io::real::LocalObjectStore;
-use madsim::runtime::{Handle, Runtime};
+use madsim::runtime::Handle;
 use sim::{ObjectStoreConfig, SimObjectStore, Trace};
-
-/// Runs `make()`'s future in a fresh madsim runtime on a fresh OS thread (a determinism
-/// rule: std's hash keys are per thread), re-raising any panic.
-fn run_sim<T, F>(seed: u64, make: impl FnOnce() -> F + Send + 'static) -> T
-where
-    T: Send + 'static,
-    F: Future<Output = T> + 'static,
-{
-    let joined = std::thread::spawn(move || {
-        let runtime = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        runtime.block_on(make())
-    })
-    .join();
-    joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -172,7 +156,7 @@ async fn large_object(s: &dyn ObjectStore) {
 fn local_object_store_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
-    run_sim(1, move || async move {
+    sim::runner::block_on(1, move || async move {
         let store: Arc<dyn ObjectStore> = Arc::new(LocalObjectStore::new(root).unwrap());
         conformance(store).await;
     });
@@ -180,7 +164,7 @@ fn local_object_store_conforms() {
 
 #[test]
 fn sim_object_store_conforms() {
-    run_sim(1, || async {
+    sim::runner::block_on(1, || async {
         let trace = Trace::new(false);
         let store = SimObjectStore::start(ObjectStoreConfig::default(), 1, trace);
         let broker = Handle::current().create_node().name("broker").ip("10.0.0.1".parse().unwrap()).build();

@@ -15,21 +15,6 @@ use engine::io::storage::{DirEntry, IoError, Storage, StorageFileExt};
 use sim::disk::{DiskConfig, SimDisk};
 use sim::Trace;
 
-fn in_sim<F, Fut>(seed: u64, body: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let joined = std::thread::spawn(move || {
-        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.block_on(body());
-    })
-    .join();
-    if let Err(panic) = joined {
-        std::panic::resume_unwind(panic);
-    }
-}
-
 /// Runs `check` on the real disk, under a fresh temporary directory.
 fn on_real<F, Fut>(check: F)
 where
@@ -38,7 +23,7 @@ where
 {
     let dir = tempfile::tempdir().expect("temporary directory");
     let root = dir.path().join("store");
-    in_sim(1, move || async move {
+    sim::runner::block_on(1, move || async move {
         let storage: Arc<dyn Storage> = Arc::new(RealStorage::new());
         storage.create_dir_all(&root).unwrap();
         check(storage, root).await;
@@ -52,7 +37,7 @@ where
     F: FnOnce(Arc<dyn Storage>, PathBuf) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    in_sim(1, move || async move {
+    sim::runner::block_on(1, move || async move {
         let trace = Trace::new(false);
         trace.start_clock();
         let disk = SimDisk::new("conformance", DiskConfig::default(), 1, trace);
