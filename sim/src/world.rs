@@ -63,6 +63,9 @@ pub struct World {
     clocks: Mutex<BTreeMap<String, Arc<NodeClock>>>,
     object_store: Option<Arc<SimObjectStore>>,
     object_fault_token: Mutex<u64>,
+    /// Per node pair (sorted names): the newest partition, so an older window's end does not
+    /// heal a newer one.
+    partition_tokens: Mutex<BTreeMap<(String, String), u64>>,
     next_ip: Mutex<u8>,
 }
 
@@ -100,6 +103,7 @@ impl World {
             clocks: Mutex::new(BTreeMap::new()),
             object_store,
             object_fault_token: Mutex::new(0),
+            partition_tokens: Mutex::new(BTreeMap::new()),
             next_ip: Mutex::new(10),
         });
         if let Some(store) = &world.object_store {
@@ -395,13 +399,24 @@ impl World {
 
     fn partition(self: &Arc<Self>, a: &str, b: &str, duration_ms: u64) -> Option<tokio::task::JoinHandle<()>> {
         let (ida, idb) = (self.node_id(a)?, self.node_id(b)?);
+        let pair = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
+        let token = {
+            let mut tokens = lock(&self.partition_tokens);
+            let t = tokens.entry(pair.clone()).or_insert(0);
+            *t += 1;
+            *t
+        };
         let net = madsim::net::NetSim::current();
         net.clog_link(ida, idb);
         net.clog_link(idb, ida);
+        let world = self.clone();
         let trace = self.trace.clone();
         let (a, b) = (a.to_string(), b.to_string());
         Some(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(duration_ms)).await;
+            if lock(&world.partition_tokens).get(&pair) != Some(&token) {
+                return;
+            }
             let net = madsim::net::NetSim::current();
             net.unclog_link(ida, idb);
             net.unclog_link(idb, ida);
