@@ -81,8 +81,11 @@ pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
                 continue;
             }
             match cl.view(reput) {
-                Some(v) => v,
-                None => return Ok(n),
+                // The file holding the reput offset has nothing readable there yet although a
+                // later file has (transient pool: a full file not yet committed while the
+                // next one, written directly, is): wait for the commit instead of spinning.
+                Some(v) if reput < v.from_offset + v.readable => v,
+                _ => return Ok(n),
             }
         };
         let opts =

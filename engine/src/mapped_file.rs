@@ -82,8 +82,21 @@ impl MappedFile {
     ) -> Result<MappedFile> {
         let name = file_name(from_offset);
         let path = dir.join(&name);
-        let file = storage.create(&path)?;
-        file.set_len(size)?;
+        let file = match storage.create(&path) {
+            // A leftover of an earlier creation that failed half-way (its `set_len` hit
+            // ENOSPC or EIO and its removal failed too): no queue holds it, so it is replaced.
+            Err(IoError::AlreadyExists { .. }) => {
+                storage.remove_file(&path)?;
+                storage.create(&path)?
+            }
+            r => r?,
+        };
+        if let Err(e) = file.set_len(size) {
+            // Without this the empty file stayed behind and every retry failed with
+            // AlreadyExists: a full disk stopped dispatch for good.
+            let _ = storage.remove_file(&path);
+            return Err(e.into());
+        }
         let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
         mf.set_positions(0);
         if let Some(buf) = write_buffer {

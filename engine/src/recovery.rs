@@ -360,6 +360,9 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     report.skipped_records = scan.skipped.clone();
     report.redispatched_messages = scan.dispatched;
     truncate(inner, &mut report, &mut to_sync, cl_end, cq_cut, files.is_empty(), keep_stale)?;
+    if !loaded.clean {
+        to_sync.extend(recovered_region_plans(inner, report.scan_start_offset));
+    }
     {
         let mut cl = lock(&inner.cl);
         let floor = scan.last_store_ts_ms.max(report.checkpoint_data.physic_msg_timestamp_ms);
@@ -376,6 +379,27 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     rebuild_topic_queue_table(inner);
     *lock(&inner.recovery) = report;
     Ok(())
+}
+
+/// After a crash the recovered files may still hold the dead process's dirty page cache
+/// while their positions now say "flushed" (so the flush service would never sync them and
+/// the checkpoint would move past them): every commit-log file from the scan start and every
+/// consume-queue file is made durable before recovery ends. Found by the broker scenario: a
+/// process crash, then a power loss, lost messages `flushed_offset` had reported durable.
+fn recovered_region_plans(inner: &Inner, scan_start: u64) -> Vec<SyncPlan> {
+    let whole = |file: &Arc<dyn StorageFile>, from: u64, size: u64| SyncPlan {
+        file: file.clone(),
+        from_offset: from,
+        sync_from: 0,
+        sync_to: size,
+        last_store_ts_ms: 0,
+    };
+    let mut plans: Vec<SyncPlan> =
+        cl_files(inner).iter().filter(|f| f.1 + f.2 > scan_start).map(|f| whole(&f.0, f.1, f.2)).collect();
+    for cq in lock(&inner.cqs).values() {
+        plans.extend(cq.files().files().iter().map(|f| whole(f.file(), f.from_offset(), f.size())));
+    }
+    plans
 }
 
 /// Cuts the commit log at `cl_end` and the consume queues at `cq_cut`; drops index files

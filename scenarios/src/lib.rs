@@ -1,6 +1,7 @@
 //! Scenarios (workloads with their checkers), the case files they are saved as, and the
 //! machinery behind the `dst` tool: run a case, explore seeds, shrink a failing plan.
 
+pub mod broker;
 pub mod case;
 pub mod disk_log;
 pub mod explore;

@@ -34,18 +34,40 @@ pub struct Scenario {
     pub run: fn(RunInput) -> ScenarioFuture,
 }
 
-pub static SCENARIOS: &[Scenario] = &[Scenario {
-    name: "disk-log",
-    description: "one node appends checksummed records to a file, syncing in batches, under crashes, \
+pub static SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "broker",
+        description: "a broker node runs the message store; two producers and a consumer talk to it over \
+                      the network under kills, power loss, clean shutdowns, disk errors, a full disk, bit \
+                      flips, clock jumps and partitions; recovery is checked after every restart",
+        checkers: &[
+            crate::broker::checkers::DURABILITY,
+            crate::broker::checkers::LOG_PREFIX,
+            crate::broker::checkers::CONSUME_QUEUE,
+            crate::broker::checkers::KEY_INDEX,
+            crate::broker::checkers::ABORT_CHECKPOINT,
+            crate::broker::checkers::LIVENESS,
+            crate::broker::checkers::NO_LEAK,
+            sim::runner::NO_PANIC,
+            sim::runner::TIME_LIMIT,
+        ],
+        bugs: all_engine_bugs,
+        plan_space: crate::broker::plan_space,
+        run: |input| Box::pin(crate::broker::run(input)),
+    },
+    Scenario {
+        name: "disk-log",
+        description: "one node appends checksummed records to a file, syncing in batches, under crashes, \
                   power loss, failed syncs and a full disk; checks acknowledged records survive",
-    checkers: &["durability", "log-prefix", "liveness", sim::runner::NO_PANIC, sim::runner::TIME_LIMIT],
-    bugs: || vec![engine::Bug::AckBeforeSync.id()],
-    plan_space: crate::disk_log::plan_space,
-    run: |input| Box::pin(crate::disk_log::run(input.seed, input.trace, input.plan, input.bugs)),
-}];
+        checkers: &["durability", "log-prefix", "liveness", sim::runner::NO_PANIC, sim::runner::TIME_LIMIT],
+        bugs: || vec![engine::Bug::AckBeforeSync.id()],
+        plan_space: crate::disk_log::plan_space,
+        run: |input| Box::pin(crate::disk_log::run(input.seed, input.trace, input.plan, input.bugs)),
+    },
+];
 
 /// The scenario `dst` runs when none is named.
-pub const DEFAULT_SCENARIO: &str = "disk-log";
+pub const DEFAULT_SCENARIO: &str = "broker";
 
 pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)

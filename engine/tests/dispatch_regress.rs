@@ -1,0 +1,36 @@
+//! Regression: the reput service spun for ever (never yielding) when the file holding the
+//! reput offset had nothing committed there while a later file had (transient pool: a full
+//! file still in its write buffer, the next one written directly because the pool was empty).
+//! Found by the broker scenario (seed 13 of the first sweep hung the simulation).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use engine::FlushMode;
+
+#[tokio::test]
+async fn reput_waits_for_an_uncommitted_earlier_file_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.flush_mode = FlushMode::TransientPool;
+    cfg.transient_pool_buffers = 1;
+    // Nothing is committed during the test.
+    cfg.commit_interval_commit_log_ms = 1_000_000;
+    cfg.commit_commit_log_thorough_interval_ms = 1_000_000;
+    cfg.commit_commit_log_least_pages = 1_000;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    let body = vec![7u8; 1000];
+    while store.max_phy_offset() < cfg.commit_log_file_size_bytes + 5_000 {
+        store.put("T", 0, &body, None, &[]).await.unwrap();
+    }
+    // The first file sits in the only pooled buffer; the second is written directly.
+    assert!(store.committed_offset() > cfg.commit_log_file_size_bytes);
+    // Before the fix the reput service never yielded again and this sleep never returned.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.reput_offset(), 0, "nothing of the uncommitted first file is dispatched");
+}

@@ -1,0 +1,221 @@
+//! The broker process: on every (re)start it opens the store (which recovers), runs the
+//! recovery checkers against the history, then serves puts and gets until ctrl-c, when it
+//! shuts the store down cleanly and reports how that went.
+
+use std::path::Path;
+use std::pin::pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use engine::checkpoint::CheckpointData;
+use engine::Store;
+use madsim::net::Endpoint;
+
+use super::checkers::{self, BootFacts, CheckInput};
+use super::history::{Ack, CleanStop, CrashCounts, Epoch, SendOutcome, SinceLastBoot};
+use super::rpc::{Envelope, PutMsg, Reply, Request, BROKER_PORT, REQUEST_TAG};
+use super::state::{decode_log, read_commit_log, DecodedLog, StoreView};
+use super::{Shared, BROKER, ROOT};
+
+/// Pause between attempts to open the store (a disk-error window may fail recovery).
+const OPEN_RETRY_MS: u64 = 200;
+/// How often the serving broker records the store's watermarks.
+const WATERMARK_EVERY_MS: u64 = 50;
+
+/// The broker node's `init`: re-run by madsim on every restart.
+pub async fn broker_process(sh: Arc<Shared>) {
+    let mut ctrl_c = pin!(tokio::signal::ctrl_c());
+    // Poll once now: madsim kills a node on ctrl-c if it never asked for the signal, and a
+    // clean shutdown must reach this process even while it is still recovering.
+    tokio::select! { biased; _ = &mut ctrl_c => {}, _ = std::future::ready(()) => {} }
+    let (epoch, since) = begin_epoch(&sh);
+    let boot = boot_facts(&sh);
+    let store = Arc::new(open_with_retries(&sh).await);
+    sh.history().epochs[epoch].open_completed = true;
+    recovery_checks(&sh, &store, epoch, since, &boot);
+    if store.start().is_err() {
+        return park().await;
+    }
+    *sh.store_slot() = Arc::downgrade(&store);
+    sh.world.report_up(BROKER);
+    serve(&sh, &store, ctrl_c).await;
+    stop(&sh, &store).await;
+    park().await
+}
+
+async fn park() {
+    std::future::pending::<()>().await
+}
+
+fn counts(sh: &Shared) -> CrashCounts {
+    let s = sh.world.disk(BROKER).stats();
+    CrashCounts { crashes: s.crashes, power_losses: s.power_losses, bit_flips: s.bit_flips }
+}
+
+/// Starts a new epoch; settles the previous one's watermarks; says what happened since.
+fn begin_epoch(sh: &Shared) -> (usize, SinceLastBoot) {
+    let now = counts(sh);
+    let started_ms = sh.now_ms();
+    let mut h = sh.history();
+    let prev = h.epochs.last().map(|e| e.counts_at_boot).unwrap_or_default();
+    if let Some(p) = h.current_epoch() {
+        h.settle_epoch(p);
+    }
+    h.epochs.push(Epoch { started_ms, counts_at_boot: now, ..Epoch::default() });
+    let since = SinceLastBoot {
+        crashes: now.crashes - prev.crashes,
+        power_losses: now.power_losses - prev.power_losses,
+        bit_flips_total: now.bit_flips,
+    };
+    (h.epochs.len() - 1, since)
+}
+
+/// The commit log as the disk holds it now, decoded by the checker (no fault injection).
+pub fn decode_disk_log(sh: &Shared) -> DecodedLog {
+    let disk = sh.world.disk(BROKER);
+    let root = Path::new(ROOT);
+    let names: Vec<String> = disk
+        .storage()
+        .list_dir(&root.join("commitlog"))
+        .map(|v| v.into_iter().map(|e| e.name).collect())
+        .unwrap_or_default();
+    let files = read_commit_log(&names, root, |p| disk.current_image(p));
+    decode_log(&files, sh.config.max_message_size_bytes)
+}
+
+fn boot_facts(sh: &Shared) -> BootFacts {
+    let disk = sh.world.disk(BROKER);
+    let root = Path::new(ROOT);
+    BootFacts {
+        abort_existed: disk.storage().exists(&root.join("abort")),
+        checkpoint: disk.current_image(&root.join("checkpoint")).and_then(|b| CheckpointData::decode(&b)),
+        log_max_timestamp_ms: decode_disk_log(sh).max_store_timestamp_ms(),
+    }
+}
+
+async fn open_with_retries(sh: &Shared) -> Store {
+    let clock: Arc<dyn engine::io::Clock> = sh.world.clock(BROKER);
+    loop {
+        let storage = sh.world.disk(BROKER).storage();
+        match Store::open(sh.config.clone(), storage, clock.clone()).await {
+            Ok(store) => return store,
+            Err(e) => {
+                sim::trace!(sh.world.trace(), BROKER, "broker.open_failed", "{e}");
+                tokio::time::sleep(Duration::from_millis(OPEN_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+/// Runs the recovery checkers and updates the history with what survived.
+fn recovery_checks(sh: &Shared, store: &Store, epoch: usize, since: SinceLastBoot, boot: &BootFacts) {
+    let log = decode_disk_log(sh);
+    let view = StoreView::capture(store, &log);
+    let now_ms = sh.now_ms();
+    let mut h = sh.history();
+    let found = {
+        let input = CheckInput { history: &h, log: &log, view: &view, since, epoch, now_ms };
+        checkers::check_recovery(&input, boot)
+    };
+    h.violations.extend(found);
+    checkers::after_recovery(&mut h, &log, epoch);
+    h.observe_watermarks(store.committed_offset(), store.flushed_offset());
+    drop(h);
+    sh.checks_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    sim::trace!(sh.world.trace(), BROKER, "broker.recovered", "epoch={epoch} end={} msgs={}", log.end, log.msgs.len());
+}
+
+/// Serves requests until ctrl-c.
+async fn serve(sh: &Arc<Shared>, store: &Arc<Store>, mut ctrl_c: std::pin::Pin<&mut impl std::future::Future>) {
+    let Ok(ep) = Endpoint::bind(("0.0.0.0", BROKER_PORT)).await else {
+        let _ = ctrl_c.await;
+        return;
+    };
+    let ep = Arc::new(ep);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return,
+            r = ep.recv_from_raw(REQUEST_TAG) => {
+                let Ok((payload, from)) = r else {
+                    // The network refused (node partitioned or restarting): do not spin.
+                    tokio::time::sleep(Duration::from_millis(WATERMARK_EVERY_MS)).await;
+                    continue;
+                };
+                let Ok(env) = payload.downcast::<Envelope>() else { continue };
+                let (sh, store, ep) = (sh.clone(), Arc::downgrade(store), ep.clone());
+                tokio::spawn(async move {
+                    let Some(reply) = handle(&sh, store, env.request).await else { return };
+                    let _ = ep.send_to_raw(from, env.reply_tag, Box::new(reply)).await;
+                });
+            }
+            _ = tokio::time::sleep(Duration::from_millis(WATERMARK_EVERY_MS)) => {
+                sh.history().observe_watermarks(store.committed_offset(), store.flushed_offset());
+            }
+        }
+    }
+}
+
+async fn handle(sh: &Arc<Shared>, store: Weak<Store>, request: Request) -> Option<Reply> {
+    match request {
+        Request::Put(msgs) => {
+            let tasks: Vec<_> = msgs.into_iter().map(|m| tokio::spawn(put_one(sh.clone(), store.clone(), m))).collect();
+            let mut results = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                results.push(t.await.unwrap_or_else(|e| Err(format!("put task failed: {e}"))));
+            }
+            let store = store.upgrade()?;
+            sh.history().observe_watermarks(store.committed_offset(), store.flushed_offset());
+            Some(Reply::Put(results))
+        }
+        Request::Get { topic, queue_id, offset, max } => {
+            let store = store.upgrade()?;
+            Some(Reply::Get(store.get(&topic, queue_id, offset, max).map_err(|e| e.to_string())))
+        }
+    }
+}
+
+/// Puts one message; an ack is recorded in the history at once (the store's promise stands
+/// even if the reply is lost on the way).
+async fn put_one(sh: Arc<Shared>, store: Weak<Store>, m: PutMsg) -> Result<Ack, String> {
+    let store = store.upgrade().ok_or("broker is gone")?;
+    let keys: Vec<&str> = m.keys.iter().map(String::as_str).collect();
+    let r = store.put(&m.topic, m.queue_id, &m.body, m.tags.as_deref(), &keys).await.map_err(|e| e.to_string())?;
+    let mut h = sh.history();
+    let epoch = h.current_epoch().unwrap_or(0);
+    let ack = Ack {
+        phy_offset: r.phy_offset,
+        size_bytes: r.size_bytes,
+        queue_offset: r.queue_offset,
+        store_timestamp_ms: r.store_timestamp_ms,
+        epoch,
+    };
+    h.record_outcome(m.id, SendOutcome::Acked(ack));
+    Ok(ack)
+}
+
+/// Clean shutdown: records how it went, checks for leaks, reports the node stopped.
+async fn stop(sh: &Shared, store: &Store) {
+    let t0 = tokio::time::Instant::now();
+    let r = store.shutdown().await;
+    let stop = CleanStop {
+        ok: r.is_ok(),
+        writeable: store.is_writeable(),
+        behind_bytes: store.dispatch_behind_bytes(),
+        took_ms: t0.elapsed().as_millis() as u64,
+    };
+    *sh.store_slot() = Weak::new();
+    let leaks = {
+        // A shutdown that failed (unwriteable store) could not commit the active file's
+        // buffer; the engine keeps it rather than drop its data silently: allowed.
+        checkers::no_leak(&store.holds().outstanding(), sh.config.flush_mode, !stop.ok, sh.now_ms())
+    };
+    let mut h = sh.history();
+    h.observe_watermarks(store.committed_offset(), store.flushed_offset());
+    if let Some(e) = h.epochs.last_mut() {
+        e.clean_stop = Some(stop);
+    }
+    h.violations.extend(leaks);
+    drop(h);
+    sim::trace!(sh.world.trace(), BROKER, "broker.stopped", "{stop:?}");
+    sh.world.report_stopped(BROKER);
+}
