@@ -264,7 +264,8 @@ impl CommitLog {
     /// Appends one message (`doAppend`). The store timestamp is `now_ms` clamped to the
     /// previous one, so timestamps never decrease in log order even if the clock jumps back.
     pub fn append(&mut self, storage: &dyn Storage, req: &PutRequest, now_ms: i64) -> Result<AppendResult> {
-        let store_ts_ms = now_ms.max(self.last_store_ts_ms);
+        let prev_ts_ms = self.last_store_ts_ms;
+        let store_ts_ms = now_ms.max(prev_ts_ms);
         let key = (req.topic.clone(), req.queue_id);
         let tx = req.sys_flag & SYSFLAG_TX_MASK;
         let counts = tx != SYSFLAG_TX_PREPARED && tx != SYSFLAG_TX_ROLLBACK;
@@ -280,7 +281,10 @@ impl CommitLog {
             let file = self.writable_file(storage)?;
             if len + END_FILE_MIN_BLANK_BYTES > file.remaining() {
                 let blank = encode_blank(file.remaining());
-                file.append(&blank, store_ts_ms)?;
+                // The blank carries the previous message's timestamp: the checkpoint takes a
+                // flushed file's last timestamp, and this message may never be written (a
+                // full disk) or may land in a file that is not durable yet.
+                file.append(&blank, prev_ts_ms)?;
                 file.fill_to_end();
                 continue;
             }

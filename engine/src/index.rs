@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::io::{Hold, HoldKind, Holds, Storage, StorageFile};
+use crate::io::{Hold, HoldKind, Holds, IoError, Storage, StorageFile};
 use crate::java_hash::{index_key, index_key_hash};
 use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
@@ -96,8 +96,22 @@ impl IndexFile {
         seed: Option<&IndexHeader>,
         holds: Holds,
     ) -> Result<IndexFile> {
-        let file = storage.create(&dir.join(&name))?;
-        file.set_len(index_file_size(slots, items))?;
+        let path = dir.join(&name);
+        let file = match storage.create(&path) {
+            // A leftover of an earlier creation whose `set_len` failed (ENOSPC/EIO) and whose
+            // removal failed too: no index holds it, so it is replaced.
+            Err(IoError::AlreadyExists { .. }) => {
+                storage.remove_file(&path)?;
+                storage.create(&path)?
+            }
+            r => r?,
+        };
+        if let Err(e) = file.set_len(index_file_size(slots, items)) {
+            // Without this the empty file stayed behind, `next_name` kept choosing its name
+            // after a clock jump back, and dispatch failed for good after a full disk.
+            let _ = storage.remove_file(&path);
+            return Err(e.into());
+        }
         let mut header = IndexHeader { index_count: 1, ..IndexHeader::default() };
         if let Some(prev) = seed {
             header.begin_phy_offset = prev.end_phy_offset;
