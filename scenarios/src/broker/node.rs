@@ -112,7 +112,21 @@ fn recovery_checks(sh: &Shared, store: &Store, epoch: usize, since: SinceLastBoo
     let log = decode_disk_log(sh);
     let view = StoreView::capture(store, &log);
     let now_ms = sh.now_ms();
+    let kind = store.last_recovery().kind;
     let mut h = sh.history();
+    let acked_present = h
+        .sends
+        .values()
+        .filter(|s| matches!(&s.outcome, SendOutcome::Acked(a) if log.has_at(s.id, a.phy_offset)))
+        .count();
+    sim::trace!(
+        sh.world.trace(),
+        BROKER,
+        "broker.recovered",
+        "epoch={epoch} kind={kind:?} end={} msgs={} acked_present={acked_present}",
+        log.end,
+        log.msgs.len()
+    );
     let found = {
         let input = CheckInput { history: &h, log: &log, view: &view, since, epoch, now_ms };
         checkers::check_recovery(&input, boot)
@@ -122,7 +136,6 @@ fn recovery_checks(sh: &Shared, store: &Store, epoch: usize, since: SinceLastBoo
     h.observe_watermarks(store.committed_offset(), store.flushed_offset());
     drop(h);
     sh.checks_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    sim::trace!(sh.world.trace(), BROKER, "broker.recovered", "epoch={epoch} end={} msgs={}", log.end, log.msgs.len());
 }
 
 /// Serves requests until ctrl-c.
