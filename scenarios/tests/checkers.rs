@@ -238,8 +238,8 @@ fn consumer_reads_of_garbage_are_caught() {
     let mut s = good(2);
     let mut m = msg(0);
     s.history.reads.push(scenarios::broker::history::Read { msg: m.clone(), at_ms: 1 });
-    assert_eq!(checkers::check_reads(&s.history, 2), Vec::new());
+    assert_eq!(checkers::check_reads(&s.history, false, 2), Vec::new());
     m.id = None;
     s.history.reads.push(scenarios::broker::history::Read { msg: m, at_ms: 1 });
-    assert_eq!(checkers::check_reads(&s.history, 2)[0].checker, checkers::LOG_PREFIX);
+    assert_eq!(checkers::check_reads(&s.history, false, 2)[0].checker, checkers::LOG_PREFIX);
 }
