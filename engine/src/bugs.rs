@@ -88,7 +88,10 @@ impl Bug {
                 "checkpoint-ahead-of-cq",
                 "#678",
                 "the checkpoint's logics timestamp is flushed before the consume-queue data it describes is durable",
-                "consume-queue",
+                // Observed in the broker scenario: the too-late recovery start skips
+                // re-dispatching messages whose index entries were not durable, so their keys
+                // vanish (the consume queues are rebuilt from their own max offset).
+                "key-index",
             ),
             Bug::AbortDeletedWhileBehind => (
                 "abort-deleted-while-behind",
@@ -130,7 +133,9 @@ impl Bug {
                 "no-zero-on-truncate",
                 "ours",
                 "truncation leaves stale records after the cut, which a later recovery can resurrect",
-                "log-prefix",
+                // Observed: the stale units past the cut come back as consume-queue entries
+                // pointing past the log's end before any stale record is served.
+                "consume-queue",
             ),
         };
         BugInfo { bug: self, id, origin, description, checker }

@@ -151,6 +151,8 @@ pub struct StoreView {
     pub key_hits: BTreeMap<(String, String), Result<Vec<LogMsg>, String>>,
     pub holds: Vec<HoldSummary>,
     pub behind_bytes: u64,
+    /// Where the store's last recovery began re-verifying the log (older files are trusted).
+    pub recovery_scan_start: u64,
 }
 
 /// How many messages one `get` asks for while capturing.
@@ -178,6 +180,7 @@ impl StoreView {
             key_hits,
             holds: store.holds().outstanding(),
             behind_bytes: store.dispatch_behind_bytes(),
+            recovery_scan_start: store.last_recovery().scan_start_offset,
         }
     }
 }
