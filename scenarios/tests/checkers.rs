@@ -73,6 +73,7 @@ fn good(n: u64) -> State {
         key_hits: msgs.iter().map(|m| (("T".to_string(), m.keys[0].clone()), Ok(vec![m.clone()]))).collect(),
         holds: Vec::new(),
         behind_bytes: 0,
+        recovery_scan_start: 0,
     };
     let since = SinceLastBoot { crashes: 1, power_losses: 0, bit_flips_total: 0 };
     let boot = BootFacts { abort_existed: true, checkpoint: None, log_max_timestamp_ms: Some(1_000 + n as i64 - 1) };
@@ -242,4 +243,21 @@ fn consumer_reads_of_garbage_are_caught() {
     m.id = None;
     s.history.reads.push(scenarios::broker::history::Read { msg: m, at_ms: 1 });
     assert_eq!(checkers::check_reads(&s.history, false, 2)[0].checker, checkers::LOG_PREFIX);
+}
+
+#[test]
+fn after_a_bit_flip_the_store_must_still_stop_at_a_corrupt_record_it_rereads() {
+    let mut s = good(5);
+    s.since.bit_flips_total = 1;
+    // The checker's own decode stops at the flipped record at offset 300 (body CRC)...
+    let cut = 3 * u64::from(SIZE);
+    s.log.msgs.retain(|phy, _| *phy < cut);
+    s.log.end = cut;
+    s.log.stopped = Some((cut, "body CRC mismatch".into()));
+    // ...inside the range the store's recovery re-verified, yet the store kept going.
+    let end_violation = |v: &Violation| v.checker == checkers::LOG_PREFIX && v.message.contains("longest valid prefix");
+    assert!(check(&s).iter().any(end_violation), "{:#?}", check(&s));
+    // Damage before the recovery's scan start is never re-read: not something the store promises.
+    s.view.recovery_scan_start = cut + 1;
+    assert!(!check(&s).iter().any(end_violation), "{:#?}", check(&s));
 }
