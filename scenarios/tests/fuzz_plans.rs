@@ -62,7 +62,7 @@ fn fuzz(scenario: &str, bugs: &BTreeSet<String>, cases: u32) -> Result<(), TestE
 
 #[test]
 fn generated_plans_never_break_the_main_scenario() {
-    if let Err(e) = fuzz(DEFAULT_SCENARIO, &BTreeSet::new(), 24) {
+    if let Err(e) = fuzz(DEFAULT_SCENARIO, &BTreeSet::new(), 64) {
         panic!("{e}");
     }
 }
