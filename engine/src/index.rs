@@ -293,8 +293,10 @@ pub struct IndexService {
 
 impl IndexService {
     /// Loads `dir`. Unreadable files are destroyed; after a crash (`!clean`) so is every
-    /// file not known durable: `end > index_ts`, or `end == index_ts` and not full (a file
-    /// synced at shutdown may have been written again since).
+    /// file not known durable: `end >= index_ts`. A file synced when its end was `index_ts`
+    /// may have been written again since with items of that same store timestamp (several
+    /// per millisecond, or clamped while the clock was set back), even up to full, so
+    /// neither `end == index_ts` nor fullness proves that what is on disk was synced.
     pub fn load(
         storage: &dyn Storage,
         dir: PathBuf,
@@ -316,10 +318,7 @@ impl IndexService {
             } else {
                 None
             };
-            let keep = file.filter(|f| {
-                let (end, full) = (f.header.end_timestamp_ms, f.is_full());
-                clean || end < index_ts_ms || (end == index_ts_ms && full)
-            });
+            let keep = file.filter(|f| clean || f.header.end_timestamp_ms < index_ts_ms);
             match keep {
                 Some(f) if report.destroyed.is_empty() => svc.files.push(f),
                 _ => {

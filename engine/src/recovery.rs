@@ -137,8 +137,11 @@ pub(crate) fn load(
     let clean = !st.exists(&paths.abort);
     if clean {
         st.create(&paths.abort)?;
-        dirs.mark(&paths.root);
     }
+    // Sync the root even when the abort file was found: it may be the undurable leftover of
+    // an earlier `open` that failed before its directory sync (same process, no crash), and
+    // a power loss would then lose it although this run crashed after opening.
+    dirs.mark(&paths.root);
     let mut repairs = Vec::new();
     let (cl, r) = CommitLog::load(
         st,
@@ -323,6 +326,24 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
         load_repairs: loaded.repairs.clone(),
         ..RecoveryReport::default()
     };
+    // After a crash the checkpoint's index timestamp may vouch for more than the kept index
+    // files hold (destroyed files, or files destroyed by an earlier open that then failed).
+    // What is rebuilt in their place, or appended to the last kept file, is unsynced, so the
+    // timestamp falls back to the kept files' end, durably, before anything is rebuilt:
+    // otherwise a later abnormal load (after this open fails, or after a power loss) would
+    // keep a partial or torn rebuilt file as known durable and append to its broken chains.
+    if !loaded.clean {
+        let kept_end = lock(&inner.index).files().last().map_or(0, |f| f.header().end_timestamp_ms);
+        let lowered = {
+            let mut c = lock(&inner.ckpt);
+            let lower = c.index_msg_timestamp_ms > kept_end;
+            c.index_msg_timestamp_ms = c.index_msg_timestamp_ms.min(kept_end);
+            lower
+        };
+        if lowered {
+            inner.write_checkpoint().await?;
+        }
+    }
     let mut to_sync: Vec<SyncPlan> = Vec::new();
     // Consume queues first (`recoverConsumeQueue`).
     {
@@ -331,9 +352,11 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
             to_sync.extend(cq.recover(st, keep_stale)?);
         }
     }
-    // Index files the abnormal load destroyed must be rebuilt from where the kept ones end.
-    let index_from = (!loaded.index_load.destroyed.is_empty() && !inner.bug(Bug::DestroyCurrentIndex))
-        .then(|| lock(&inner.index).indexed_up_to());
+    // Index files the abnormal load destroyed must be rebuilt from where the kept ones end;
+    // so after every crash, not only when this load destroyed some: an earlier open may have
+    // destroyed files and failed before rebuilding them.
+    let index_from =
+        (!loaded.clean && !inner.bug(Bug::DestroyCurrentIndex)).then(|| lock(&inner.index).indexed_up_to());
     let files = cl_files(inner);
     let opts = recovery_opts(inner);
     let (cl_end, cq_cut, scan) = if loaded.clean {
