@@ -88,10 +88,10 @@ impl Bug {
                 "checkpoint-ahead-of-cq",
                 "#678",
                 "the checkpoint's logics timestamp is flushed before the consume-queue data it describes is durable",
-                // Observed in the broker scenario: the too-late recovery start skips
-                // re-dispatching messages whose index entries were not durable, so their keys
-                // vanish (the consume queues are rebuilt from their own max offset).
-                "key-index",
+                // Seen directly: after a power loss the checkpoint vouches for consume-queue
+                // units that are not on disk. (Its downstream loss is rarer: our recovery
+                // re-dispatches from each queue's own end, so only keys can go missing.)
+                "abort-checkpoint",
             ),
             Bug::AbortDeletedWhileBehind => (
                 "abort-deleted-while-behind",

@@ -179,9 +179,18 @@ impl MappedFileQueue {
     pub fn max_offset(&self) -> u64 {
         self.files.last().map_or(0, |f| f.from_offset() + f.wrote())
     }
-    /// Absolute end of what is in the files (readable).
+    /// Absolute end of what is in the files (readable): the first file with uncommitted
+    /// bytes bounds it, as for `flushed_offset`. Not the last file's position: in
+    /// transient-pool mode a full file may still hold its tail in the write buffer after the
+    /// next file was created, and claiming the next file's start would promise that tail is
+    /// in the page cache (a process crash then loses it).
     pub fn max_committed_offset(&self) -> u64 {
-        self.files.last().map_or(0, |f| f.from_offset() + f.committed())
+        for f in &self.files {
+            if f.committed() < f.size() {
+                return f.from_offset() + f.committed();
+            }
+        }
+        self.files.last().map_or(0, |f| f.end_offset())
     }
     /// Absolute end of what is durable (the first file with unsynced bytes bounds it).
     pub fn flushed_offset(&self) -> u64 {

@@ -388,7 +388,11 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     }
     {
         let mut cl = lock(&inner.cl);
-        let floor = scan.last_store_ts_ms.max(report.checkpoint_data.physic_msg_timestamp_ms);
+        // New messages are stored at or after every checkpoint timestamp: the checkpoint
+        // vouches for everything stored before them, and after a crash that cut the log's
+        // tail that promise must not extend to messages written after recovery (#678).
+        let c = &report.checkpoint_data;
+        let floor = scan.last_store_ts_ms.max(c.physic_msg_timestamp_ms).max(c.logics_msg_timestamp_ms);
         cl.set_last_store_ts_ms(floor);
     }
     for p in &to_sync {

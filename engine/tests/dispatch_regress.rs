@@ -29,7 +29,8 @@ async fn reput_waits_for_an_uncommitted_earlier_file_instead_of_spinning() {
         store.put("T", 0, &body, None, &[]).await.unwrap();
     }
     // The first file sits in the only pooled buffer; the second is written directly.
-    assert!(store.committed_offset() > cfg.commit_log_file_size_bytes);
+    assert_ne!(peek_cl(&cfg, cfg.commit_log_file_size_bytes, 4), [0u8; 4], "second file written directly");
+    assert_eq!(store.committed_offset(), 0, "the uncommitted first file bounds the committed offset");
     // Before the fix the reput service never yielded again and this sleep never returned.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(store.reput_offset(), 0, "nothing of the uncommitted first file is dispatched");

@@ -166,6 +166,38 @@ async fn checkpoint_newer_than_data_starts_at_the_newest_file() {
     assert_queues(&store, &s.puts, s.end);
 }
 
+/// A crash cut the log's tail after the checkpoint recorded consume-queue data for it (the
+/// queues were flushed, the commit log was not), and the clock is behind that timestamp. New
+/// messages must not be stored before it: the checkpoint would vouch for their units, and a
+/// power loss before those are flushed would start the next recovery after them (#678).
+#[tokio::test]
+async fn new_messages_are_stored_at_or_after_the_checkpoint_consume_queue_timestamp() {
+    let s = setup().await;
+    let (_, last) = s.puts.last().unwrap();
+    let logics_ms = last.store_timestamp_ms + 5_000;
+    write_checkpoint(
+        &s.cfg,
+        CheckpointData {
+            physic_msg_timestamp_ms: last.store_timestamp_ms,
+            logics_msg_timestamp_ms: logics_ms,
+            index_msg_timestamp_ms: last.store_timestamp_ms,
+        },
+    )
+    .await;
+    make_abort(&s.cfg);
+    s.clock.set(last.store_timestamp_ms + 1);
+    let store = open(&s.cfg, &s.storage, &s.clock).await;
+    assert_eq!(store.last_recovery().kind, RecoveryKind::Abnormal);
+    store.start().unwrap();
+    let r = store.put("T", 0, b"after", None, &[]).await.unwrap();
+    assert!(
+        r.store_timestamp_ms >= logics_ms,
+        "stored at {} before the checkpoint's {logics_ms}",
+        r.store_timestamp_ms
+    );
+    store.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn checkpoint_older_than_data_rescans_everything() {
     let s = setup().await;

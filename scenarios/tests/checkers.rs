@@ -4,9 +4,10 @@
 //! the log, dispatch that never catches up, a leaked hold.
 
 use engine::checkpoint::CheckpointData;
+use engine::consume_queue::CqUnit;
 use engine::io::{HoldKind, HoldSummary};
 use engine::FlushMode;
-use scenarios::broker::checkers::{self, BootFacts, CheckInput, LivenessFacts};
+use scenarios::broker::checkers::{self, BootFacts, CheckInput, CqClaim, LivenessFacts};
 use scenarios::broker::history::{Ack, CleanStop, Epoch, History, Send, SendOutcome, SinceLastBoot, Tracking};
 use scenarios::broker::state::{DecodedLog, LogMsg, QueueView, StoreView};
 use sim::Violation;
@@ -76,7 +77,8 @@ fn good(n: u64) -> State {
         recovery_scan_start: 0,
     };
     let since = SinceLastBoot { crashes: 1, power_losses: 0, bit_flips_total: 0 };
-    let boot = BootFacts { abort_existed: true, checkpoint: None, log_max_timestamp_ms: Some(1_000 + n as i64 - 1) };
+    let boot =
+        BootFacts { abort_existed: true, log_max_timestamp_ms: Some(1_000 + n as i64 - 1), ..BootFacts::default() };
     State { history, log, view, since, boot }
 }
 
@@ -194,6 +196,32 @@ fn abort_checkpoint_catches_an_abort_after_a_clean_shutdown_a_missing_abort_and_
         logics_msg_timestamp_ms: 1_000,
         index_msg_timestamp_ms: 1_000,
     });
+    assert_caught(&s, checkers::ABORT_CHECKPOINT);
+}
+
+#[test]
+fn abort_checkpoint_catches_a_consume_queue_timestamp_ahead_of_the_queue_on_disk() {
+    let mut s = good(5);
+    let claim = |m: &LogMsg, unit_on_disk| CqClaim {
+        phy: m.phy,
+        size_bytes: m.size,
+        queue_offset: m.queue_offset,
+        store_timestamp_ms: m.store_timestamp_ms,
+        unit_on_disk,
+    };
+    let unit = |m: &LogMsg| Some(CqUnit { phy_offset: m.phy as i64, size: m.size as i32, tags_code: 0 });
+    s.boot.checkpoint = Some(CheckpointData {
+        physic_msg_timestamp_ms: 1_000,
+        logics_msg_timestamp_ms: 1_003,
+        index_msg_timestamp_ms: 1_000,
+    });
+    s.boot.cq_claims = (0..3).map(|i| claim(&msg(i), unit(&msg(i)))).collect();
+    assert_eq!(check(&s), Vec::new());
+    // The last vouched-for unit never reached the disk...
+    s.boot.cq_claims[2] = claim(&msg(2), None);
+    assert_caught(&s, checkers::ABORT_CHECKPOINT);
+    // ...or the disk holds a stale unit of an earlier log there.
+    s.boot.cq_claims[2] = claim(&msg(2), unit(&msg(1)));
     assert_caught(&s, checkers::ABORT_CHECKPOINT);
 }
 

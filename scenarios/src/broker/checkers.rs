@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use engine::checkpoint::CheckpointData;
+use engine::consume_queue::CqUnit;
 use engine::io::HoldKind;
 use engine::FlushMode;
 use sim::Violation;
@@ -49,12 +50,32 @@ impl CheckInput<'_> {
 }
 
 /// What the disk held before `Store::open` (for `abort-checkpoint`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootFacts {
     pub abort_existed: bool,
     pub checkpoint: Option<CheckpointData>,
     /// Newest store timestamp in the valid prefix of the log on disk before open.
     pub log_max_timestamp_ms: Option<i64>,
+    /// Every message of the log on disk that the checkpoint's consume-queue timestamp vouches
+    /// for (stored strictly before it), with the unit its queue's files hold for it.
+    pub cq_claims: Vec<CqClaim>,
+}
+
+/// A message the checkpoint says is in its consume queue on disk, and what the queue's file
+/// holds at its queue offset (`None`: no file, or the file ends before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqClaim {
+    pub phy: u64,
+    pub size_bytes: u32,
+    pub queue_offset: u64,
+    pub store_timestamp_ms: i64,
+    pub unit_on_disk: Option<CqUnit>,
+}
+
+impl CqClaim {
+    fn holds(&self) -> bool {
+        self.unit_on_disk.is_some_and(|u| u.phy_offset == self.phy as i64 && u.size == self.size_bytes as i32)
+    }
 }
 
 /// Runs every recovery checker.
@@ -352,6 +373,19 @@ pub fn abort_checkpoint(input: &CheckInput<'_>, boot: &BootFacts) -> Vec<Violati
                 format!(
                     "checkpoint commit-log timestamp {} is ahead of the newest message on disk ({newest})",
                     ckpt.physic_msg_timestamp_ms
+                ),
+            ));
+        }
+        // #678: the consume-queue timestamp may only cover units that are durable, because
+        // an abnormal recovery starts its re-dispatch after what it covers.
+        if let Some(c) = boot.cq_claims.iter().find(|c| !c.holds()) {
+            let found = c.unit_on_disk.map_or("nothing".to_string(), |u| format!("{u:?}"));
+            out.push(input.violation(
+                ABORT_CHECKPOINT,
+                format!(
+                    "checkpoint consume-queue timestamp {} is ahead of the consume queues on disk: the message at {} \
+                     (stored {}, queue offset {}) has {found} in its queue",
+                    ckpt.logics_msg_timestamp_ms, c.phy, c.store_timestamp_ms, c.queue_offset
                 ),
             ));
         }

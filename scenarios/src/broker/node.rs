@@ -2,16 +2,18 @@
 //! recovery checkers against the history, then serves puts and gets until ctrl-c, when it
 //! shuts the store down cleanly and reports how that went.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use engine::checkpoint::CheckpointData;
+use engine::consume_queue::{queue_dir, CqUnit, CQ_UNIT_SIZE};
 use engine::Store;
 use madsim::net::Endpoint;
 
-use super::checkers::{self, BootFacts, CheckInput};
+use super::checkers::{self, BootFacts, CheckInput, CqClaim};
 use super::history::{Ack, CleanStop, CrashCounts, Epoch, SendOutcome, SinceLastBoot};
 use super::rpc::{Envelope, PutMsg, Reply, Request, BROKER_PORT, REQUEST_TAG};
 use super::state::{decode_log, read_commit_log, DecodedLog, StoreView};
@@ -52,12 +54,18 @@ fn counts(sh: &Shared) -> CrashCounts {
     CrashCounts { crashes: s.crashes, power_losses: s.power_losses, bit_flips: s.bit_flips }
 }
 
-/// Starts a new epoch; settles the previous one's watermarks; says what happened since.
+/// Starts a new epoch; settles the previous one's watermarks; says what happened since the
+/// last checked boot.
 fn begin_epoch(sh: &Shared) -> (usize, SinceLastBoot) {
     let now = counts(sh);
     let started_ms = sh.now_ms();
     let mut h = sh.history();
-    let prev = h.epochs.last().map(|e| e.counts_at_boot).unwrap_or_default();
+    // Count from the last boot whose recovery was checked (its open completed), not from the
+    // last boot attempt: an epoch whose open never completed ran no recovery checks, so a
+    // power loss before it (e.g. power loss, boot whose open keeps failing on EIO, then a
+    // kill) would otherwise be forgotten and page-cache-only messages it legitimately lost
+    // demanded back by `durability`.
+    let prev = h.epochs.iter().rev().find(|e| e.open_completed).map(|e| e.counts_at_boot).unwrap_or_default();
     if let Some(p) = h.current_epoch() {
         h.settle_epoch(p);
     }
@@ -86,11 +94,44 @@ pub fn decode_disk_log(sh: &Shared) -> DecodedLog {
 fn boot_facts(sh: &Shared) -> BootFacts {
     let disk = sh.world.disk(BROKER);
     let root = Path::new(ROOT);
+    let checkpoint = disk.current_image(&root.join("checkpoint")).and_then(|b| CheckpointData::decode(&b));
+    let log = decode_disk_log(sh);
+    let cq_claims = checkpoint.map_or_else(Vec::new, |c| cq_claims(sh, &log, c.logics_msg_timestamp_ms));
     BootFacts {
         abort_existed: disk.storage().exists(&root.join("abort")),
-        checkpoint: disk.current_image(&root.join("checkpoint")).and_then(|b| CheckpointData::decode(&b)),
-        log_max_timestamp_ms: decode_disk_log(sh).max_store_timestamp_ms(),
+        checkpoint,
+        log_max_timestamp_ms: log.max_store_timestamp_ms(),
+        cq_claims,
     }
+}
+
+/// The messages stored strictly before the checkpoint's consume-queue timestamp (dispatch
+/// runs in log order and store timestamps never decrease in it, so all of them had been
+/// dispatched when that timestamp was taken), each with the unit its queue holds on disk.
+fn cq_claims(sh: &Shared, log: &DecodedLog, logics_ts_ms: i64) -> Vec<CqClaim> {
+    let disk = sh.world.disk(BROKER);
+    let file_bytes = sh.config.cq_units_per_file * CQ_UNIT_SIZE;
+    let mut files: BTreeMap<PathBuf, Option<Vec<u8>>> = BTreeMap::new();
+    let mut unit_at = |topic: &str, queue_id: u32, queue_offset: u64| -> Option<CqUnit> {
+        let at = queue_offset * CQ_UNIT_SIZE;
+        let start = at - at % file_bytes;
+        let path = queue_dir(Path::new(ROOT), topic, queue_id).join(format!("{start:020}"));
+        let image = files.entry(path).or_insert_with_key(|p| disk.current_image(p)).as_deref()?;
+        let pos = (at - start) as usize;
+        let unit: &[u8; 20] = image.get(pos..pos + CQ_UNIT_SIZE as usize)?.try_into().ok()?;
+        Some(CqUnit::decode(unit))
+    };
+    log.msgs
+        .values()
+        .take_while(|m| m.store_timestamp_ms < logics_ts_ms)
+        .map(|m| CqClaim {
+            phy: m.phy,
+            size_bytes: m.size,
+            queue_offset: m.queue_offset,
+            store_timestamp_ms: m.store_timestamp_ms,
+            unit_on_disk: unit_at(&m.topic, m.queue_id, m.queue_offset),
+        })
+        .collect()
 }
 
 async fn open_with_retries(sh: &Shared) -> Store {
