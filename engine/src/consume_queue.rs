@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
 use crate::io::{Holds, Storage};
-use crate::mapped_file::SyncPlan;
+use crate::mapped_file::{rewrite_range, SyncPlan};
 use crate::mapped_file_queue::{DirSyncs, LoadRepairs, MappedFileQueue};
+use crate::message::FIXED_RECORD_BYTES;
 
 pub const CQ_UNIT_SIZE: u64 = 20;
 /// The unit that fills the prefix of a queue whose first file starts past offset 0.
@@ -141,6 +142,27 @@ impl ConsumeQueue {
         }
     }
 
+    /// Rewrites (see `mapped_file::rewrite_range`) the units of records at or after
+    /// commit-log offset `phy`, with the blank units just before them (a blank prefix or
+    /// hole was written with the unit after it).
+    pub fn rewrite_units_from(&self, phy: u64) -> Result<()> {
+        let mut first = self.max_offset_in_queue();
+        while first > 0 {
+            match self.unit(first - 1)? {
+                Some(u) if u.is_blank() || u.phy_offset as u64 >= phy => first -= 1,
+                _ => break,
+            }
+        }
+        let (from, to) = (first * CQ_UNIT_SIZE, self.files.max_offset());
+        for f in self.files.files() {
+            let (a, b) = (from.max(f.from_offset()), to.min(f.end_offset()));
+            if a < b {
+                rewrite_range(f.file().as_ref(), a - f.from_offset(), b - f.from_offset())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a whole file's units (recovery, truncation).
     fn file_units(&self, i: usize) -> Result<Vec<CqUnit>> {
         let f = &self.files.files()[i];
@@ -201,11 +223,28 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Whether a unit for `queue_offset` at `phy_offset` can follow this queue's end. Each
+    /// unit missing in between stands for a distinct message of this queue stored between
+    /// the last unit's end and `phy_offset`, each at least `FIXED_RECORD_BYTES` long; only
+    /// a corrupt QUEUEOFFSET (a header field no CRC covers) asks for more. RocketMQ would
+    /// fill such a hole with blanks, up to the whole disk for a flipped high bit.
+    pub fn can_follow(&self, phy_offset: u64, queue_offset: u64) -> bool {
+        let missing_units = queue_offset.saturating_sub(self.max_offset_in_queue());
+        let room_units = phy_offset.saturating_sub(self.max_physic_offset) / FIXED_RECORD_BYTES;
+        missing_units <= room_units
+    }
+
     /// Appends the unit for `queue_offset` (`putMessagePositionInfo`).
     pub fn put(&mut self, storage: &dyn Storage, unit: CqUnit, queue_offset: u64) -> Result<PutUnit> {
         debug_assert!(unit.looks_valid());
         if unit.end() <= self.max_physic_offset {
             return Ok(PutUnit::Duplicate);
+        }
+        if !self.can_follow(unit.phy_offset as u64, queue_offset) {
+            return Err(StoreError::corrupt(
+                format!("{}/{} unit for commit-log offset {}", self.topic, self.queue_id, unit.phy_offset),
+                format!("queue offset {queue_offset} cannot follow the queue end {}", self.max_offset_in_queue()),
+            ));
         }
         let expected = queue_offset * CQ_UNIT_SIZE;
         if self.files.is_empty() && expected > 0 {

@@ -19,7 +19,7 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit())).then(|| name.parse().ok()).flatten()
 }
 
-/// Zeroes are written in chunks of this many bytes.
+/// Zeroes are written, and ranges rewritten, in chunks of this many bytes.
 const ZERO_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Writes zeros over `[from, to)` of `file`.
@@ -29,6 +29,20 @@ pub fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> Result<(), IoE
     while at < to {
         let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
         file.write_at(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads `[from, to)` of `file` and writes the same bytes back: the pages become dirty
+/// again, so the next sync writes them even if the page cache held them clean but unwritten.
+pub fn rewrite_range(file: &dyn StorageFile, from: u64, to: u64) -> Result<(), IoError> {
+    let mut buf = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        file.read_at(at, &mut buf[..n])?;
+        file.write_at(at, &buf[..n])?;
         at += n as u64;
     }
     Ok(())

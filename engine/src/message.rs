@@ -237,6 +237,12 @@ pub enum CorruptReason {
     },
     /// The DUP_INFO property is missing or malformed (`checkDupInfo`).
     DupInfoMissing,
+    /// QUEUEOFFSET (a header field no CRC covers) is further past its queue's end than the
+    /// log between them could hold messages: found by recovery against the consume queue.
+    ImpossibleQueueOffset {
+        queue_offset: u64,
+        queue_end: u64,
+    },
 }
 
 impl fmt::Display for CorruptReason {

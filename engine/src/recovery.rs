@@ -19,7 +19,7 @@ use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
 use crate::index::{IndexLoad, IndexService};
 use crate::io::{BufferPool, Clock, Holds, Storage, StorageFile};
-use crate::mapped_file::SyncPlan;
+use crate::mapped_file::{rewrite_range, SyncPlan};
 use crate::mapped_file_queue::DirSyncs;
 use crate::message::{CorruptReason, DecodeOptions, Decoded};
 use crate::store::{lock, CqMap, Inner, StorePaths};
@@ -207,6 +207,19 @@ struct Scan {
     stopped: Option<(u64, CorruptReason)>,
     skipped: Vec<u64>,
     dispatched: u64,
+    /// The first valid record stored at or after the checkpoint's commit-log timestamp:
+    /// nothing proves it (or anything after it) was ever synced.
+    cl_unproven_from: Option<u64>,
+    /// Likewise for the consume-queue timestamp and the units of records from here on.
+    cq_unproven_from: Option<u64>,
+}
+
+/// The checkpoint's proofs of durability: records stored before `physic_ms` were synced,
+/// and so were the consume-queue units of records stored before `logics_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Proven {
+    physic_ms: i64,
+    logics_ms: i64,
 }
 
 type FileRef = (Arc<dyn StorageFile>, u64, u64);
@@ -217,7 +230,14 @@ fn cl_files(inner: &Inner) -> Vec<FileRef> {
 
 /// Scans from file `start` (`recoverNormally`/`recoverAbnormally`'s loop), dispatching each
 /// valid message when `dispatch`.
-async fn scan(inner: &Inner, files: &[FileRef], start: usize, opts: DecodeOptions, dispatch: bool) -> Result<Scan> {
+async fn scan(
+    inner: &Inner,
+    files: &[FileRef],
+    start: usize,
+    opts: DecodeOptions,
+    dispatch: bool,
+    proven: Proven,
+) -> Result<Scan> {
     let mut s = Scan::default();
     let Some(first) = files.get(start) else { return Ok(s) };
     s.end = first.1;
@@ -242,10 +262,20 @@ async fn scan(inner: &Inner, files: &[FileRef], start: usize, opts: DecodeOption
         match decoded {
             Decoded::Valid(m, size_bytes) => {
                 if dispatch {
+                    if let Some(reason) = crate::dispatch::impossible_queue_offset(inner, &m) {
+                        s.stopped = Some((from + pos, reason));
+                        return Ok(s);
+                    }
                     crate::dispatch::dispatch_message(inner, &m, size_bytes).await?;
                     s.dispatched += 1;
                 }
                 s.last_store_ts_ms = s.last_store_ts_ms.max(m.store_timestamp_ms);
+                if m.store_timestamp_ms >= proven.physic_ms {
+                    s.cl_unproven_from.get_or_insert(from + pos);
+                }
+                if m.store_timestamp_ms >= proven.logics_ms {
+                    s.cq_unproven_from.get_or_insert(from + pos);
+                }
                 pos += u64::from(size_bytes);
                 s.end = from + pos;
             }
@@ -359,20 +389,22 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
         (!loaded.clean && !inner.bug(Bug::DestroyCurrentIndex)).then(|| lock(&inner.index).indexed_up_to());
     let files = cl_files(inner);
     let opts = recovery_opts(inner);
+    let c = &report.checkpoint_data;
+    let proven = Proven { physic_ms: c.physic_msg_timestamp_ms, logics_ms: c.logics_msg_timestamp_ms };
     let (cl_end, cq_cut, scan) = if loaded.clean {
         let start = files.len().saturating_sub(3);
         report.scan_start_offset = files.get(start).map_or(0, |f| f.1);
-        let s = scan(inner, &files, start, opts, false).await?;
+        let s = scan(inner, &files, start, opts, false, proven).await?;
         (s.end, s.end, s)
     } else {
         let start = abnormal_start(inner, &files, &loaded.ckpt, index_from)?;
         report.scan_start_offset = files.get(start).map_or(0, |f| f.1);
         let miswired = inner.bug(Bug::RecoveryCheckFlagMiswired);
-        let s = scan(inner, &files, start, DecodeOptions { check_dup_info: miswired, ..opts }, true).await?;
+        let s = scan(inner, &files, start, DecodeOptions { check_dup_info: miswired, ..opts }, true, proven).await?;
         if miswired && matches!(s.stopped, Some((_, CorruptReason::DupInfoMissing))) {
             // The commit log itself is recovered correctly (as DLedger's own recovery would);
             // only the consume-queue cut uses the wrongly failed offset.
-            let real = scan(inner, &files, start, opts, false).await?;
+            let real = scan(inner, &files, start, opts, false, proven).await?;
             (real.end, s.end, Scan { dispatched: s.dispatched, ..real })
         } else {
             (s.end, s.end, s)
@@ -384,6 +416,7 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     report.redispatched_messages = scan.dispatched;
     truncate(inner, &mut report, &mut to_sync, cl_end, cq_cut, files.is_empty(), keep_stale)?;
     if !loaded.clean {
+        rewrite_unproven(inner, &scan, cl_end)?;
         to_sync.extend(recovered_region_plans(inner, report.scan_start_offset));
     }
     {
@@ -405,6 +438,28 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     report.caught_up_messages = crate::dispatch::dispatch_available(inner).await?;
     rebuild_topic_queue_table(inner);
     *lock(&inner.recovery) = report;
+    Ok(())
+}
+
+/// Rewrites, in place, every recovered byte nothing proves durable, so that the syncs that
+/// end recovery really write it. A sync that failed before the crash left its pages clean in
+/// the page cache but never written (fsyncgate): the bytes read back fine, a new sync skips
+/// them, and a power loss then drops records recovery kept and consumers may have read.
+/// Found by the broker scenario (seed 8065: a failed sync, a kill, a recovery, a power loss).
+fn rewrite_unproven(inner: &Inner, scan: &Scan, cl_end: u64) -> Result<()> {
+    if let Some(from) = scan.cl_unproven_from {
+        for (file, start, size) in cl_files(inner) {
+            let (a, b) = (from.max(start), cl_end.min(start + size));
+            if a < b {
+                rewrite_range(file.as_ref(), a - start, b - start)?;
+            }
+        }
+    }
+    if let Some(from) = scan.cq_unproven_from {
+        for cq in lock(&inner.cqs).values() {
+            cq.rewrite_units_from(from)?;
+        }
+    }
     Ok(())
 }
 

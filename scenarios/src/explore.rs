@@ -164,7 +164,11 @@ pub fn explore(opts: &ExploreOptions, on_result: &(dyn Fn(&SeedResult) + Sync)) 
                     break;
                 }
                 let result = run_seed(opts, opts.shard.seed(opts.start_seed, i));
-                if !result.passed && opts.stop_at_first_failure {
+                let runaway = result.violations.iter().any(|v| v.checker == sim::runner::WALL_LIMIT);
+                if runaway {
+                    eprintln!("seed {} ran away (no simulated progress); stopping the exploration", result.seed);
+                }
+                if runaway || (!result.passed && opts.stop_at_first_failure) {
                     stop.store(true, Ordering::Relaxed);
                 }
                 on_result(&result);

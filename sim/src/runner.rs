@@ -40,6 +40,10 @@ impl std::fmt::Display for Violation {
 pub const NO_PANIC: &str = "no-panic";
 /// Checker name for a run that exceeded its simulated time limit or deadlocked.
 pub const TIME_LIMIT: &str = "time-limit";
+/// Checker name for a run that exceeded its wall-clock limit: a loop that never lets
+/// simulated time advance. Its thread cannot be cancelled and is left running; a caller
+/// running many seeds should stop (it may be eating memory).
+pub const WALL_LIMIT: &str = "wall-limit";
 
 /// What one run produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +72,8 @@ pub struct RunOptions {
     pub keep_trace: bool,
     /// Simulated time after which the run is stopped and reported.
     pub time_limit: Duration,
+    /// Wall-clock time after which the run is abandoned and reported (see `WALL_LIMIT`).
+    pub wall_limit: Duration,
     /// madsim's network configuration (latency, packet loss).
     pub net: madsim::net::Config,
 }
@@ -78,6 +84,8 @@ impl RunOptions {
             seed,
             keep_trace: false,
             time_limit: Duration::from_secs(3_600),
+            // A broker seed takes ~20 ms in release and well under a second in debug.
+            wall_limit: Duration::from_secs(120),
             net: madsim::net::Config::default(),
         }
     }
@@ -136,23 +144,46 @@ where
     F: FnOnce(Arc<Trace>) -> Fut + Send + 'static,
     Fut: Future<Output = Vec<Violation>> + 'static,
 {
-    let seed = options.seed;
+    let (seed, wall_limit) = (options.seed, options.wall_limit);
+    let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("{RUN_THREAD_PREFIX}{seed}"))
-        .spawn(move || run_on_this_thread(options, body))
+        .spawn(move || {
+            let _ = tx.send(run_on_this_thread(options, body));
+        })
         .expect("spawning a run thread");
-    match thread.join() {
-        Ok(outcome) => outcome,
+    let empty = |violation: Violation| Outcome {
+        seed,
+        violations: vec![violation],
+        trace_hash: 0,
+        sim_time_ms: 0,
+        events: 0,
+        event_counts: BTreeMap::new(),
+        records: Vec::new(),
+    };
+    match rx.recv_timeout(wall_limit) {
+        Ok(outcome) => {
+            let _ = thread.join();
+            outcome
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => empty(Violation {
+            checker: WALL_LIMIT.to_string(),
+            message: format!(
+                "the run did not end within {} s of wall time: a loop that never lets simulated time advance \
+                 (its thread is left running)",
+                wall_limit.as_secs()
+            ),
+            at_ms: 0,
+        }),
         // `run_on_this_thread` catches the body's panics; reaching here means the runtime
         // itself panicked while being torn down.
-        Err(payload) => Outcome {
-            seed,
-            violations: vec![panic_violation(payload.as_ref(), 0)],
-            trace_hash: 0,
-            sim_time_ms: 0,
-            events: 0,
-            event_counts: BTreeMap::new(),
-            records: Vec::new(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(payload) => empty(panic_violation(payload.as_ref(), 0)),
+            Ok(()) => empty(Violation {
+                checker: NO_PANIC.to_string(),
+                message: "the run thread ended without an outcome".to_string(),
+                at_ms: 0,
+            }),
         },
     }
 }
@@ -260,5 +291,20 @@ mod tests {
         });
         assert_eq!(outcome.violations.len(), 1);
         assert_eq!(outcome.violations[0].checker, TIME_LIMIT, "{:?}", outcome.violations);
+    }
+
+    #[test]
+    fn a_run_that_never_lets_simulated_time_advance_is_abandoned_at_the_wall_limit() {
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let mut options = RunOptions::new(5);
+        options.wall_limit = Duration::from_millis(200);
+        // Blocks the run's only thread outside the simulation, as a runaway loop would.
+        let outcome = run(options, move |_trace| async move {
+            let _ = stuck.recv();
+            Vec::new()
+        });
+        let _ = release.send(());
+        assert_eq!(outcome.violations.len(), 1);
+        assert_eq!(outcome.violations[0].checker, WALL_LIMIT, "{:?}", outcome.violations);
     }
 }

@@ -86,6 +86,10 @@ struct ReplayArgs {
     /// Do not print the event timeline.
     #[arg(long)]
     quiet: bool,
+    /// Write the case as replayed, expecting the outcome this run had (e.g. to keep a seed
+    /// as a regression case in `seeds/` once its bug is fixed).
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -281,6 +285,14 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         case.expect.outcome,
         if expected { " (as expected)" } else { " (NOT as expected)" }
     );
+    if let Some(path) = &args.save {
+        let mut saved = case.clone();
+        saved.expect.checker = first.violations.first().map(|v| v.checker.clone());
+        saved.expect.outcome = if first.violations.is_empty() { ExpectedOutcome::Pass } else { ExpectedOutcome::Fail };
+        saved.save(path)?;
+        println!("saved         {} (expects {:?})", path.display(), saved.expect.outcome);
+        return Ok(if deterministic { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
     Ok(if deterministic && expected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -163,10 +163,14 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
     final_phase(&sh, broker).await;
     let now_ms = sh.now_ms();
     let flipped = sh.world.disk(BROKER).stats().bit_flips > 0;
-    let mut h = sh.history();
-    let reads = checkers::check_reads(&h, flipped, now_ms);
-    h.violations.extend(reads);
-    std::mem::take(&mut h.violations)
+    let violations = {
+        let mut h = sh.history();
+        let reads = checkers::check_reads(&h, flipped, now_ms);
+        h.violations.extend(reads);
+        std::mem::take(&mut h.violations)
+    };
+    sh.world.kill_all();
+    violations
 }
 
 /// Polls `cond` every 10 ms for up to `ms`; true if it held.

@@ -34,6 +34,9 @@ pub async fn broker_process(sh: Arc<Shared>) {
     let boot = boot_facts(&sh);
     let store = Arc::new(open_with_retries(&sh).await);
     sh.history().epochs[epoch].open_completed = true;
+    // A bit flip while the open was retrying (a disk-error window) hit what this recovery
+    // read: it waives survival as much as one before the boot.
+    let since = SinceLastBoot { bit_flips_total: counts(&sh).bit_flips, ..since };
     recovery_checks(&sh, &store, epoch, since, &boot);
     if store.start().is_err() {
         return park().await;
