@@ -22,6 +22,7 @@ const LOG: &str = "/data/log";
 const HEADER_BYTES: usize = 8;
 const RECORDS_PER_BATCH: u64 = 8;
 const BATCH_INTERVAL_MS: u64 = 10;
+const BOOT_RETRY_MS: u64 = 100;
 /// Simulated time the run goes on after the last fault, before the final check.
 const QUIET_MS: u64 = 2_000;
 
@@ -108,17 +109,14 @@ fn scan(bytes: &[u8]) -> Result<(u64, u64), String> {
     Ok((pos as u64, seq))
 }
 
-/// Recovers the log after a (re)start and judges it; returns (end offset, next seq).
-fn recover(file: &dyn StorageFile, history: &Shared, now_ms: u64) -> Result<(u64, u64), IoError> {
-    let len = file.len()?;
-    let mut bytes = vec![0u8; len as usize];
-    file.read_at(0, &mut bytes)?;
+/// Judges the log a (re)started process found; returns (end offset, next seq).
+fn judge(bytes: &[u8], history: &Shared, now_ms: u64) -> (u64, u64) {
     let mut h = lock(history);
     h.recoveries += 1;
-    match scan(&bytes) {
+    match scan(bytes) {
         Err(message) => {
             h.violations.push(Violation { checker: "log-prefix".into(), message, at_ms: now_ms });
-            Ok((0, 0))
+            (0, 0)
         }
         Ok((end, next_seq)) => {
             let acked_below = h.acked_below;
@@ -129,19 +127,54 @@ fn recover(file: &dyn StorageFile, history: &Shared, now_ms: u64) -> Result<(u64
                     at_ms: now_ms,
                 });
             }
-            Ok((end, next_seq))
+            (end, next_seq)
         }
     }
 }
 
+fn read_all(file: &dyn StorageFile) -> Result<Vec<u8>, IoError> {
+    let mut bytes = vec![0u8; file.len()? as usize];
+    file.read_at(0, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Opens (creating if need be) the log with its name durable. The directories are synced
+/// even when the file already exists: an earlier process may have created it and died before
+/// its own directory sync, and records acknowledged in a file whose name a power loss can
+/// still undo are not durable. `/` is synced too because it holds the entry of `/data`.
 async fn open_log(storage: &dyn Storage) -> Result<Arc<dyn StorageFile>, IoError> {
     storage.create_dir_all(DIR.as_ref())?;
-    if storage.exists(LOG.as_ref()) {
-        return storage.open(LOG.as_ref());
-    }
-    let file = storage.create(LOG.as_ref())?;
+    let file = if storage.exists(LOG.as_ref()) { storage.open(LOG.as_ref())? } else { storage.create(LOG.as_ref())? };
+    storage.sync_dir("/".as_ref()).await?;
     storage.sync_dir(DIR.as_ref()).await?;
     Ok(file)
+}
+
+/// Opens the log, judges it (once per process: a retry reads the same image) and makes its
+/// valid prefix durable; returns (file, end offset, next seq).
+async fn boot(
+    storage: &dyn Storage,
+    history: &Shared,
+    judged: &mut bool,
+    now_ms: u64,
+) -> Result<(Arc<dyn StorageFile>, u64, u64), IoError> {
+    let file = open_log(storage).await?;
+    let bytes = read_all(file.as_ref())?;
+    let (end, next_seq) = if *judged {
+        scan(&bytes).unwrap_or((0, 0))
+    } else {
+        *judged = true;
+        judge(&bytes, history, now_ms)
+    };
+    file.set_len(end)?;
+    // What the scan read is the page cache, not the medium: a sync that failed before the
+    // crash (or in an earlier boot attempt) left its pages clean but unwritten, and a new
+    // sync would skip them. Nothing here proves any byte durable, so the whole valid prefix
+    // is rewritten before the sync that records are then acknowledged on top of.
+    let prefix = usize::try_from(end).unwrap_or(bytes.len()).min(bytes.len());
+    file.write_at(0, &bytes[..prefix])?;
+    file.sync_range(0, end).await?;
+    Ok((file, end, next_seq))
 }
 
 /// The writer process: recover, then append and sync batches until told to stop.
@@ -149,13 +182,15 @@ async fn writer_process(world: Arc<World>, history: Shared, ack_before_sync: boo
     let storage = world.disk(NODE).storage();
     world.report_up(NODE);
     let now_ms = || world.trace().now_us() / 1_000;
-    // Any I/O error during boot: this process gives up and waits to be restarted (or for the
-    // run to end), as a broker that cannot open its store would.
-    let Ok(file) = open_log(storage.as_ref()).await else { return park().await };
-    let Ok((mut end, mut next_seq)) = recover(file.as_ref(), &history, now_ms()) else { return park().await };
-    if file.set_len(end).is_err() || file.sync_range(0, end).await.is_err() {
-        return park().await;
-    }
+    // An I/O error during boot (a window of EIO, a full disk) is retried rather than fatal:
+    // a writer that gave up would wait for a crash that the plan may never bring.
+    let mut judged = false;
+    let (file, mut end, mut next_seq) = loop {
+        match boot(storage.as_ref(), &history, &mut judged, now_ms()).await {
+            Ok(booted) => break booted,
+            Err(_) => tokio::time::sleep(Duration::from_millis(BOOT_RETRY_MS)).await,
+        }
+    };
     // Bytes written since the last acknowledged sync; rewritten after a failed sync because
     // Linux may have dropped them from the page cache's dirty set (fsyncgate).
     let mut unacked: Vec<u8> = Vec::new();
@@ -216,10 +251,6 @@ async fn make_durable(file: &dyn StorageFile, acked_end: u64, unacked: &[u8], pa
     }
 }
 
-async fn park() {
-    std::future::pending::<()>().await
-}
-
 /// Runs the scenario in the current simulation; returns the checkers' violations.
 pub async fn run(seed: u64, trace: Arc<Trace>, plan: FaultPlan, bugs: BTreeSet<String>) -> Vec<Violation> {
     let ack_before_sync = bugs.contains(engine::Bug::AckBeforeSync.id());
@@ -235,9 +266,16 @@ pub async fn run(seed: u64, trace: Arc<Trace>, plan: FaultPlan, bugs: BTreeSet<S
     let now_ms = trace.now_us() / 1_000;
     let storage = world.disk(NODE).storage();
     match storage.open(LOG.as_ref()) {
-        Ok(file) => {
-            let _ = recover(file.as_ref(), &history, now_ms);
-        }
+        Ok(file) => match read_all(file.as_ref()) {
+            Ok(bytes) => {
+                judge(&bytes, &history, now_ms);
+            }
+            Err(e) => lock(&history).violations.push(Violation {
+                checker: "durability".into(),
+                message: format!("log unreadable at the end: {e}"),
+                at_ms: now_ms,
+            }),
+        },
         Err(e) => lock(&history).violations.push(Violation {
             checker: "durability".into(),
             message: format!("log file missing at the end: {e}"),
@@ -258,6 +296,105 @@ pub async fn run(seed: u64, trace: Arc<Trace>, plan: FaultPlan, bugs: BTreeSet<S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sim::{CrashKind, DiskConfig, DiskFaults, PowerLossModel, RunOptions, SimDisk};
+
+    fn records(range: std::ops::Range<u64>) -> Vec<u8> {
+        range.flat_map(encode).collect()
+    }
+
+    /// Runs `body` against a disk whose power loss keeps nothing that was not synced.
+    fn on_lose_all_disk<F, Fut>(body: F) -> Vec<Violation>
+    where
+        F: FnOnce(Arc<SimDisk>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Vec<Violation>> + 'static,
+    {
+        let outcome = sim::run(RunOptions::new(1), move |trace: Arc<Trace>| async move {
+            let config = DiskConfig { power_loss: PowerLossModel::LOSE_ALL, ..DiskConfig::default() };
+            body(SimDisk::new(NODE, config, 1, trace)).await
+        });
+        outcome.violations
+    }
+
+    fn durable_records(disk: &SimDisk) -> Result<u64, String> {
+        let image = disk.durable_image(LOG.as_ref()).ok_or("the log's name did not survive")?;
+        Ok(scan(&image)?.1)
+    }
+
+    fn violation(message: String) -> Vec<Violation> {
+        vec![Violation { checker: "test".into(), message, at_ms: 0 }]
+    }
+
+    /// Seed 7817: a process created the log and died before its directory sync; the next one
+    /// found the file and wrote to it, and a power loss took the name away.
+    #[test]
+    fn boot_makes_a_found_files_name_durable() {
+        let violations = on_lose_all_disk(|disk| async move {
+            let storage = disk.storage();
+            storage.create_dir_all(DIR.as_ref()).unwrap();
+            drop(storage.create(LOG.as_ref()).unwrap());
+            disk.crash(CrashKind::ProcessCrash);
+            let (file, end, next_seq) =
+                boot(disk.storage().as_ref(), &Shared::default(), &mut false, 0).await.expect("boot");
+            file.write_at(end, &records(next_seq..next_seq + 8)).unwrap();
+            file.sync_range(end, u64::MAX).await.unwrap();
+            disk.crash(CrashKind::PowerLoss);
+            match durable_records(&disk) {
+                Ok(8) => Vec::new(),
+                other => violation(format!("synced 8 records, {other:?} survived")),
+            }
+        });
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    /// Seed 3587: a sync failed, the process died, and the next boot found the failed pages
+    /// in the page cache (clean, never written): its own sync skipped them, it acknowledged
+    /// records after them, and a power loss took them.
+    #[test]
+    fn boot_rewrites_the_prefix_a_failed_sync_left_unwritten() {
+        let violations = on_lose_all_disk(|disk| async move {
+            let storage = disk.storage();
+            storage.create_dir_all(DIR.as_ref()).unwrap();
+            let file = storage.create(LOG.as_ref()).unwrap();
+            storage.sync_dir(DIR.as_ref()).await.unwrap();
+            let synced = records(0..8);
+            file.write_at(0, &synced).unwrap();
+            file.sync_range(0, u64::MAX).await.unwrap();
+            file.write_at(synced.len() as u64, &records(8..16)).unwrap();
+            disk.set_faults(DiskFaults { sync_eio_prob: 1.0, ..DiskFaults::default() });
+            assert!(file.sync_range(0, u64::MAX).await.is_err());
+            disk.clear_faults();
+            disk.crash(CrashKind::ProcessCrash);
+            let (_, _, next_seq) =
+                boot(disk.storage().as_ref(), &Shared::default(), &mut false, 0).await.expect("boot");
+            disk.crash(CrashKind::PowerLoss);
+            match durable_records(&disk) {
+                Ok(n) if n == next_seq => Vec::new(),
+                other => violation(format!("boot recovered {next_seq} records, {other:?} survived")),
+            }
+        });
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    /// Seed 9082: a sync failed during boot and the writer gave up for good; nothing crashed
+    /// it again, so it never acknowledged anything.
+    #[test]
+    fn a_failed_boot_is_retried() {
+        let plan = FaultPlan::parse(
+            r#"
+            [[events]]
+            at_ms = 0
+            fault = "disk-errors"
+            node = "writer"
+            read_eio_prob = 0.0
+            write_eio_prob = 0.0
+            sync_eio_prob = 1.0
+            duration_ms = 500
+            "#,
+        )
+        .expect("plan");
+        let outcome = sim::run(RunOptions::new(1), move |trace| run(1, trace, plan, BTreeSet::new()));
+        assert!(outcome.passed(), "{:?}", outcome.violations);
+    }
 
     #[test]
     fn scan_stops_at_the_first_bad_record_and_rejects_forged_content() {
