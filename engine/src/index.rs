@@ -199,19 +199,29 @@ impl IndexFile {
         item[4..12].copy_from_slice(&(phy as i64).to_be_bytes());
         item[12..16].copy_from_slice(&time_diff_s.to_be_bytes());
         item[16..20].copy_from_slice(&slot_value.to_be_bytes());
+        // Item, then header, then slot; the in-memory header moves only once the header is
+        // written. RocketMQ's order (item, slot, header) with the header updated first in
+        // memory let a failed header write leave the slot on disk pointing at item `count`,
+        // which the header on disk does not count: the file was then sealed and synced as it
+        // was, kept after a crash (its stale end is below the index timestamp), and the
+        // rebuild wrote another key's item at `count`, splicing that slot's chain onto the
+        // other key's and losing every older key of the slot (broker seed 38703). In this
+        // order a failed write leaves at worst an item no slot points to.
         self.file.write_at(self.item_at(count), &item)?;
-        self.file.write_at(slot_pos, &count.to_be_bytes())?;
+        let mut header = self.header;
         if count <= 1 {
-            self.header.begin_phy_offset = phy as i64;
-            self.header.begin_timestamp_ms = store_ts_ms;
+            header.begin_phy_offset = phy as i64;
+            header.begin_timestamp_ms = store_ts_ms;
         }
         if slot_value == 0 {
-            self.header.hash_slot_count += 1;
+            header.hash_slot_count += 1;
         }
-        self.header.index_count += 1;
-        self.header.end_phy_offset = phy as i64;
-        self.header.end_timestamp_ms = store_ts_ms;
-        self.file.write_at(0, &self.header.encode())?;
+        header.index_count += 1;
+        header.end_phy_offset = phy as i64;
+        header.end_timestamp_ms = store_ts_ms;
+        self.file.write_at(0, &header.encode())?;
+        self.header = header;
+        self.file.write_at(slot_pos, &count.to_be_bytes())?;
         Ok(true)
     }
 

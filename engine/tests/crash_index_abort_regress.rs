@@ -183,7 +183,7 @@ async fn partial_index_rebuild_of_a_failed_open_is_not_kept() {
     store.shutdown().await.unwrap();
     drop(store);
     // A crash; the abnormal open destroys the current index file, rebuilds it and fails
-    // on a header write (after that item's slot was written).
+    // on a header write (after that item was written).
     make_abort(&cfg);
     storage.p.fail_index_header_in.store(150, Ordering::SeqCst);
     assert!(open_probe(&cfg, &storage, &clock).await.is_err(), "the injected write error fails the open");
@@ -232,4 +232,35 @@ async fn index_filled_at_the_checkpoint_timestamp_after_its_sync_is_not_kept() {
     assert_eq!(store.last_recovery().kind, RecoveryKind::Abnormal);
     let all: Vec<Vec<String>> = first.into_iter().chain(second).collect();
     assert_eq!(missing_keys(&store, &all), Vec::<String>::new());
+}
+
+/// Broker seed 38703: the header write of the item that filled an index file failed after
+/// that item's slot had been written, while the header in memory already counted it. The
+/// retry rolled to a new file and sealed the old one, synced with the slot pointing at item
+/// `items - 1` but a header on disk counting only the items before it. After a crash that
+/// file was kept (its stale end is below the checkpoint's index timestamp) and the rebuild
+/// wrote another key's item at `items - 1`: the slot's chain then ran into the other key's,
+/// and every older key of that slot was lost.
+#[tokio::test]
+async fn failed_index_header_write_leaves_no_slot_pointing_past_the_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let (storage, clock) = (ProbeStorage::new(), ManualClock::new(1_700_000_000_000));
+    // Two items per message (UNIQ_KEY, then one KEYS token), one header write per item after
+    // the file's first: header write number `items` is the one of item `items - 1`, the
+    // UNIQ_KEY of message `items / 2 - 1`, one store timestamp after the item before it.
+    let keys: Vec<Vec<String>> = (0..(cfg.index_max_items / 2 + 20)).map(|i| vec![format!("a{i}")]).collect();
+    storage.p.fail_index_header_in.store(i64::from(cfg.index_max_items) - 1, Ordering::SeqCst);
+    let store = open_probe(&cfg, &storage, &clock).await.unwrap();
+    store.start().unwrap();
+    put_keys(&store, &clock, &keys, 10).await;
+    wait_dispatched(&store).await;
+    assert!(storage.p.fail_index_header_in.load(Ordering::SeqCst) < 0, "the header write failed");
+    storage.p.fail_index_header_in.store(-1, Ordering::SeqCst);
+    assert_eq!(index_files(&cfg).len(), 2, "the first file filled up and was sealed");
+    // A crash.
+    drop(store);
+    let store = open_probe(&cfg, &storage, &clock).await.unwrap();
+    assert_eq!(store.last_recovery().kind, RecoveryKind::Abnormal);
+    assert_eq!(missing_keys(&store, &keys), Vec::<String>::new());
 }
