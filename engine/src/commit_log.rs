@@ -11,7 +11,7 @@ use crate::io::{BufferPool, Hold, Holds, IoError, Storage, StorageFile};
 use crate::mapped_file::MappedFile;
 use crate::mapped_file_queue::{DirSyncs, MappedFileQueue};
 use crate::message::{
-    decode, encode_blank, peek_header, record_len, DecodeOptions, Decoded, Message, BLANK_MAGIC,
+    decode, encode_blank, peek_header, queue_offset_possible, record_len, DecodeOptions, Decoded, Message, BLANK_MAGIC,
     END_FILE_MIN_BLANK_BYTES, FIXED_RECORD_BYTES, MESSAGE_MAGIC, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQ_KEY,
     SYSFLAG_TX_MASK, SYSFLAG_TX_PREPARED, SYSFLAG_TX_ROLLBACK,
 };
@@ -290,6 +290,14 @@ impl CommitLog {
             }
             let phy = file.from_offset() + file.wrote();
             msg.phy_offset = phy;
+            // The decoder would reject the record (see `queue_offset_possible`): refuse it
+            // rather than acknowledge what recovery then cuts off.
+            if !queue_offset_possible(queue_offset, phy) {
+                return Err(StoreError::corrupt(
+                    format!("topic queue table for {}", msg.topic),
+                    format!("queue offset {queue_offset} impossible at commit-log offset {phy}"),
+                ));
+            }
             if let Some(p) = msg.properties.iter_mut().find(|(k, _)| k == PROPERTY_UNIQ_KEY) {
                 p.1 = uniq_key(&store_host, phy);
             }

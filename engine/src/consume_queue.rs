@@ -10,7 +10,6 @@ use crate::error::{Result, StoreError};
 use crate::io::{Holds, Storage};
 use crate::mapped_file::{rewrite_range, SyncPlan};
 use crate::mapped_file_queue::{DirSyncs, LoadRepairs, MappedFileQueue};
-use crate::message::FIXED_RECORD_BYTES;
 
 pub const CQ_UNIT_SIZE: u64 = 20;
 /// The unit that fills the prefix of a queue whose first file starts past offset 0.
@@ -223,29 +222,15 @@ impl ConsumeQueue {
         Ok(())
     }
 
-    /// Whether a unit for `queue_offset` at `phy_offset` can follow this queue's end. Each
-    /// unit missing in between stands for a distinct message of this queue stored between
-    /// the last unit's end and `phy_offset`, each at least `FIXED_RECORD_BYTES` long; only
-    /// a corrupt QUEUEOFFSET (a header field no CRC covers) asks for more. RocketMQ would
-    /// fill such a hole with blanks, up to the whole disk for a flipped high bit.
-    pub fn can_follow(&self, phy_offset: u64, queue_offset: u64) -> bool {
-        let missing_units = queue_offset.saturating_sub(self.max_offset_in_queue());
-        let room_units = phy_offset.saturating_sub(self.max_physic_offset) / FIXED_RECORD_BYTES;
-        missing_units <= room_units
-    }
-
     /// Appends the unit for `queue_offset` (`putMessagePositionInfo`).
     pub fn put(&mut self, storage: &dyn Storage, unit: CqUnit, queue_offset: u64) -> Result<PutUnit> {
         debug_assert!(unit.looks_valid());
         if unit.end() <= self.max_physic_offset {
             return Ok(PutUnit::Duplicate);
         }
-        if !self.can_follow(unit.phy_offset as u64, queue_offset) {
-            return Err(StoreError::corrupt(
-                format!("{}/{} unit for commit-log offset {}", self.topic, self.queue_id, unit.phy_offset),
-                format!("queue offset {queue_offset} cannot follow the queue end {}", self.max_offset_in_queue()),
-            ));
-        }
+        // The decoder bounds a record's queue offset by its physical offset, so this cannot
+        // overflow and a hole below is at most as long as the log before the record allows.
+        debug_assert!(queue_offset <= unit.phy_offset as u64 / crate::message::FIXED_RECORD_BYTES);
         let expected = queue_offset * CQ_UNIT_SIZE;
         if self.files.is_empty() && expected > 0 {
             self.create_with_blank_prefix(storage, expected)?;

@@ -10,22 +10,8 @@ use crate::commit_log::{read_record, RecordAt};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::error::Result;
 use crate::java_hash::java_string_hash;
-use crate::message::{CorruptReason, DecodeOptions, Decoded, Message, FIXED_RECORD_BYTES};
+use crate::message::{DecodeOptions, Decoded, Message};
 use crate::store::{lock, Inner};
-
-/// Why `m` cannot be dispatched after what its consume queue holds (see
-/// `ConsumeQueue::can_follow`); recovery treats such a record as corrupt and cuts there.
-pub(crate) fn impossible_queue_offset(inner: &Inner, m: &Message) -> Option<CorruptReason> {
-    if !m.is_dispatchable() {
-        return None;
-    }
-    let cqs = lock(&inner.cqs);
-    let (queue_end, fits) = match cqs.get(&(m.topic.clone(), m.queue_id)) {
-        Some(cq) => (cq.max_offset_in_queue(), cq.can_follow(m.phy_offset, m.queue_offset)),
-        None => (0, m.queue_offset <= m.phy_offset / FIXED_RECORD_BYTES),
-    };
-    (!fits).then_some(CorruptReason::ImpossibleQueueOffset { queue_offset: m.queue_offset, queue_end })
-}
 
 /// `CommitLogDispatcherBuildConsumeQueue` + `CommitLogDispatcherBuildIndex` for one message.
 pub(crate) async fn dispatch_message(inner: &Inner, m: &Message, size_bytes: u32) -> Result<()> {

@@ -64,6 +64,12 @@ pub fn body_crc(body: &[u8]) -> u32 {
     crc32fast::hash(body) & 0x7FFF_FFFF
 }
 
+/// Whether a message of queue offset `queue_offset` can sit at `phy_offset`: the queue's
+/// earlier messages all lie below it, each longer than the fixed part of a record.
+pub fn queue_offset_possible(queue_offset: u64, phy_offset: u64) -> bool {
+    queue_offset <= phy_offset / FIXED_RECORD_BYTES
+}
+
 /// The record length of a message with these field lengths (`calMsgLength`).
 pub fn record_len(body_bytes: usize, topic_bytes: usize, properties_bytes: usize) -> u64 {
     FIXED_RECORD_BYTES + body_bytes as u64 + topic_bytes as u64 + properties_bytes as u64
@@ -237,11 +243,13 @@ pub enum CorruptReason {
     },
     /// The DUP_INFO property is missing or malformed (`checkDupInfo`).
     DupInfoMissing,
-    /// QUEUEOFFSET (a header field no CRC covers) is further past its queue's end than the
-    /// log between them could hold messages: found by recovery against the consume queue.
+    /// QUEUEOFFSET (a header field no CRC covers) is larger than the log before the record
+    /// could hold messages of its queue: every earlier message of the queue lies below
+    /// PHYSICALOFFSET and takes more than `FIXED_RECORD_BYTES`. A flipped high bit lands here;
+    /// dispatching it would fill the consume queue with blank units towards it.
     ImpossibleQueueOffset {
         queue_offset: u64,
-        queue_end: u64,
+        phy_offset: u64,
     },
 }
 
@@ -413,6 +421,12 @@ fn decode_fields(rec: &[u8], opts: &DecodeOptions) -> Result<Message, CorruptRea
             return Err(CorruptReason::PhysicalOffsetMismatch { stored: phy_offset, expected });
         }
     }
+    if !queue_offset_possible(queue_offset as u64, phy_offset as u64) {
+        return Err(CorruptReason::ImpossibleQueueOffset {
+            queue_offset: queue_offset as u64,
+            phy_offset: phy_offset as u64,
+        });
+    }
     let body_len = c.i32(OFF_BODY_LEN).ok_or(short("body length"))?;
     let body_len = usize::try_from(body_len).map_err(|_| short("body length"))?;
     let body_at = OFF_BODY_LEN + 4;
@@ -492,7 +506,7 @@ mod tests {
         Message {
             queue_id: 3,
             flag: 0,
-            queue_offset: 7,
+            queue_offset: (phy / FIXED_RECORD_BYTES).min(7),
             phy_offset: phy,
             sys_flag: 0,
             born_timestamp_ms: 1_700_000_000_000,
@@ -574,7 +588,7 @@ mod tests {
             .prop_map(|((q, flag, qo, po, bt, st), (bh, sh, rt, pto), body, topic, props, sys_flag)| Message {
                 queue_id: q,
                 flag,
-                queue_offset: qo,
+                queue_offset: qo % (po / FIXED_RECORD_BYTES + 1),
                 phy_offset: po,
                 sys_flag,
                 born_timestamp_ms: bt,

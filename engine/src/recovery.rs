@@ -262,10 +262,6 @@ async fn scan(
         match decoded {
             Decoded::Valid(m, size_bytes) => {
                 if dispatch {
-                    if let Some(reason) = crate::dispatch::impossible_queue_offset(inner, &m) {
-                        s.stopped = Some((from + pos, reason));
-                        return Ok(s);
-                    }
                     crate::dispatch::dispatch_message(inner, &m, size_bytes).await?;
                     s.dispatched += 1;
                 }

@@ -143,7 +143,8 @@ async fn half_written_consume_queue_unit_is_dropped_and_rebuilt() {
 
 /// A flipped high bit in QUEUEOFFSET, which no CRC covers: RocketMQ would fill the queue
 /// with blank units up to it (here: until memory ran out, found by the broker scenario, seed
-/// 9035). Recovery must see that the queue cannot reach that offset and cut the log there.
+/// 9035). The decoder must see that no queue can reach that offset by the record's position,
+/// and recovery cut the log there.
 #[tokio::test]
 async fn impossible_queue_offset_is_corrupt_not_a_hole_to_fill() {
     let s = setup().await;

@@ -252,6 +252,18 @@ fn load_replay_case(args: &ReplayArgs) -> Result<Case> {
 
 fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     let case = load_replay_case(&args)?;
+    if !args.quiet {
+        // The engine's own warnings and errors (a dispatch failure, a skipped corrupt record)
+        // go to stderr as they happen; `RUST_LOG` widens or narrows them.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .without_time()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     scenario(&case.scenario)?;
     let first = run_case(&case, !args.quiet).map_err(anyhow::Error::msg)?;
     if !args.quiet {

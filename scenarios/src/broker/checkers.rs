@@ -156,8 +156,10 @@ pub fn log_prefix(input: &CheckInput<'_>) -> Vec<Violation> {
     // After a bit flip the checker's prefix may end early at damage the store never re-reads:
     // recovery re-verifies only from its scan start (the last files, or the checkpoint's), as
     // RocketMQ's does. Damage inside that range binds the store: a flipped body must stop
-    // recovery there (CRC), and it is judged.
-    let binding = !input.flipped() || log.stopped.as_ref().is_none_or(|(at, _)| *at >= view.recovery_scan_start);
+    // recovery there (CRC), and it is judged, unless the flip landed while recovery ran.
+    let binding = !input.flipped()
+        || (input.since.bit_flips_during_open == 0
+            && log.stopped.as_ref().is_none_or(|(at, _)| *at >= view.recovery_scan_start));
     if binding && log.end != view.max_phy_offset {
         out.push(input.violation(
             LOG_PREFIX,
@@ -394,13 +396,14 @@ pub fn abort_checkpoint(input: &CheckInput<'_>, boot: &BootFacts) -> Vec<Violati
 }
 
 /// Whether the abort file must exist at this boot: `None` when it cannot be known (the
-/// previous boot crashed before the abort file was durable, or its shutdown hit an error).
+/// previous boot crashed before the abort file was durable, its shutdown hit an error, or a
+/// crash cut its shutdown short, maybe right after the abort file went).
 fn expected_abort(prev: Option<&Epoch>) -> Option<bool> {
     let Some(prev) = prev else { return Some(false) };
     match prev.clean_stop {
         Some(c) if c.is_clean() => c.ok.then_some(false),
         Some(_) => Some(true),
-        None => prev.open_completed.then_some(true),
+        None => (prev.open_completed && !prev.stop_started).then_some(true),
     }
 }
 

@@ -144,6 +144,8 @@ pub struct Epoch {
     /// Highest `committed_offset` / `flushed_offset` the store reported during this epoch.
     pub committed_wm: u64,
     pub flushed_wm: u64,
+    /// A clean shutdown began (it may have been cut short by a crash before it reported).
+    pub stop_started: bool,
     pub clean_stop: Option<CleanStop>,
 }
 
@@ -154,6 +156,9 @@ pub struct SinceLastBoot {
     pub power_losses: u64,
     /// Bit flips over the whole run so far.
     pub bit_flips_total: u64,
+    /// Bit flips while this boot's open ran: recovery may have verified a record before the
+    /// flip hit it, so the checker's later decode cannot bind the store's recovered end.
+    pub bit_flips_during_open: u64,
 }
 
 /// The run's history.

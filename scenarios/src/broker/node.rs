@@ -36,7 +36,9 @@ pub async fn broker_process(sh: Arc<Shared>) {
     sh.history().epochs[epoch].open_completed = true;
     // A bit flip while the open was retrying (a disk-error window) hit what this recovery
     // read: it waives survival as much as one before the boot.
-    let since = SinceLastBoot { bit_flips_total: counts(&sh).bit_flips, ..since };
+    let flips_now = counts(&sh).bit_flips;
+    let since =
+        SinceLastBoot { bit_flips_total: flips_now, bit_flips_during_open: flips_now - since.bit_flips_total, ..since };
     recovery_checks(&sh, &store, epoch, since, &boot);
     if store.start().is_err() {
         return park().await;
@@ -77,6 +79,7 @@ fn begin_epoch(sh: &Shared) -> (usize, SinceLastBoot) {
         crashes: now.crashes - prev.crashes,
         power_losses: now.power_losses - prev.power_losses,
         bit_flips_total: now.bit_flips,
+        bit_flips_during_open: 0,
     };
     (h.epochs.len() - 1, since)
 }
@@ -252,6 +255,9 @@ async fn put_one(sh: Arc<Shared>, store: Weak<Store>, m: PutMsg) -> Result<Ack, 
 
 /// Clean shutdown: records how it went, checks for leaks, reports the node stopped.
 async fn stop(sh: &Shared, store: &Store) {
+    if let Some(e) = sh.history().epochs.last_mut() {
+        e.stop_started = true;
+    }
     let t0 = tokio::time::Instant::now();
     let r = store.shutdown().await;
     let stop = CleanStop {
