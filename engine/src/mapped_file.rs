@@ -22,6 +22,10 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
 /// Zeroes are written, and ranges rewritten, in chunks of this many bytes.
 const ZERO_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Appends announce the next this-many bytes to the storage (`StorageFile::prepare_write`)
+/// each time they cross a multiple of it, so the pages are ready before the writer gets there.
+const PREPARE_AHEAD_BYTES: u64 = 1 << 20;
+
 /// Writes zeros over `[from, to)` of `file`.
 pub fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> Result<(), IoError> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
@@ -113,6 +117,8 @@ impl MappedFile {
         }
         let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
         mf.set_positions(0);
+        // The first two steps: appends announce a step only once they enter the one before it.
+        mf.file.prepare_write(0, (2 * PREPARE_AHEAD_BYTES).min(size));
         if let Some(buf) = write_buffer {
             assert_eq!(buf.as_slice().len() as u64, size, "a write buffer is exactly one file long");
             mf.write_buffer = Some(buf);
@@ -201,6 +207,13 @@ impl MappedFile {
                 self.file.write_at(self.wrote, data)?;
                 self.committed = end;
                 self.last_ts_committed_ms = store_ts_ms;
+                let next_step = end / PREPARE_AHEAD_BYTES + 1;
+                if self.wrote / PREPARE_AHEAD_BYTES + 1 != next_step {
+                    let from = next_step * PREPARE_AHEAD_BYTES;
+                    if from < self.size {
+                        self.file.prepare_write(from, PREPARE_AHEAD_BYTES.min(self.size - from));
+                    }
+                }
             }
         }
         self.wrote = end;

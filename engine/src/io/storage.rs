@@ -167,6 +167,12 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len_bytes: u64) -> Result<(), IoError>;
     /// Makes `[offset, offset + len)` and the file's length durable.
     fn sync_range(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), IoError>>;
+    /// A hint that `[offset, offset + len)` will be written soon: a backend may bring those
+    /// pages into memory ahead of time, off the writer's path. Never needed for correctness,
+    /// never fails; the default does nothing (the simulated disk has no page faults).
+    fn prepare_write(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// Convenience helpers shared by every backend user.
