@@ -90,7 +90,12 @@ async fn open(dir: &Path, mode: FlushMode) -> Store {
 async fn main() {
     let a = args();
     std::fs::create_dir_all(&a.dir).unwrap();
-    let raw = raw_bandwidth(&a.dir, a.mb << 20);
+    // The page cache's state (dirty limits, writeback under way) moves a single raw figure by
+    // up to 4x on a VM; the ratio is taken against the median of three.
+    let mut raws: Vec<f64> = (0..3).map(|_| raw_bandwidth(&a.dir, a.mb << 20)).collect();
+    raws.sort_by(f64::total_cmp);
+    let raw = raws[1];
+    println!("{:<28} {:>12} {:>17.1} MB/s  (median of 3)", "raw page-cache write", "", raw);
     let body = vec![0x42u8; MSG_BYTES];
 
     let store = open(&a.dir.join("async"), FlushMode::Async).await;

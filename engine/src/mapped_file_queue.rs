@@ -95,11 +95,21 @@ pub struct MappedFileQueue {
     files: Vec<MappedFile>,
     holds: Holds,
     dirs: Arc<DirSyncs>,
+    /// Every file gets `StorageFile::hint_small_syncs`.
+    small_syncs: bool,
 }
 
 impl MappedFileQueue {
     pub fn new(dir: PathBuf, file_size: u64, holds: Holds, dirs: Arc<DirSyncs>) -> MappedFileQueue {
-        MappedFileQueue { dir, file_size, files: Vec::new(), holds, dirs }
+        MappedFileQueue { dir, file_size, files: Vec::new(), holds, dirs, small_syncs: false }
+    }
+
+    /// Passes `StorageFile::hint_small_syncs` to every file, now and when created.
+    pub fn hint_small_syncs(&mut self) {
+        self.small_syncs = true;
+        for f in &self.files {
+            f.file().hint_small_syncs();
+        }
     }
 
     /// Opens every file of `dir` (creating the directory if missing). Files must be
@@ -225,6 +235,9 @@ impl MappedFileQueue {
         assert_eq!(from_offset % self.file_size, 0, "file offsets are multiples of the file size");
         self.dirs.ensure_dir(storage, &self.dir)?;
         let mf = MappedFile::create(storage, &self.dir, from_offset, self.file_size, self.holds.clone(), write_buffer)?;
+        if self.small_syncs {
+            mf.file().hint_small_syncs();
+        }
         self.dirs.mark(&self.dir);
         self.files.push(mf);
         Ok(self.files.last_mut().expect("just pushed"))

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::bugs::Bug;
 use crate::checkpoint::{CheckpointFile, CheckpointState};
 use crate::commit_log::{read_record, CommitLog, RecordAt};
-use crate::config::StoreConfig;
+use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
 use crate::index::{IndexLoad, IndexService};
@@ -143,7 +143,7 @@ pub(crate) fn load(
     // a power loss would then lose it although this run crashed after opening.
     dirs.mark(&paths.root);
     let mut repairs = Vec::new();
-    let (cl, r) = CommitLog::load(
+    let (mut cl, r) = CommitLog::load(
         st,
         paths.commit_log.clone(),
         cfg.commit_log_file_size_bytes,
@@ -153,6 +153,9 @@ pub(crate) fn load(
         cfg.max_message_size_bytes,
         cfg.store_host,
     )?;
+    if cfg.flush_mode == FlushMode::Sync {
+        cl.queue_mut().hint_small_syncs();
+    }
     repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
     repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
     let cqs = load_cqs(st, &cfg, &paths, &holds, &dirs, &mut repairs)?;

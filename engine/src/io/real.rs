@@ -10,6 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -110,11 +111,28 @@ pub struct RealFile {
     /// Shared so that a blocking-pool thread can work on the file (`prepare_write`).
     file: Arc<File>,
     map: RwLock<Option<MmapMut>>,
+    /// Set by `hint_small_syncs`: maps are made without read-ahead.
+    small_syncs: AtomicBool,
+}
+
+/// No fault read-ahead: the store's files are sparse and written through the map, and with
+/// read-ahead (8 MiB on virtio disks) the first write fault zero-fills a large folio.
+/// Writeback works in whole folios, so every later small sync rewrote the whole folio around a
+/// few new KiB (measured: ~20x the bytes appended written to disk under sync flush). Not for
+/// every file: page-by-page faults cost async appends ~30% of their throughput. Only a hint:
+/// if the kernel refuses it, nothing is wrong.
+fn advise_no_readahead(map: &MmapMut) {
+    let _ = map.advise(memmap2::Advice::Random);
 }
 
 impl RealFile {
     fn new(path: &Path, file: File) -> Result<RealFile, IoError> {
-        let real = RealFile { path: path.to_path_buf(), file: Arc::new(file), map: RwLock::new(None) };
+        let real = RealFile {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            map: RwLock::new(None),
+            small_syncs: AtomicBool::new(false),
+        };
         real.remap()?;
         Ok(real)
     }
@@ -128,12 +146,9 @@ impl RealFile {
             // enforces it) and never truncates a file below a live mapping without remapping
             // here first, so the mapping stays valid for its lifetime.
             let m = unsafe { MmapMut::map_mut(&self.file) }.map_err(err(IoOp::Open, &self.path))?;
-            // No fault read-ahead: the store's files are sparse and written through the map,
-            // and with read-ahead (8 MiB on virtio disks) the first write fault zero-fills a
-            // large folio. Writeback works in whole folios, so every later sync rewrote the
-            // whole folio around a few new KiB (measured: ~20x the bytes appended written to
-            // disk under sync flush). Only a hint: if the kernel refuses it, nothing is wrong.
-            let _ = m.advise(memmap2::Advice::Random);
+            if self.small_syncs.load(Ordering::Relaxed) {
+                advise_no_readahead(&m);
+            }
             Some(m)
         };
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
@@ -202,6 +217,13 @@ impl StorageFile for RealFile {
         // every writer (write_at takes the write lock) for the duration of each sync.
         let _ = (offset, len);
         Box::pin(async move { self.file.sync_data().map_err(err(IoOp::Sync, &self.path)) })
+    }
+
+    fn hint_small_syncs(&self) {
+        self.small_syncs.store(true, Ordering::Relaxed);
+        if let Some(m) = self.map.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            advise_no_readahead(m);
+        }
     }
 
     /// Reads the range into the page cache on tokio's blocking pool. The store's files are

@@ -173,6 +173,10 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn prepare_write(&self, offset: u64, len: u64) {
         let _ = (offset, len);
     }
+    /// A hint that this file will be synced in many small ranges (the commit log under sync
+    /// flush): a backend may then give up read-ahead on it, which otherwise makes every small
+    /// sync write back a large folio. Never needed for correctness; the default does nothing.
+    fn hint_small_syncs(&self) {}
 }
 
 /// Convenience helpers shared by every backend user.
