@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
 use crate::io::{Holds, Storage};
-use crate::mapped_file::{rewrite_range, SyncPlan};
+use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::{DirSyncs, LoadRepairs, MappedFileQueue};
 
 pub const CQ_UNIT_SIZE: u64 = 20;
@@ -141,7 +141,7 @@ impl ConsumeQueue {
         }
     }
 
-    /// Rewrites (see `mapped_file::rewrite_range`) the units of records at or after
+    /// Rewrites (see `MappedFileQueue::rewrite_range`) the units of records at or after
     /// commit-log offset `phy`, with the blank units just before them (a blank prefix or
     /// hole was written with the unit after it).
     pub fn rewrite_units_from(&self, phy: u64) -> Result<()> {
@@ -152,14 +152,7 @@ impl ConsumeQueue {
                 _ => break,
             }
         }
-        let (from, to) = (first * CQ_UNIT_SIZE, self.files.max_offset());
-        for f in self.files.files() {
-            let (a, b) = (from.max(f.from_offset()), to.min(f.end_offset()));
-            if a < b {
-                rewrite_range(f.file().as_ref(), a - f.from_offset(), b - f.from_offset())?;
-            }
-        }
-        Ok(())
+        self.files.rewrite_range(first * CQ_UNIT_SIZE, self.files.max_offset())
     }
 
     /// Reads a whole file's units (recovery, truncation).

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Result, StoreError};
 use crate::io::{Holds, IoError, PooledBuffer, Storage};
-use crate::mapped_file::{parse_file_name, MappedFile, SyncPlan};
+use crate::mapped_file::{parse_file_name, rewrite_range, MappedFile, SyncPlan};
 
 /// Directories with unsynced entries (files created or removed). A flush that makes data
 /// durable syncs these too: a synced file whose directory entry is lost is lost.
@@ -195,21 +195,30 @@ impl MappedFileQueue {
     /// next file was created, and claiming the next file's start would promise that tail is
     /// in the page cache (a process crash then loses it).
     pub fn max_committed_offset(&self) -> u64 {
-        for f in &self.files {
-            if f.committed() < f.size() {
-                return f.from_offset() + f.committed();
-            }
-        }
-        self.files.last().map_or(0, |f| f.end_offset())
+        self.contiguous_end(MappedFile::committed)
     }
     /// Absolute end of what is durable (the first file with unsynced bytes bounds it).
     pub fn flushed_offset(&self) -> u64 {
+        self.contiguous_end(MappedFile::flushed)
+    }
+    /// Absolute end of the prefix in which every file has `position` at its size: the first
+    /// file short of it bounds the prefix at its position.
+    fn contiguous_end(&self, position: impl Fn(&MappedFile) -> u64) -> u64 {
+        match self.files.iter().find(|f| position(f) < f.size()) {
+            Some(f) => f.from_offset() + position(f),
+            None => self.files.last().map_or(0, |f| f.end_offset()),
+        }
+    }
+
+    /// Rewrites (`mapped_file::rewrite_range`) absolute `[from, to)` across the files.
+    pub fn rewrite_range(&self, from: u64, to: u64) -> Result<()> {
         for f in &self.files {
-            if f.flushed() < f.size() {
-                return f.from_offset() + f.flushed();
+            let (a, b) = (from.max(f.from_offset()), to.min(f.end_offset()));
+            if a < b {
+                rewrite_range(f.file().as_ref(), a - f.from_offset(), b - f.from_offset())?;
             }
         }
-        self.files.last().map_or(0, |f| f.end_offset())
+        Ok(())
     }
 
     /// Index of the file containing absolute `offset`.

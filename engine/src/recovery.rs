@@ -19,7 +19,7 @@ use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
 use crate::index::{IndexLoad, IndexService};
 use crate::io::{BufferPool, Clock, Holds, Storage, StorageFile};
-use crate::mapped_file::{rewrite_range, SyncPlan};
+use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
 use crate::message::{CorruptReason, DecodeOptions, Decoded};
 use crate::store::{lock, CqMap, Inner, StorePaths};
@@ -447,12 +447,7 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
 /// Found by the broker scenario (seed 8065: a failed sync, a kill, a recovery, a power loss).
 fn rewrite_unproven(inner: &Inner, scan: &Scan, cl_end: u64) -> Result<()> {
     if let Some(from) = scan.cl_unproven_from {
-        for (file, start, size) in cl_files(inner) {
-            let (a, b) = (from.max(start), cl_end.min(start + size));
-            if a < b {
-                rewrite_range(file.as_ref(), a - start, b - start)?;
-            }
-        }
+        lock(&inner.cl).queue().rewrite_range(from, cl_end)?;
     }
     if let Some(from) = scan.cq_unproven_from {
         for cq in lock(&inner.cqs).values() {
