@@ -21,10 +21,19 @@ struct Args {
     mb: u64,
     sync_single: u64,
     sync_each: u64,
+    /// Runs only the parts whose name starts with this (`async`, `sync1`, `sync64`, `sync`; raw
+    /// is always measured).
+    only: Option<String>,
 }
 
 fn args() -> Args {
-    let mut a = Args { dir: std::env::temp_dir().join("engine-bench"), mb: 1024, sync_single: 5000, sync_each: 1000 };
+    let mut a = Args {
+        dir: std::env::temp_dir().join("engine-bench"),
+        mb: 1024,
+        sync_single: 5000,
+        sync_each: 1000,
+        only: None,
+    };
     let v: Vec<String> = std::env::args().skip(1).collect();
     for pair in v.chunks(2) {
         let val = pair.get(1).cloned().unwrap_or_default();
@@ -33,6 +42,7 @@ fn args() -> Args {
             "--mb" => a.mb = val.parse().expect("--mb N"),
             "--sync-single" => a.sync_single = val.parse().expect("--sync-single N"),
             "--sync-each" => a.sync_each = val.parse().expect("--sync-each N"),
+            "--only" => a.only = Some(val),
             other => panic!("unknown option {other}"),
         }
     }
@@ -86,45 +96,56 @@ async fn open(dir: &Path, mode: FlushMode) -> Store {
     store
 }
 
-#[tokio::main]
-async fn main() {
-    let a = args();
-    std::fs::create_dir_all(&a.dir).unwrap();
-    // The page cache's state (dirty limits, writeback under way) moves a single raw figure by
-    // up to 4x on a VM; the ratio is taken against the median of three.
-    let mut raws: Vec<f64> = (0..3).map(|_| raw_bandwidth(&a.dir, a.mb << 20)).collect();
-    raws.sort_by(f64::total_cmp);
-    let raw = raws[1];
-    println!("{:<28} {:>12} {:>17.1} MB/s  (median of 3)", "raw page-cache write", "", raw);
-    let body = vec![0x42u8; MSG_BYTES];
+/// CPU time and context switches of the calling thread.
+fn thread_usage() -> (f64, f64, i64, i64) {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(u.ru_utime), secs(u.ru_stime), u.ru_nvcsw, u.ru_nivcsw)
+}
 
+async fn run_async(a: &Args, raw: f64, body: &[u8]) {
     let store = open(&a.dir.join("async"), FlushMode::Async).await;
     let n = (a.mb << 20) / MSG_BYTES as u64;
+    let before = thread_usage();
     let t = Instant::now();
     let mut bytes = 0u64;
     for i in 0..n {
-        let r = store.put("Bench", (i % 8) as u32, &body, None, &[]).await.unwrap();
+        let r = store.put("Bench", (i % 8) as u32, body, None, &[]).await.unwrap();
         bytes += u64::from(r.size_bytes);
     }
     line("async flush, 1 KiB", n, bytes, t.elapsed().as_secs_f64(), raw);
+    let after = thread_usage();
+    println!(
+        "{:<28} {:>12.2} us user + {:.2} us system CPU per message ({} waits, {} preemptions)",
+        "  producer thread",
+        (after.0 - before.0) * 1e6 / n as f64,
+        (after.1 - before.1) * 1e6 / n as f64,
+        after.2 - before.2,
+        after.3 - before.3
+    );
     store.shutdown().await.unwrap();
-    drop(store);
+}
 
+async fn run_sync_single(a: &Args, raw: f64, body: &[u8]) -> f64 {
     let store = open(&a.dir.join("sync1"), FlushMode::Sync).await;
     let t = Instant::now();
     let mut bytes = 0u64;
     for i in 0..a.sync_single {
-        bytes += u64::from(store.put("Bench", (i % 8) as u32, &body, None, &[]).await.unwrap().size_bytes);
+        bytes += u64::from(store.put("Bench", (i % 8) as u32, body, None, &[]).await.unwrap().size_bytes);
     }
-    let single = line("sync flush, 1 producer", a.sync_single, bytes, t.elapsed().as_secs_f64(), raw);
+    let rate = line("sync flush, 1 producer", a.sync_single, bytes, t.elapsed().as_secs_f64(), raw);
     store.shutdown().await.unwrap();
-    drop(store);
+    rate
+}
 
+async fn run_sync_many(a: &Args, raw: f64, body: &[u8]) -> f64 {
     let store = Arc::new(open(&a.dir.join("sync64"), FlushMode::Sync).await);
     let t = Instant::now();
     let mut handles = Vec::new();
     for p in 0..64u32 {
-        let (s, body, each) = (store.clone(), body.clone(), a.sync_each);
+        let (s, body, each) = (store.clone(), body.to_vec(), a.sync_each);
         handles.push(tokio::spawn(async move {
             let mut bytes = 0u64;
             for _ in 0..each {
@@ -137,9 +158,30 @@ async fn main() {
     for h in handles {
         bytes += h.await.unwrap();
     }
-    let many = line("sync flush, 64 producers", 64 * a.sync_each, bytes, t.elapsed().as_secs_f64(), raw);
+    let rate = line("sync flush, 64 producers", 64 * a.sync_each, bytes, t.elapsed().as_secs_f64(), raw);
     store.shutdown().await.unwrap();
-    println!("sync 64 producers / 1 producer: {:.1}x", many / single);
-    drop(store);
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    std::fs::create_dir_all(&a.dir).unwrap();
+    // The page cache's state (dirty limits, writeback under way) moves a single raw figure by
+    // up to 4x on a VM; the ratio is taken against the median of three.
+    let mut raws: Vec<f64> = (0..3).map(|_| raw_bandwidth(&a.dir, a.mb << 20)).collect();
+    raws.sort_by(f64::total_cmp);
+    let raw = raws[1];
+    println!("{:<28} {:>12} {:>17.1} MB/s  (median of 3)", "raw page-cache write", "", raw);
+    let body = vec![0x42u8; MSG_BYTES];
+    let wants = |part: &str| a.only.as_deref().is_none_or(|o| part.starts_with(o));
+    if wants("async") {
+        run_async(&a, raw, &body).await;
+    }
+    let single = if wants("sync1") { Some(run_sync_single(&a, raw, &body).await) } else { None };
+    let many = if wants("sync64") { Some(run_sync_many(&a, raw, &body).await) } else { None };
+    if let (Some(single), Some(many)) = (single, many) {
+        println!("sync 64 producers / 1 producer: {:.1}x", many / single);
+    }
     let _ = std::fs::remove_dir_all(&a.dir);
 }

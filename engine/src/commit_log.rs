@@ -11,9 +11,9 @@ use crate::io::{BufferPool, Hold, Holds, IoError, Storage, StorageFile};
 use crate::mapped_file::MappedFile;
 use crate::mapped_file_queue::{DirSyncs, MappedFileQueue};
 use crate::message::{
-    decode, encode_blank, peek_header, queue_offset_possible, record_len, DecodeOptions, Decoded, Message, BLANK_MAGIC,
-    END_FILE_MIN_BLANK_BYTES, FIXED_RECORD_BYTES, MESSAGE_MAGIC, PROPERTY_KEYS, PROPERTY_TAGS, PROPERTY_UNIQ_KEY,
-    SYSFLAG_TX_MASK, SYSFLAG_TX_PREPARED, SYSFLAG_TX_ROLLBACK,
+    decode, decode_ref, encode_blank, is_dispatchable, peek_header, push_property, queue_offset_possible,
+    DecodeOptions, Decoded, DecodedRef, Message, MessageRef, END_FILE_MIN_BLANK_BYTES, FIXED_RECORD_BYTES,
+    MESSAGE_MAGIC, NAME_VALUE_SEPARATOR, PROPERTY_KEYS, PROPERTY_SEPARATOR, PROPERTY_TAGS, PROPERTY_UNIQ_KEY,
 };
 
 /// A message to append.
@@ -91,6 +91,27 @@ pub enum RecordAt {
     NeedMore,
 }
 
+/// How many of the `avail` bytes from a record's start to decode, given its first 8 bytes
+/// (`head`, None when fewer than 8 are available); None when the record is not all readable
+/// yet. With `complete` (the file is readable to its end: recovery) a short record is decoded,
+/// and so reported corrupt, instead of waited for.
+pub fn decode_extent(head: Option<(i32, u32)>, avail: u64, complete: bool, max_record_bytes: u64) -> Option<u64> {
+    let Some((total, magic)) = head.filter(|_| avail >= END_FILE_MIN_BLANK_BYTES) else {
+        return complete.then_some(avail);
+    };
+    let sane = magic == MESSAGE_MAGIC && total >= FIXED_RECORD_BYTES as i32 && (total as u64) <= max_record_bytes;
+    if !sane {
+        // A blank or garbage: the header alone says which.
+        return Some(END_FILE_MIN_BLANK_BYTES);
+    }
+    let total = total as u64;
+    if total > avail {
+        // Past the end of the file, or cut short: decode what is there to name the damage.
+        return complete.then_some(avail.min(max_record_bytes));
+    }
+    Some(total)
+}
+
 /// Reads and decodes the record at `pos` of a file of `size` bytes of which `readable` may be
 /// read. With `readable == size` (recovery) a short record is `Corrupt`, not `NeedMore`.
 pub fn read_record(
@@ -101,56 +122,130 @@ pub fn read_record(
     size: u64,
     opts: DecodeOptions,
 ) -> Result<RecordAt, IoError> {
-    let complete = readable >= size;
+    let mut buf = Vec::new();
+    Ok(match read_record_ref(file, from_offset, pos, readable, size, opts, &mut buf)? {
+        Some(d) => RecordAt::Decoded(d.to_owned()),
+        None => RecordAt::NeedMore,
+    })
+}
+
+/// `read_record` into `buf`, borrowing the message from it; None is `RecordAt::NeedMore`.
+pub fn read_record_ref<'b>(
+    file: &dyn StorageFile,
+    from_offset: u64,
+    pos: u64,
+    readable: u64,
+    size: u64,
+    opts: DecodeOptions,
+    buf: &'b mut Vec<u8>,
+) -> Result<Option<DecodedRef<'b>>, IoError> {
     let opts = DecodeOptions {
         expected_phy_offset: Some(from_offset + pos),
         bytes_left_in_file: Some(size.saturating_sub(pos)),
         ..opts
     };
     let avail = readable.saturating_sub(pos);
-    if avail < END_FILE_MIN_BLANK_BYTES {
-        if !complete {
-            return Ok(RecordAt::NeedMore);
-        }
-        let mut buf = vec![0u8; avail as usize];
-        file.read_at(pos, &mut buf)?;
-        return Ok(RecordAt::Decoded(decode(&buf, &opts)));
+    let head_bytes = END_FILE_MIN_BLANK_BYTES as usize;
+    let peeked = if avail >= END_FILE_MIN_BLANK_BYTES {
+        buf.resize(head_bytes, 0);
+        file.read_at(pos, buf)?;
+        peek_header(buf)
+    } else {
+        None
+    };
+    let Some(extent) = decode_extent(peeked, avail, readable >= size, opts.max_record_bytes) else {
+        return Ok(None);
+    };
+    if peeked.is_none() || extent > END_FILE_MIN_BLANK_BYTES {
+        buf.resize(extent as usize, 0);
+        file.read_at(pos, buf)?;
     }
-    let mut head = [0u8; 8];
-    file.read_at(pos, &mut head)?;
-    let (total, magic) = peek_header(&head).expect("8 bytes hold a header");
-    let sane = magic == MESSAGE_MAGIC && total >= FIXED_RECORD_BYTES as i32 && (total as u64) <= opts.max_record_bytes;
-    if !sane || magic == BLANK_MAGIC {
-        return Ok(RecordAt::Decoded(decode(&head, &opts)));
-    }
-    let total = total as u64;
-    if total > avail {
-        if !complete {
-            return Ok(RecordAt::NeedMore);
-        }
-        // Past the end of the file, or cut short: decode what is there to name the damage.
-        let mut buf = vec![0u8; avail.min(opts.max_record_bytes) as usize];
-        file.read_at(pos, &mut buf)?;
-        return Ok(RecordAt::Decoded(decode(&buf, &opts)));
-    }
-    let mut buf = vec![0u8; total as usize];
-    file.read_at(pos, &mut buf)?;
-    Ok(RecordAt::Decoded(decode(&buf, &opts)))
+    Ok(Some(decode_ref(&buf[..extent as usize], &opts)))
 }
 
 /// The UNIQ_KEY the store assigns: hex of STOREHOST and the physical offset (RocketMQ's
 /// store-side message id), 32 characters.
 pub fn uniq_key(store_host: &[u8; 8], phy_offset: u64) -> String {
-    format!("{:016X}{:016X}", u64::from_be_bytes(*store_host), phy_offset)
+    let mut s = String::with_capacity(UNIQ_KEY_CHARS);
+    push_uniq_key(&mut s, store_host, phy_offset);
+    s
+}
+
+/// Appends `uniq_key(store_host, phy_offset)` to `out` (the append path reuses one buffer).
+fn push_uniq_key(out: &mut String, store_host: &[u8; 8], phy_offset: u64) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for v in [u64::from_be_bytes(*store_host), phy_offset] {
+        for shift in (0..16).rev() {
+            out.push(char::from(HEX[((v >> (shift * 4)) & 0xF) as usize]));
+        }
+    }
 }
 const UNIQ_KEY_CHARS: usize = 32;
+
+/// Writes the PROPERTIES field of a put: KEYS, TAGS, UNIQ_KEY, then the request's own.
+fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8], phy_offset: u64) {
+    out.clear();
+    if !req.keys.is_empty() {
+        out.push_str(PROPERTY_KEYS);
+        out.push(NAME_VALUE_SEPARATOR);
+        for (i, k) in req.keys.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(k);
+        }
+        out.push(PROPERTY_SEPARATOR);
+    }
+    if let Some(t) = &req.tags {
+        push_property(out, PROPERTY_TAGS, t);
+    }
+    out.push_str(PROPERTY_UNIQ_KEY);
+    out.push(NAME_VALUE_SEPARATOR);
+    push_uniq_key(out, store_host, phy_offset);
+    out.push(PROPERTY_SEPARATOR);
+    for (k, v) in &req.extra_properties {
+        push_property(out, k, v);
+    }
+}
+
+/// What the store decides about a put's record.
+#[derive(Clone, Copy)]
+struct Placement {
+    queue_offset: u64,
+    phy_offset: u64,
+    store_ts_ms: i64,
+    store_host: [u8; 8],
+}
+
+impl Placement {
+    fn message<'a>(&self, req: &'a PutRequest, properties: &'a str) -> MessageRef<'a> {
+        MessageRef {
+            queue_id: req.queue_id,
+            flag: req.flag,
+            queue_offset: self.queue_offset,
+            phy_offset: self.phy_offset,
+            sys_flag: req.sys_flag,
+            born_timestamp_ms: req.born_timestamp_ms,
+            born_host: req.born_host,
+            store_timestamp_ms: self.store_ts_ms,
+            store_host: self.store_host,
+            reconsume_times: 0,
+            prepared_tx_offset: 0,
+            body: &req.body,
+            topic: &req.topic,
+            properties,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct CommitLog {
     queue: MappedFileQueue,
     topic_queue_table: BTreeMap<(String, u32), u64>,
     last_store_ts_ms: i64,
+    /// The record being appended, and its PROPERTIES field (reused: no allocation per put).
     buf: Vec<u8>,
+    props: String,
     pool: Option<BufferPool>,
     max_message_size_bytes: u64,
     store_host: [u8; 8],
@@ -168,6 +263,7 @@ impl CommitLog {
             topic_queue_table: BTreeMap::new(),
             last_store_ts_ms: 0,
             buf: Vec::new(),
+            props: String::new(),
             pool,
             max_message_size_bytes,
             store_host,
@@ -218,34 +314,6 @@ impl CommitLog {
         self.topic_queue_table = table;
     }
 
-    fn message_for(&self, req: &PutRequest, queue_offset: u64, store_ts_ms: i64) -> Message {
-        let mut properties = Vec::with_capacity(3 + req.extra_properties.len());
-        if !req.keys.is_empty() {
-            properties.push((PROPERTY_KEYS.to_string(), req.keys.join(" ")));
-        }
-        if let Some(t) = &req.tags {
-            properties.push((PROPERTY_TAGS.to_string(), t.clone()));
-        }
-        properties.push((PROPERTY_UNIQ_KEY.to_string(), "0".repeat(UNIQ_KEY_CHARS)));
-        properties.extend(req.extra_properties.iter().cloned());
-        Message {
-            queue_id: req.queue_id,
-            flag: req.flag,
-            queue_offset,
-            phy_offset: 0,
-            sys_flag: req.sys_flag,
-            born_timestamp_ms: req.born_timestamp_ms,
-            born_host: req.born_host,
-            store_timestamp_ms: store_ts_ms,
-            store_host: self.store_host,
-            reconsume_times: 0,
-            prepared_tx_offset: 0,
-            body: req.body.clone(),
-            topic: req.topic.clone(),
-            properties,
-        }
-    }
-
     /// The last file if it has room, else a new one after it.
     fn writable_file(&mut self, storage: &dyn Storage) -> Result<&mut MappedFile> {
         let needs_new = self.queue.last().is_none_or(|f| f.is_full());
@@ -264,59 +332,88 @@ impl CommitLog {
     /// Appends one message (`doAppend`). The store timestamp is `now_ms` clamped to the
     /// previous one, so timestamps never decrease in log order even if the clock jumps back.
     pub fn append(&mut self, storage: &dyn Storage, req: &PutRequest, now_ms: i64) -> Result<AppendResult> {
+        let mut props = std::mem::take(&mut self.props);
+        let r = self.append_with(storage, req, now_ms, &mut props);
+        self.props = props;
+        r
+    }
+
+    fn append_with(
+        &mut self,
+        storage: &dyn Storage,
+        req: &PutRequest,
+        now_ms: i64,
+        props: &mut String,
+    ) -> Result<AppendResult> {
         let prev_ts_ms = self.last_store_ts_ms;
         let store_ts_ms = now_ms.max(prev_ts_ms);
-        let key = (req.topic.clone(), req.queue_id);
-        let tx = req.sys_flag & SYSFLAG_TX_MASK;
-        let counts = tx != SYSFLAG_TX_PREPARED && tx != SYSFLAG_TX_ROLLBACK;
-        let queue_offset = if counts { self.topic_queue_table.get(&key).copied().unwrap_or(0) } else { 0 };
-        let mut msg = self.message_for(req, queue_offset, store_ts_ms);
-        let len = record_len(msg.body.len(), msg.topic.len(), msg.properties_len());
+        let counts = is_dispatchable(req.sys_flag);
+        let queue_offset = if counts { self.queue_offset_of(&req.topic, req.queue_id) } else { 0 };
+        let at = Placement { queue_offset, phy_offset: 0, store_ts_ms, store_host: self.store_host };
+        // The UNIQ_KEY has the same length wherever the record lands, so the length and the
+        // checks are settled before a file is chosen.
+        put_properties(props, req, &at.store_host, 0);
+        let len = at.message(req, props).record_len();
         if len > self.max_message_size_bytes {
             return Err(StoreError::MessageTooLarge { size_bytes: len, limit_bytes: self.max_message_size_bytes });
         }
-        msg.validate()?;
+        at.message(req, props).validate()?;
+        let phy = self.place(storage, len, prev_ts_ms, queue_offset, &req.topic)?;
+        let at = Placement { phy_offset: phy, ..at };
+        put_properties(props, req, &at.store_host, phy);
+        self.buf.clear();
+        at.message(req, props).encode_into(&mut self.buf)?;
+        debug_assert_eq!(self.buf.len() as u64, len);
+        let file = self.queue.last_mut().expect("place leaves a writable file");
+        file.append(&self.buf, store_ts_ms)?;
+        if counts {
+            self.topic_queue_table.insert((req.topic.clone(), req.queue_id), queue_offset + 1);
+        }
+        self.last_store_ts_ms = store_ts_ms;
+        Ok(AppendResult {
+            phy_offset: phy,
+            queue_offset,
+            store_timestamp_ms: store_ts_ms,
+            size_bytes: len as u32,
+            end_offset: phy + len,
+        })
+    }
+
+    /// The next queue offset of a queue.
+    fn queue_offset_of(&self, topic: &str, queue_id: u32) -> u64 {
+        self.topic_queue_table.get(&(topic.to_string(), queue_id)).copied().unwrap_or(0)
+    }
+
+    /// Finds room for a record of `len` bytes: ends the last file with a blank if it is too
+    /// full (the blank carries the previous message's timestamp: the checkpoint takes a
+    /// flushed file's last timestamp, and this message may never be written, a full disk, or
+    /// may land in a file that is not durable yet). Returns the record's physical offset.
+    fn place(
+        &mut self,
+        storage: &dyn Storage,
+        len: u64,
+        prev_ts_ms: i64,
+        queue_offset: u64,
+        topic: &str,
+    ) -> Result<u64> {
         loop {
-            let store_host = self.store_host;
             let file = self.writable_file(storage)?;
             if len + END_FILE_MIN_BLANK_BYTES > file.remaining() {
                 let blank = encode_blank(file.remaining());
-                // The blank carries the previous message's timestamp: the checkpoint takes a
-                // flushed file's last timestamp, and this message may never be written (a
-                // full disk) or may land in a file that is not durable yet.
                 file.append(&blank, prev_ts_ms)?;
                 file.fill_to_end();
                 continue;
             }
             let phy = file.from_offset() + file.wrote();
-            msg.phy_offset = phy;
             // The decoder would reject the record (see `queue_offset_possible`): refuse it
             // rather than acknowledge what recovery then cuts off.
             if !queue_offset_possible(queue_offset, phy) {
                 return Err(StoreError::corrupt(
-                    format!("topic queue table for {}", msg.topic),
+                    format!("topic queue table for {topic}"),
                     format!("queue offset {queue_offset} impossible at commit-log offset {phy}"),
                 ));
             }
-            if let Some(p) = msg.properties.iter_mut().find(|(k, _)| k == PROPERTY_UNIQ_KEY) {
-                p.1 = uniq_key(&store_host, phy);
-            }
-            self.buf.clear();
-            msg.encode_into(&mut self.buf)?;
-            debug_assert_eq!(self.buf.len() as u64, len);
-            let file = self.queue.last_mut().expect("writable file exists");
-            file.append(&self.buf, store_ts_ms)?;
-            if counts {
-                self.topic_queue_table.insert(key, queue_offset + 1);
-            }
-            self.last_store_ts_ms = store_ts_ms;
-            return Ok(AppendResult {
-                phy_offset: phy,
-                queue_offset,
-                store_timestamp_ms: store_ts_ms,
-                size_bytes: len as u32,
-                end_offset: phy + len,
-            });
+            return Ok(phy);
         }
     }
 
@@ -370,5 +467,51 @@ pub fn read_message(view: &ReadView, phy: u64, size: u32, max_record_bytes: u64)
         Decoded::Valid(_, s) => Err(StoreError::corrupt(what(), format!("record is {s} bytes, unit says {size}"))),
         Decoded::Blank { .. } => Err(StoreError::corrupt(what(), "blank record")),
         Decoded::Corrupt(c) => Err(StoreError::corrupt(what(), c.reason.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniq_key_is_upper_hex_of_host_and_offset() {
+        let host = [127, 0, 0, 1, 0, 0, 0x28, 0x9B];
+        for phy in [0, 1, 0xABCDEF, u64::MAX] {
+            let want = format!("{:016X}{:016X}", u64::from_be_bytes(host), phy);
+            assert_eq!(uniq_key(&host, phy), want);
+        }
+    }
+
+    /// The append path writes the record `Message::encode` would: the same properties in the
+    /// same order (KEYS, TAGS, UNIQ_KEY, then the request's own).
+    #[test]
+    fn put_properties_match_the_owned_encoding() {
+        let mut req = PutRequest::new("T", 1, b"body");
+        req.keys = vec!["a".into(), "b".into()];
+        req.tags = Some("TagA".into());
+        req.extra_properties = vec![("X".into(), "y".into())];
+        let host = [1, 2, 3, 4, 5, 6, 7, 8];
+        let mut text = String::new();
+        put_properties(&mut text, &req, &host, 4096);
+        let m = Message {
+            topic: "T".into(),
+            queue_id: 1,
+            body: b"body".to_vec(),
+            properties: vec![
+                (PROPERTY_KEYS.into(), "a b".into()),
+                (PROPERTY_TAGS.into(), "TagA".into()),
+                (PROPERTY_UNIQ_KEY.into(), uniq_key(&host, 4096)),
+                ("X".into(), "y".into()),
+            ],
+            ..Message::default()
+        };
+        let owned = m.encode().unwrap();
+        let at = Placement { queue_offset: 0, phy_offset: 0, store_ts_ms: 0, store_host: [0; 8] };
+        let mut borrowed = Vec::new();
+        at.message(&req, &text).encode_into(&mut borrowed).unwrap();
+        // Born timestamp and hosts differ by construction; compare from the body on.
+        let body_at = 84;
+        assert_eq!(borrowed[body_at..], owned[body_at..]);
     }
 }

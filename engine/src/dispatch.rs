@@ -6,24 +6,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bugs::Bug;
-use crate::commit_log::{read_record, RecordAt};
+use crate::commit_log::{decode_extent, ReadView};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::error::Result;
 use crate::java_hash::java_string_hash;
-use crate::message::{DecodeOptions, Decoded, Message};
+use crate::message::{decode_ref, peek_header, DecodeOptions, DecodedRef, MessageRef};
 use crate::store::{lock, Inner};
 
 /// `CommitLogDispatcherBuildConsumeQueue` + `CommitLogDispatcherBuildIndex` for one message.
-pub(crate) async fn dispatch_message(inner: &Inner, m: &Message, size_bytes: u32) -> Result<()> {
+pub(crate) async fn dispatch_message(inner: &Inner, m: &MessageRef<'_>, size_bytes: u32) -> Result<()> {
     let st = inner.storage.as_ref();
     if m.is_dispatchable() {
         let mut cqs = lock(&inner.cqs);
-        let key = (m.topic.clone(), m.queue_id);
+        let key = (m.topic.to_string(), m.queue_id);
         if !cqs.contains_key(&key) {
             let (cq, _) = ConsumeQueue::load(
                 st,
                 &inner.paths.root,
-                &m.topic,
+                m.topic,
                 m.queue_id,
                 inner.cfg.cq_units_per_file,
                 inner.holds.clone(),
@@ -64,11 +64,24 @@ pub(crate) async fn dispatch_message(inner: &Inner, m: &Message, size_bytes: u32
     Ok(())
 }
 
+/// Dispatch reads the commit log in pieces of this size (or one record, if larger).
+const DISPATCH_READ_BYTES: u64 = 256 * 1024;
+
+/// What the loop over one piece of the commit log ended on.
+enum PieceEnd {
+    /// Everything readable is dispatched, or the next record is not all readable yet.
+    CaughtUp,
+    /// The piece is used up: read the next one from the reput offset.
+    ReadMore { min_bytes: u64 },
+}
+
 /// Dispatches everything readable from the reput offset. Returns the messages dispatched.
-/// The commit-log lock is taken once per file region, not once per record, so that dispatch
-/// does not contend with producers record by record.
+/// The commit log is read a piece at a time, under the commit-log lock only to find the
+/// file: producers and dispatch do not meet per record.
 pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
     let mut n = 0;
+    let mut piece = Vec::new();
+    let mut min_bytes = 0;
     loop {
         let reput = inner.reput_offset.load(Ordering::SeqCst);
         let view = {
@@ -88,37 +101,74 @@ pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
                 _ => return Ok(n),
             }
         };
-        let opts =
-            DecodeOptions { check_crc: false, max_record_bytes: inner.decode_limit(), ..DecodeOptions::default() };
-        let mut at = reput;
-        // Every record below the view's readable position can be read without the lock.
-        while at < view.from_offset + view.readable {
-            let pos = at - view.from_offset;
-            let rec = read_record(view.file.as_ref(), view.from_offset, pos, view.readable, view.size, opts)?;
-            let next = match rec {
-                RecordAt::NeedMore => return Ok(n),
-                RecordAt::Decoded(Decoded::Valid(m, size)) => {
-                    dispatch_message(inner, &m, size).await?;
-                    n += 1;
-                    at + u64::from(size)
-                }
-                RecordAt::Decoded(Decoded::Blank { .. }) => view.from_offset + view.size,
-                RecordAt::Decoded(Decoded::Corrupt(c)) => match c.declared_size {
-                    // RocketMQ skips a failed record of known size and stops otherwise.
-                    Some(d) if d > 0 && pos + u64::from(d) <= view.readable => {
-                        tracing::error!(offset = at, reason = %c.reason, "reput skips a corrupt record");
-                        at + u64::from(d)
-                    }
-                    _ => {
-                        tracing::error!(offset = at, reason = %c.reason, "reput stopped at a corrupt record");
-                        return Ok(n);
-                    }
-                },
-            };
-            inner.reput_offset.store(next, Ordering::SeqCst);
-            at = next;
+        let pos = reput - view.from_offset;
+        let avail = view.readable - pos;
+        let len = avail.min(DISPATCH_READ_BYTES.max(min_bytes));
+        piece.resize(len as usize, 0);
+        view.file.read_at(pos, &mut piece)?;
+        match dispatch_piece(inner, &view, reput, &piece, len == avail, &mut n).await? {
+            PieceEnd::CaughtUp => return Ok(n),
+            PieceEnd::ReadMore { min_bytes: m } => min_bytes = m,
         }
     }
+}
+
+/// Dispatches the records of `piece`, the bytes of `view`'s file from commit-log offset
+/// `start`; `to_readable_end` when the piece reaches the end of what is readable.
+async fn dispatch_piece(
+    inner: &Inner,
+    view: &ReadView,
+    start: u64,
+    piece: &[u8],
+    to_readable_end: bool,
+    n: &mut u64,
+) -> Result<PieceEnd> {
+    let max_record_bytes = inner.decode_limit();
+    let complete = to_readable_end && view.readable >= view.size;
+    let mut off = 0u64;
+    while off < piece.len() as u64 {
+        let at = start + off;
+        let pos = at - view.from_offset;
+        let here = &piece[off as usize..];
+        let head = peek_header(here);
+        let Some(extent) = decode_extent(head, here.len() as u64, complete, max_record_bytes) else {
+            if to_readable_end {
+                return Ok(PieceEnd::CaughtUp);
+            }
+            // Cut by the piece's end: read again from this record, all of it.
+            let total = head.map_or(0, |(t, _)| u64::try_from(t).unwrap_or(0));
+            return Ok(PieceEnd::ReadMore { min_bytes: if off == 0 { total } else { 0 } });
+        };
+        let opts = DecodeOptions {
+            check_crc: false,
+            max_record_bytes,
+            expected_phy_offset: Some(at),
+            bytes_left_in_file: Some(view.size - pos),
+            ..DecodeOptions::default()
+        };
+        let next = match decode_ref(&here[..extent as usize], &opts) {
+            DecodedRef::Valid(m, size) => {
+                dispatch_message(inner, &m, size).await?;
+                *n += 1;
+                at + u64::from(size)
+            }
+            DecodedRef::Blank { .. } => view.from_offset + view.size,
+            DecodedRef::Corrupt(c) => match c.declared_size {
+                // RocketMQ skips a failed record of known size and stops otherwise.
+                Some(d) if d > 0 && pos + u64::from(d) <= view.readable => {
+                    tracing::error!(offset = at, reason = %c.reason, "reput skips a corrupt record");
+                    at + u64::from(d)
+                }
+                _ => {
+                    tracing::error!(offset = at, reason = %c.reason, "reput stopped at a corrupt record");
+                    return Ok(PieceEnd::CaughtUp);
+                }
+            },
+        };
+        inner.reput_offset.store(next, Ordering::SeqCst);
+        off = next - start;
+    }
+    Ok(PieceEnd::ReadMore { min_bytes: 0 })
 }
 
 /// Waits (bounded) until dispatch has caught up with the commit log.

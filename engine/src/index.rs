@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::io::{Hold, HoldKind, Holds, IoError, Storage, StorageFile};
-use crate::java_hash::{index_key, index_key_hash};
+use crate::java_hash::index_key_hash_of;
 use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
-use crate::message::Message;
+use crate::message::MessageRef;
 
 pub const INDEX_HEADER_BYTES: u64 = 40;
 pub const INDEX_SLOT_BYTES: u64 = 4;
@@ -177,12 +177,11 @@ impl IndexFile {
     }
 
     /// `IndexFile.putKey`; false if the file is full.
-    fn put_key(&mut self, key: &str, phy: u64, store_ts_ms: i64) -> Result<bool> {
+    fn put_key(&mut self, hash: i32, phy: u64, store_ts_ms: i64) -> Result<bool> {
         if self.is_full() {
             return Ok(false);
         }
         let _hold = self.hold();
-        let hash = index_key_hash(key);
         let slot_pos = self.slot_at(hash);
         let count = self.header.index_count;
         let mut slot_value = self.read_i32(slot_pos)?;
@@ -232,9 +231,8 @@ impl IndexFile {
 
     /// `IndexFile.selectPhyOffset`: the chain for `key`, bounded by the item count so that
     /// corrupt chains cannot loop.
-    fn select(&self, key: &str, begin: i64, end: i64, max: usize, out: &mut Vec<u64>) -> Result<()> {
+    fn select(&self, hash: i32, begin: i64, end: i64, max: usize, out: &mut Vec<u64>) -> Result<()> {
         let _hold = self.hold();
-        let hash = index_key_hash(key);
         let count = self.header.index_count;
         let mut next = self.read_i32(self.slot_at(hash))?;
         if next <= 0 || next > count || count <= 1 {
@@ -381,7 +379,7 @@ impl IndexService {
     }
 
     /// `buildIndex`: adds UNIQ_KEY and the KEYS of `msg`. Returns a file that filled up.
-    pub fn build(&mut self, storage: &dyn Storage, msg: &Message, now_ms: i64) -> Result<Option<SealedIndex>> {
+    pub fn build(&mut self, storage: &dyn Storage, msg: &MessageRef<'_>, now_ms: i64) -> Result<Option<SealedIndex>> {
         if !msg.is_dispatchable() {
             return Ok(None);
         }
@@ -390,11 +388,9 @@ impl IndexService {
                 return Ok(None);
             }
         }
-        let mut keys: Vec<&str> = msg.uniq_key().into_iter().collect();
-        keys.extend(msg.keys());
         let mut sealed = None;
-        for key in keys {
-            let key = index_key(&msg.topic, key);
+        for key in msg.uniq_key().into_iter().chain(msg.keys()) {
+            let hash = index_key_hash_of(msg.topic, key);
             loop {
                 let needs_new = self.files.last().is_none_or(|f| f.is_full());
                 if needs_new {
@@ -419,7 +415,7 @@ impl IndexService {
                     self.files.push(f);
                 }
                 let f = self.files.last_mut().expect("exists");
-                if f.put_key(&key, msg.phy_offset, msg.store_timestamp_ms)? {
+                if f.put_key(hash, msg.phy_offset, msg.store_timestamp_ms)? {
                     break;
                 }
             }
@@ -430,14 +426,14 @@ impl IndexService {
     /// `IndexService.queryOffset`: physical offsets of messages whose `topic#key` hashes like
     /// this one's, newest file first. Hash collisions are returned; callers filter.
     pub fn query(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize) -> Result<Vec<u64>> {
-        let key = index_key(topic, key);
+        let hash = index_key_hash_of(topic, key);
         let mut out = Vec::new();
         for f in self.files.iter().rev() {
             if out.len() >= max {
                 break;
             }
             if f.time_matched(begin_ms, end_ms) {
-                f.select(&key, begin_ms, end_ms, max, &mut out)?;
+                f.select(hash, begin_ms, end_ms, max, &mut out)?;
             }
             if f.header.begin_timestamp_ms < begin_ms {
                 break;

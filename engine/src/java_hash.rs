@@ -3,13 +3,21 @@
 
 /// `s.hashCode()` in Java: `h = 31 * h + c` over UTF-16 code units, wrapping.
 pub fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+    java_hash_from(0, s)
+}
+
+/// Continues a `String.hashCode` over `s`: the hash of a concatenation, part by part.
+fn java_hash_from(h: i32, s: &str) -> i32 {
+    s.encode_utf16().fold(h, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
 }
 
 /// RocketMQ's `indexKeyHashMethod`: `abs(hashCode)`, with `Integer.MIN_VALUE` mapped to 0
 /// (Java's `Math.abs(MIN_VALUE)` is negative).
 pub fn index_key_hash(key: &str) -> i32 {
-    let h = java_string_hash(key);
+    abs_hash(java_string_hash(key))
+}
+
+fn abs_hash(h: i32) -> i32 {
     if h == i32::MIN {
         0
     } else {
@@ -17,9 +25,9 @@ pub fn index_key_hash(key: &str) -> i32 {
     }
 }
 
-/// The index key of a message key: `topic#key`.
-pub fn index_key(topic: &str, key: &str) -> String {
-    format!("{topic}#{key}")
+/// `index_key_hash` of a message key's index key `topic#key`, without building it.
+pub fn index_key_hash_of(topic: &str, key: &str) -> i32 {
+    abs_hash(java_hash_from(java_hash_from(java_hash_from(0, topic), "#"), key))
 }
 
 #[cfg(test)]
@@ -42,5 +50,7 @@ mod tests {
         assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
         assert_eq!(index_key_hash("polygenelubricants"), 0);
         assert_eq!(index_key_hash("Aa"), 2112);
+        assert_eq!(index_key_hash_of("TopicTest", "KEY1"), index_key_hash("TopicTest#KEY1"));
+        assert_eq!(index_key_hash_of("T😀", "k"), index_key_hash("T😀#k"));
     }
 }

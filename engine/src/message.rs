@@ -106,7 +106,7 @@ impl Message {
 
     /// The KEYS property split on spaces (RocketMQ's `KEY_SEPARATOR`).
     pub fn keys(&self) -> Vec<&str> {
-        self.property(PROPERTY_KEYS).map(|k| k.split(' ').filter(|s| !s.is_empty()).collect()).unwrap_or_default()
+        split_keys(self.property(PROPERTY_KEYS)).collect()
     }
 
     pub fn uniq_key(&self) -> Option<&str> {
@@ -115,8 +115,7 @@ impl Message {
 
     /// Prepared and rollback transactional messages are not dispatched (§3.3).
     pub fn is_dispatchable(&self) -> bool {
-        let tx = self.sys_flag & SYSFLAG_TX_MASK;
-        tx != SYSFLAG_TX_PREPARED && tx != SYSFLAG_TX_ROLLBACK
+        is_dispatchable(self.sys_flag)
     }
 
     pub fn properties_len(&self) -> usize {
@@ -126,6 +125,131 @@ impl Message {
     /// The encoded length of this message.
     pub fn record_len(&self) -> u64 {
         record_len(self.body.len(), self.topic.len(), self.properties_len())
+    }
+
+    /// The PROPERTIES field as it goes to disk.
+    fn properties_text(&self) -> Result<String, StoreError> {
+        let mut text = String::with_capacity(self.properties_len());
+        for (k, v) in &self.properties {
+            let has_sep = |s: &str| s.contains(NAME_VALUE_SEPARATOR) || s.contains(PROPERTY_SEPARATOR);
+            if k.is_empty() || has_sep(k) || has_sep(v) {
+                return Err(StoreError::InvalidArgument(format!("property {k:?} contains a separator or is empty")));
+            }
+            push_property(&mut text, k, v);
+        }
+        Ok(text)
+    }
+
+    /// Checks what the decoder will check, before anything is written.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        self.as_ref(&self.properties_text()?).validate()
+    }
+
+    /// This message with its PROPERTIES field given as on disk.
+    fn as_ref<'a>(&'a self, properties: &'a str) -> MessageRef<'a> {
+        MessageRef {
+            queue_id: self.queue_id,
+            flag: self.flag,
+            queue_offset: self.queue_offset,
+            phy_offset: self.phy_offset,
+            sys_flag: self.sys_flag,
+            born_timestamp_ms: self.born_timestamp_ms,
+            born_host: self.born_host,
+            store_timestamp_ms: self.store_timestamp_ms,
+            store_host: self.store_host,
+            reconsume_times: self.reconsume_times,
+            prepared_tx_offset: self.prepared_tx_offset,
+            body: &self.body,
+            topic: &self.topic,
+            properties,
+        }
+    }
+
+    /// Appends the encoded record to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        self.as_ref(&self.properties_text()?).encode_into(out)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// Prepared and rollback transactional messages are not dispatched (§3.3).
+pub fn is_dispatchable(sys_flag: i32) -> bool {
+    let tx = sys_flag & SYSFLAG_TX_MASK;
+    tx != SYSFLAG_TX_PREPARED && tx != SYSFLAG_TX_ROLLBACK
+}
+
+/// The keys of a KEYS property value, split on spaces (RocketMQ's `KEY_SEPARATOR`).
+pub fn split_keys(keys: Option<&str>) -> impl Iterator<Item = &str> {
+    keys.unwrap_or("").split(' ').filter(|s| !s.is_empty())
+}
+
+/// Appends `name\x01value\x02` to a PROPERTIES field.
+pub fn push_property(text: &mut String, name: &str, value: &str) {
+    text.push_str(name);
+    text.push(NAME_VALUE_SEPARATOR);
+    text.push_str(value);
+    text.push(PROPERTY_SEPARATOR);
+}
+
+/// A record's fields borrowed from the bytes they were decoded from, or from the request
+/// they are encoded from: the form the hot paths use (append and dispatch copy nothing but
+/// the record itself). `Message` is the owned form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageRef<'a> {
+    pub queue_id: u32,
+    pub flag: i32,
+    pub queue_offset: u64,
+    pub phy_offset: u64,
+    pub sys_flag: i32,
+    pub born_timestamp_ms: i64,
+    pub born_host: [u8; 8],
+    pub store_timestamp_ms: i64,
+    pub store_host: [u8; 8],
+    pub reconsume_times: i32,
+    pub prepared_tx_offset: i64,
+    pub body: &'a [u8],
+    pub topic: &'a str,
+    /// PROPERTIES as on disk: `name\x01value\x02` per property.
+    pub properties: &'a str,
+}
+
+impl<'a> MessageRef<'a> {
+    /// The properties in on-disk order (of a well-formed PROPERTIES field: see `check_properties`).
+    pub fn property_pairs(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let text: &'a str = self.properties;
+        text.strip_suffix(PROPERTY_SEPARATOR)
+            .unwrap_or("")
+            .split(PROPERTY_SEPARATOR)
+            .filter_map(|p| p.split_once(NAME_VALUE_SEPARATOR))
+    }
+
+    pub fn property(&self, key: &str) -> Option<&'a str> {
+        self.property_pairs().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    pub fn tags(&self) -> Option<&'a str> {
+        self.property(PROPERTY_TAGS)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &'a str> {
+        split_keys(self.property(PROPERTY_KEYS))
+    }
+
+    pub fn uniq_key(&self) -> Option<&'a str> {
+        self.property(PROPERTY_UNIQ_KEY)
+    }
+
+    pub fn is_dispatchable(&self) -> bool {
+        is_dispatchable(self.sys_flag)
+    }
+
+    pub fn record_len(&self) -> u64 {
+        record_len(self.body.len(), self.topic.len(), self.properties.len())
     }
 
     /// Checks what the decoder will check, before anything is written.
@@ -140,14 +264,11 @@ impl Message {
         if self.sys_flag & SYSFLAG_IPV6_HOSTS != 0 {
             return bad("IPv6 hosts are not supported".to_string());
         }
-        for (k, v) in &self.properties {
-            let has_sep = |s: &str| s.contains(NAME_VALUE_SEPARATOR) || s.contains(PROPERTY_SEPARATOR);
-            if k.is_empty() || has_sep(k) || has_sep(v) {
-                return bad(format!("property {k:?} contains a separator or is empty"));
-            }
+        if check_properties(self.properties).is_err() {
+            return bad(format!("properties {:?}: a property contains a separator or is empty", self.properties));
         }
-        if self.properties_len() > MAX_PROPERTIES_BYTES {
-            return bad(format!("properties of {} bytes exceed {MAX_PROPERTIES_BYTES}", self.properties_len()));
+        if self.properties.len() > MAX_PROPERTIES_BYTES {
+            return bad(format!("properties of {} bytes exceed {MAX_PROPERTIES_BYTES}", self.properties.len()));
         }
         if self.record_len() > i32::MAX as u64 {
             return bad("record too large".to_string());
@@ -163,7 +284,7 @@ impl Message {
         out.reserve(total as usize);
         out.extend_from_slice(&total.to_be_bytes());
         out.extend_from_slice(&MESSAGE_MAGIC.to_be_bytes());
-        out.extend_from_slice(&body_crc(&self.body).to_be_bytes());
+        out.extend_from_slice(&body_crc(self.body).to_be_bytes());
         out.extend_from_slice(&(self.queue_id as i32).to_be_bytes());
         out.extend_from_slice(&self.flag.to_be_bytes());
         out.extend_from_slice(&(self.queue_offset as i64).to_be_bytes());
@@ -176,24 +297,32 @@ impl Message {
         out.extend_from_slice(&self.reconsume_times.to_be_bytes());
         out.extend_from_slice(&self.prepared_tx_offset.to_be_bytes());
         out.extend_from_slice(&(self.body.len() as i32).to_be_bytes());
-        out.extend_from_slice(&self.body);
+        out.extend_from_slice(self.body);
         out.push(self.topic.len() as u8);
         out.extend_from_slice(self.topic.as_bytes());
-        out.extend_from_slice(&(self.properties_len() as i16).to_be_bytes());
-        for (k, v) in &self.properties {
-            out.extend_from_slice(k.as_bytes());
-            out.push(NAME_VALUE_SEPARATOR as u8);
-            out.extend_from_slice(v.as_bytes());
-            out.push(PROPERTY_SEPARATOR as u8);
-        }
+        out.extend_from_slice(&(self.properties.len() as i16).to_be_bytes());
+        out.extend_from_slice(self.properties.as_bytes());
         debug_assert_eq!((out.len() - start) as u64, self.record_len());
         Ok(())
     }
 
-    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        let mut out = Vec::new();
-        self.encode_into(&mut out)?;
-        Ok(out)
+    pub fn to_owned(&self) -> Message {
+        Message {
+            queue_id: self.queue_id,
+            flag: self.flag,
+            queue_offset: self.queue_offset,
+            phy_offset: self.phy_offset,
+            sys_flag: self.sys_flag,
+            born_timestamp_ms: self.born_timestamp_ms,
+            born_host: self.born_host,
+            store_timestamp_ms: self.store_timestamp_ms,
+            store_host: self.store_host,
+            reconsume_times: self.reconsume_times,
+            prepared_tx_offset: self.prepared_tx_offset,
+            body: self.body.to_vec(),
+            topic: self.topic.to_string(),
+            properties: self.property_pairs().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
     }
 }
 
@@ -285,6 +414,24 @@ impl Decoded {
     }
 }
 
+/// `Decoded`, borrowing the message from the decoded bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodedRef<'a> {
+    Valid(MessageRef<'a>, u32),
+    Blank { declared_bytes: u32 },
+    Corrupt(Corruption),
+}
+
+impl DecodedRef<'_> {
+    pub fn to_owned(&self) -> Decoded {
+        match self {
+            DecodedRef::Valid(m, size) => Decoded::Valid(m.to_owned(), *size),
+            DecodedRef::Blank { declared_bytes } => Decoded::Blank { declared_bytes: *declared_bytes },
+            DecodedRef::Corrupt(c) => Decoded::Corrupt(c.clone()),
+        }
+    }
+}
+
 /// What the decoder checks beyond the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeOptions {
@@ -316,8 +463,8 @@ struct Cursor<'a> {
     buf: &'a [u8],
 }
 
-impl Cursor<'_> {
-    fn bytes(&self, at: usize, len: usize) -> Option<&[u8]> {
+impl<'a> Cursor<'a> {
+    fn bytes(&self, at: usize, len: usize) -> Option<&'a [u8]> {
         self.buf.get(at..at.checked_add(len)?)
     }
     fn i32(&self, at: usize) -> Option<i32> {
@@ -345,9 +492,14 @@ pub fn peek_header(buf: &[u8]) -> Option<(i32, u32)> {
 
 /// Decodes the record at the start of `buf` (which may hold more bytes after it).
 pub fn decode(buf: &[u8], opts: &DecodeOptions) -> Decoded {
+    decode_ref(buf, opts).to_owned()
+}
+
+/// `decode` without copying the message out of `buf`.
+pub fn decode_ref<'a>(buf: &'a [u8], opts: &DecodeOptions) -> DecodedRef<'a> {
     match decode_inner(buf, opts) {
         Ok(d) => d,
-        Err(c) => Decoded::Corrupt(c),
+        Err(c) => DecodedRef::Corrupt(c),
     }
 }
 
@@ -355,7 +507,7 @@ fn corrupt(reason: CorruptReason, declared_size: Option<u32>) -> Corruption {
     Corruption { reason, declared_size }
 }
 
-fn decode_inner(buf: &[u8], opts: &DecodeOptions) -> Result<Decoded, Corruption> {
+fn decode_inner<'a>(buf: &'a [u8], opts: &DecodeOptions) -> Result<DecodedRef<'a>, Corruption> {
     let have = buf.len() as u64;
     let Some((total, magic)) = peek_header(buf) else {
         return Err(corrupt(CorruptReason::Truncated { have_bytes: have, need_bytes: 8 }, None));
@@ -376,10 +528,10 @@ fn decode_inner(buf: &[u8], opts: &DecodeOptions) -> Result<Decoded, Corruption>
         return Err(corrupt(CorruptReason::Truncated { have_bytes: have, need_bytes: u64::from(total_u) }, declared));
     };
     let msg = decode_fields(rec, opts).map_err(|reason| corrupt(reason, declared))?;
-    Ok(Decoded::Valid(msg, total_u))
+    Ok(DecodedRef::Valid(msg, total_u))
 }
 
-fn decode_blank(total: i32, opts: &DecodeOptions) -> Result<Decoded, Corruption> {
+fn decode_blank<'a>(total: i32, opts: &DecodeOptions) -> Result<DecodedRef<'a>, Corruption> {
     let declared = i64::from(total);
     if declared < END_FILE_MIN_BLANK_BYTES as i64 {
         return Err(corrupt(
@@ -392,11 +544,11 @@ fn decode_blank(total: i32, opts: &DecodeOptions) -> Result<Decoded, Corruption>
             return Err(corrupt(CorruptReason::BlankMisplaced { declared, left }, None));
         }
     }
-    Ok(Decoded::Blank { declared_bytes: total as u32 })
+    Ok(DecodedRef::Blank { declared_bytes: total as u32 })
 }
 
 /// Decodes a record whose TOTALSIZE bytes are exactly `rec`.
-fn decode_fields(rec: &[u8], opts: &DecodeOptions) -> Result<Message, CorruptReason> {
+fn decode_fields<'a>(rec: &'a [u8], opts: &DecodeOptions) -> Result<MessageRef<'a>, CorruptReason> {
     let c = Cursor { buf: rec };
     let short = |f: &'static str| CorruptReason::BadFieldLength(f);
     let stored_crc = c.u32(OFF_BODY_CRC).ok_or(short("crc"))?;
@@ -453,14 +605,9 @@ fn decode_fields(rec: &[u8], opts: &DecodeOptions) -> Result<Message, CorruptRea
     if topic.is_empty() {
         return Err(CorruptReason::BadFieldLength("topic"));
     }
-    let properties = parse_properties(props)?;
-    if opts.check_dup_info && !properties.is_empty() {
-        let dup = properties.iter().find(|(k, _)| k == PROPERTY_DUP_INFO).map(|(_, v)| v.as_str());
-        if dup.is_none_or(|d| d.split('_').count() != 2) {
-            return Err(CorruptReason::DupInfoMissing);
-        }
-    }
-    Ok(Message {
+    let properties = std::str::from_utf8(props).map_err(|_| CorruptReason::BadUtf8("properties"))?;
+    check_properties(properties)?;
+    let msg = MessageRef {
         queue_id: queue_id as u32,
         flag: c.i32(OFF_FLAG).ok_or(short("flag"))?,
         queue_offset: queue_offset as u64,
@@ -472,17 +619,24 @@ fn decode_fields(rec: &[u8], opts: &DecodeOptions) -> Result<Message, CorruptRea
         store_host: c.host(OFF_STORE_HOST).ok_or(short("store host"))?,
         reconsume_times: c.i32(OFF_RECONSUME_TIMES).ok_or(short("reconsume times"))?,
         prepared_tx_offset: c.i64(OFF_PREPARED_TX_OFFSET).ok_or(short("prepared tx offset"))?,
-        body: body.to_vec(),
-        topic: topic.to_string(),
+        body,
+        topic,
         properties,
-    })
+    };
+    if opts.check_dup_info && !properties.is_empty() {
+        let dup = msg.property(PROPERTY_DUP_INFO);
+        if dup.is_none_or(|d| d.split('_').count() != 2) {
+            return Err(CorruptReason::DupInfoMissing);
+        }
+    }
+    Ok(msg)
 }
 
-fn parse_properties(props: &[u8]) -> Result<Vec<(String, String)>, CorruptReason> {
-    let text = std::str::from_utf8(props).map_err(|_| CorruptReason::BadUtf8("properties"))?;
-    let mut out = Vec::new();
+/// A PROPERTIES field is empty or `name\x01value\x02` pairs with non-empty names, no
+/// separator inside a name or value.
+fn check_properties(text: &str) -> Result<(), CorruptReason> {
     if text.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     let Some(body) = text.strip_suffix(PROPERTY_SEPARATOR) else {
         return Err(CorruptReason::BadProperties);
@@ -492,9 +646,8 @@ fn parse_properties(props: &[u8]) -> Result<Vec<(String, String)>, CorruptReason
         if k.is_empty() || v.contains(NAME_VALUE_SEPARATOR) {
             return Err(CorruptReason::BadProperties);
         }
-        out.push((k.to_string(), v.to_string()));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

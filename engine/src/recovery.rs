@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::bugs::Bug;
 use crate::checkpoint::{CheckpointFile, CheckpointState};
-use crate::commit_log::{read_record, CommitLog, RecordAt};
+use crate::commit_log::{read_record, read_record_ref, CommitLog, RecordAt};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
@@ -21,7 +21,7 @@ use crate::index::{IndexLoad, IndexService};
 use crate::io::{BufferPool, Clock, Holds, Storage, StorageFile};
 use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
-use crate::message::{CorruptReason, DecodeOptions, Decoded};
+use crate::message::{CorruptReason, DecodeOptions, Decoded, DecodedRef};
 use crate::store::{lock, CqMap, Inner, StorePaths};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,6 +189,7 @@ pub(crate) fn load(
         logics_dispatched_ts: AtomicI64::new(data.logics_msg_timestamp_ms),
         reput_offset: AtomicU64::new(0),
         not_writeable: Mutex::new(None),
+        writeable_lost: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         wake_flush: Notify::new(),
@@ -246,6 +247,7 @@ async fn scan(
     s.end = first.1;
     let skip_bug = inner.bug(Bug::SkipHalfWrittenRecord);
     let (mut idx, mut pos) = (start, 0u64);
+    let mut buf = Vec::new();
     loop {
         let (file, from, size) = &files[idx];
         if pos >= *size {
@@ -257,13 +259,11 @@ async fn scan(
             s.end = from + size;
             return Ok(s);
         }
-        let rec = read_record(file.as_ref(), *from, pos, *size, *size, opts)?;
-        let decoded = match rec {
-            RecordAt::Decoded(d) => d,
-            RecordAt::NeedMore => unreachable!("a whole file is readable"),
+        let Some(decoded) = read_record_ref(file.as_ref(), *from, pos, *size, *size, opts, &mut buf)? else {
+            unreachable!("a whole file is readable")
         };
         match decoded {
-            Decoded::Valid(m, size_bytes) => {
+            DecodedRef::Valid(m, size_bytes) => {
                 if dispatch {
                     crate::dispatch::dispatch_message(inner, &m, size_bytes).await?;
                     s.dispatched += 1;
@@ -278,7 +278,7 @@ async fn scan(
                 pos += u64::from(size_bytes);
                 s.end = from + pos;
             }
-            Decoded::Blank { .. } => {
+            DecodedRef::Blank { .. } => {
                 s.end = from + size;
                 if idx + 1 < files.len() {
                     (idx, pos) = (idx + 1, 0);
@@ -286,7 +286,7 @@ async fn scan(
                     return Ok(s);
                 }
             }
-            Decoded::Corrupt(c) => {
+            DecodedRef::Corrupt(c) => {
                 let skippable = c.declared_size.filter(|&d| d > 0 && pos + u64::from(d) <= *size);
                 if let (true, Some(d)) = (skip_bug, skippable) {
                     s.skipped.push(from + pos);

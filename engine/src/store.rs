@@ -119,6 +119,8 @@ pub(crate) struct Inner {
     pub logics_dispatched_ts: AtomicI64,
     pub reput_offset: AtomicU64,
     pub not_writeable: Mutex<Option<String>>,
+    /// Set once `not_writeable` is: the put path's lock-free check.
+    pub writeable_lost: AtomicBool,
     pub shutting_down: AtomicBool,
     pub stopping: AtomicBool,
     pub wake_flush: Notify,
@@ -157,11 +159,16 @@ impl Inner {
         if nw.is_none() {
             *nw = Some(reason.clone());
         }
+        self.writeable_lost.store(true, Ordering::SeqCst);
         drop(nw);
         self.fail_group_requests(StoreError::NotWriteable { reason });
     }
 
     pub fn not_writeable_error(&self) -> Option<StoreError> {
+        // Every put asks; the lock is taken only once the answer can be yes.
+        if !self.writeable_lost.load(Ordering::SeqCst) {
+            return None;
+        }
         lock(&self.not_writeable).clone().map(|reason| StoreError::NotWriteable { reason })
     }
 

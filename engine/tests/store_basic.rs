@@ -214,3 +214,66 @@ async fn async_flush_service_makes_data_durable_and_advances_checkpoint() {
     assert!(store.holds().outstanding().is_empty(), "no holds when idle");
     store.shutdown().await.unwrap();
 }
+
+/// Dispatch reads the commit log in pieces (256 KiB): records straddling a piece's end, and a
+/// record larger than a whole piece, are dispatched whole and in order.
+#[tokio::test]
+async fn dispatch_reads_records_across_piece_ends_and_larger_than_a_piece() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.commit_log_file_size_bytes = 4 << 20;
+    cfg.max_message_size_bytes = 1 << 20;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    // Not started: everything is dispatched by the one `start` below, in pieces.
+    let sizes: Vec<usize> = (0..400).map(|i| if i == 150 { 600 * 1024 } else { 1_500 + i * 7 }).collect();
+    let mut puts = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        clock.advance(1);
+        let body = vec![(i % 251) as u8; size];
+        let key = format!("k{i}");
+        puts.push(store.put("T", i as u32 % 3, &body, None, &[&key]).await.unwrap());
+    }
+    assert!(store.max_phy_offset() > 3 * 256 * 1024, "the log spans several pieces");
+    assert_eq!(store.reput_offset(), 0);
+    store.start().unwrap();
+    common_wait_dispatch(&store).await;
+    for q in 0..3u32 {
+        let got = store.get("T", q, 0, 1_000).unwrap();
+        let want: Vec<(usize, &engine::PutResult)> =
+            puts.iter().enumerate().filter(|(i, _)| *i as u32 % 3 == q).collect();
+        assert_eq!(got.len(), want.len(), "queue {q}");
+        for (m, (i, r)) in got.iter().zip(want) {
+            assert_eq!((m.phy_offset, m.body.len()), (r.phy_offset, sizes[i]), "message {i}");
+            assert_eq!(m.keys, vec![format!("k{i}")]);
+        }
+    }
+    let big = store.query_by_key("T", "k150", 0, i64::MAX, 4).unwrap();
+    assert_eq!(big.len(), 1);
+    assert_eq!(big[0].body.len(), 600 * 1024);
+    store.shutdown().await.unwrap();
+}
+
+/// A property the decoder would reject is refused before anything is written.
+#[tokio::test]
+async fn malformed_extra_properties_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    store.put("T", 0, b"first", None, &[]).await.unwrap();
+    let end = store.max_phy_offset();
+    for (name, value) in [("", "v"), ("a\u{1}b", "v"), ("k", "v\u{2}w"), ("k", "v\u{1}w")] {
+        let mut req = engine::commit_log::PutRequest::new("T", 0, b"x");
+        req.extra_properties = vec![(name.to_string(), value.to_string())];
+        let err = store.put_request(req).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidArgument(_)), "{name:?}={value:?}: {err}");
+    }
+    assert_eq!(store.max_phy_offset(), end, "nothing appended");
+    let r = store.put("T", 0, b"second", None, &[]).await.unwrap();
+    assert_eq!(r.queue_offset, 1, "the refused puts took no queue offset");
+    store.shutdown().await.unwrap();
+}
