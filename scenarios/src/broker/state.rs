@@ -160,7 +160,8 @@ const GET_CHUNK: usize = 64;
 
 impl StoreView {
     /// Reads every queue (those the store knows and those the log has) and looks up every
-    /// key of the log.
+    /// key of the log. Any error is the store's answer: the caller pauses injected disk
+    /// faults while it captures.
     pub fn capture(store: &Store, log: &DecodedLog) -> StoreView {
         let mut names: std::collections::BTreeSet<(String, u32)> = store.queues().into_iter().collect();
         names.extend(log.msgs.values().map(|m| (m.topic.clone(), m.queue_id)));
@@ -168,7 +169,8 @@ impl StoreView {
         let mut key_hits = BTreeMap::new();
         for m in log.msgs.values() {
             for key in &m.keys {
-                let hits = retry_eio(|| store.query_by_key(&m.topic, key, i64::MIN / 2, i64::MAX / 2, 8))
+                let hits = store
+                    .query_by_key(&m.topic, key, i64::MIN / 2, i64::MAX / 2, 8)
                     .map(|v| v.iter().map(LogMsg::from_stored).collect())
                     .map_err(|e| e.to_string());
                 key_hits.insert((m.topic.clone(), key.clone()), hits);
@@ -190,7 +192,7 @@ fn capture_queue(store: &Store, topic: &str, queue_id: u32) -> QueueView {
     let mut entries = Vec::new();
     let mut next = min_offset;
     while next < max_offset {
-        match retry_eio(|| store.get(topic, queue_id, next, GET_CHUNK)) {
+        match store.get(topic, queue_id, next, GET_CHUNK) {
             Ok(batch) if batch.is_empty() => break,
             Ok(batch) => {
                 next = batch.last().map_or(next, |m| m.queue_offset + 1);
@@ -200,20 +202,4 @@ fn capture_queue(store: &Store, topic: &str, queue_id: u32) -> QueueView {
         }
     }
     QueueView { min_offset, max_offset, entries: Ok(entries) }
-}
-
-/// Attempts before an injected read error counts as the store's answer.
-const EIO_ATTEMPTS: usize = 8;
-
-/// Retries a read that failed with an injected EIO (a disk-error window may be open while the
-/// checker reads): an I/O error is not a broken promise, a wrong answer is.
-fn retry_eio<T>(mut read: impl FnMut() -> engine::error::Result<T>) -> engine::error::Result<T> {
-    let mut r = read();
-    for _ in 1..EIO_ATTEMPTS {
-        match r {
-            Err(engine::StoreError::Io(engine::io::IoError::Eio { .. })) => r = read(),
-            _ => break,
-        }
-    }
-    r
 }
