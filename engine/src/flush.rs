@@ -79,6 +79,7 @@ fn resolve_group_requests(inner: &Inner) {
         std::mem::take(&mut *reqs).into_iter().partition(|r| r.end_offset <= flushed);
     *reqs = waiting;
     drop(reqs);
+    inner.counters.group_commit_acks.fetch_add(done.len() as u64, Ordering::SeqCst);
     for r in done {
         let _ = r.done.send(Ok(()));
     }
@@ -236,6 +237,7 @@ async fn group_commit_loop(inner: Arc<Inner>) {
         let waiting = !lock(&inner.group_requests).is_empty() || inner.bug(Bug::AckBeforeSync);
         if waiting {
             gather_requests(&inner).await;
+            inner.counters.group_commit_syncs.fetch_add(1, Ordering::SeqCst);
             if let Err(e) = flush_commit_log(&inner, 0).await {
                 tracing::error!(error = %e, "group commit failed");
                 if inner.bug(Bug::RetryFailedSync) {

@@ -21,4 +21,4 @@ pub mod store;
 pub use bugs::{Bug, BugSet};
 pub use config::{FlushMode, StoreConfig};
 pub use error::StoreError;
-pub use store::{PutResult, Store, StoredMessage};
+pub use store::{PutResult, Store, StoreStats, StoredMessage};

@@ -199,6 +199,7 @@ pub(crate) fn load(
         stop_notify: Notify::new(),
         group_requests: Mutex::new(Vec::new()),
         recovery: Mutex::new(RecoveryReport::default()),
+        counters: Default::default(),
     };
     Ok((inner, Loaded { clean, ckpt, index_load, repairs }))
 }

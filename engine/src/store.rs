@@ -130,6 +130,23 @@ pub(crate) struct Inner {
     pub stop_notify: Notify,
     pub group_requests: Mutex<Vec<GroupRequest>>,
     pub recovery: Mutex<RecoveryReport>,
+    pub counters: Counters,
+}
+
+/// Running totals the services keep (read through `Store::stats`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub group_commit_syncs: AtomicU64,
+    pub group_commit_acks: AtomicU64,
+}
+
+/// What the store has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Commit-log syncs made by group commit (sync flush) for waiting producers.
+    pub group_commit_syncs: u64,
+    /// Producers acknowledged by those syncs: acks per sync is the group-commit batch.
+    pub group_commit_acks: u64,
 }
 
 /// Locks a std mutex; a poisoned lock means a task panicked mid-update, and a panic inside
@@ -457,6 +474,13 @@ impl Store {
     }
     pub fn dispatch_behind_bytes(&self) -> u64 {
         self.inner.dispatch_behind_bytes()
+    }
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.inner.counters;
+        StoreStats {
+            group_commit_syncs: c.group_commit_syncs.load(Ordering::SeqCst),
+            group_commit_acks: c.group_commit_acks.load(Ordering::SeqCst),
+        }
     }
     /// What the last `open` recovered and truncated.
     pub fn last_recovery(&self) -> RecoveryReport {

@@ -148,6 +148,9 @@ async fn sync_mode_group_commit_shares_syncs_and_acks_durable() {
     }
     let syncs = storage.c.syncs.load(Ordering::SeqCst) - before;
     assert!(syncs < 640 / 4, "64 producers share syncs: {syncs} syncs for 640 puts");
+    let stats = store.stats();
+    assert_eq!(stats.group_commit_acks, 640, "every put acked by a group-commit sync");
+    assert!(stats.group_commit_syncs >= 1 && stats.group_commit_syncs <= syncs, "{stats:?}, {syncs} syncs");
     store.shutdown().await.unwrap();
 }
 
