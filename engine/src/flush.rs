@@ -229,14 +229,16 @@ async fn commit_loop(inner: Arc<Inner>) {
     }
 }
 
-/// `GroupCommitService`: whenever producers wait, one sync covers all of them.
+/// `GroupCommitService`: whenever producers wait, one sync covers all of them. Producers that
+/// append while a sync runs join the next one, so under load two groups alternate: one syncing,
+/// one appending. (Waiting for more producers before syncing, yielding while the queue grew,
+/// made appending and syncing take turns instead: 102k vs 142k msgs/s with 64 producers.)
 async fn group_commit_loop(inner: Arc<Inner>) {
     let d = interval_ms(inner.cfg.group_commit_interval_ms);
     while !inner.stopping.load(Ordering::SeqCst) {
         wait(&inner, d, &inner.wake_group).await;
         let waiting = !lock(&inner.group_requests).is_empty() || inner.bug(Bug::AckBeforeSync);
         if waiting {
-            gather_requests(&inner).await;
             inner.counters.group_commit_syncs.fetch_add(1, Ordering::SeqCst);
             if let Err(e) = flush_commit_log(&inner, 0).await {
                 tracing::error!(error = %e, "group commit failed");
@@ -246,20 +248,6 @@ async fn group_commit_loop(inner: Arc<Inner>) {
                 inner.fail_group_requests(e);
             }
         }
-    }
-}
-
-/// Lets producers that are about to append join this sync: yields while the queue of
-/// waiting producers keeps growing (a lone producer costs one yield, not a timer).
-async fn gather_requests(inner: &Inner) {
-    let mut seen = lock(&inner.group_requests).len();
-    for _ in 0..64 {
-        tokio::task::yield_now().await;
-        let now = lock(&inner.group_requests).len();
-        if now == seen {
-            break;
-        }
-        seen = now;
     }
 }
 

@@ -175,7 +175,8 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     }
     /// A hint that this file will be synced in many small ranges (the commit log under sync
     /// flush): a backend may then give up read-ahead on it, which otherwise makes every small
-    /// sync write back a large folio. Never needed for correctness; the default does nothing.
+    /// sync write back a large folio, and write it without a writable mapping. Never needed
+    /// for correctness; the default does nothing.
     fn hint_small_syncs(&self) {}
 }
 
