@@ -14,13 +14,15 @@ use crate::mapped_file::{parse_file_name, rewrite_range, MappedFile, SyncPlan};
 #[derive(Debug, Default)]
 pub struct DirSyncs {
     pending: Mutex<BTreeSet<PathBuf>>,
+    /// Held for the whole of a `sync`: see there.
+    turn: tokio::sync::Mutex<()>,
     /// The `no-dir-sync` bug: never sync directories.
     disabled: bool,
 }
 
 impl DirSyncs {
     pub fn new(disabled: bool) -> DirSyncs {
-        DirSyncs { pending: Mutex::new(BTreeSet::new()), disabled }
+        DirSyncs { pending: Mutex::new(BTreeSet::new()), turn: tokio::sync::Mutex::new(()), disabled }
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
@@ -35,8 +37,14 @@ impl DirSyncs {
         self.pending().is_empty()
     }
 
-    /// Syncs every pending directory. On failure the failed one stays pending.
+    /// Syncs every pending directory. On failure the failed one stays pending. One caller at
+    /// a time: a sync takes the whole pending set, so a second caller that did not wait would
+    /// find it empty and return at once while the first one's directory syncs are still in
+    /// flight, and its caller would then call durable a file whose entry that sync may yet
+    /// fail to persist (broker seed 56482: the commit-log flush acknowledged 734 bytes while
+    /// the consume-queue flush's sync of the commit-log directory was failing).
     pub async fn sync(&self, storage: &dyn Storage) -> Result<(), IoError> {
+        let _turn = self.turn.lock().await;
         if self.disabled {
             self.pending().clear();
             return Ok(());

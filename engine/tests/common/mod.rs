@@ -37,6 +37,8 @@ pub struct Counters {
     pub fail_syncs: AtomicBool,
     /// Fail exactly the next sync.
     pub fail_next_sync: AtomicBool,
+    /// If non-zero: the next directory sync takes this long, then fails.
+    pub slow_failing_dir_sync_ms: AtomicU64,
 }
 
 impl Counters {
@@ -123,6 +125,11 @@ impl Storage for TestStorage {
     fn sync_dir<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), IoError>> {
         Box::pin(async move {
             self.c.dir_syncs.fetch_add(1, Ordering::SeqCst);
+            let slow_ms = self.c.slow_failing_dir_sync_ms.swap(0, Ordering::SeqCst);
+            if slow_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(slow_ms)).await;
+                return Err(IoError::Eio { op: IoOp::Sync, path: path.to_path_buf() });
+            }
             self.real.sync_dir(path).await
         })
     }
