@@ -288,6 +288,13 @@ impl ConsumeQueue {
             if first.is_some_and(|u| u.phy_offset as u64 >= phy_offset) && i > 0 {
                 continue; // the whole file goes
             }
+            if written == 0 && i > 0 {
+                // Nothing written (a file created just before a power loss that kept its
+                // directory entry but not its units): it goes, and the cut is looked for in
+                // the file before it. Stopping here kept that file's units past the log's end
+                // (broker seed 87842).
+                continue;
+            }
             let mut keep = 0usize;
             for u in units.iter().take(written) {
                 if u.is_blank() {

@@ -141,6 +141,32 @@ async fn half_written_consume_queue_unit_is_dropped_and_rebuilt() {
     assert_queues(&store, &s.puts, s.end);
 }
 
+/// A power loss kept a new consume-queue file's directory entry but none of its units, and
+/// the commit log lost the messages the previous file's last units point to: truncation must
+/// look past the empty file (broker seed 87842 kept a unit past the log's end).
+#[tokio::test]
+async fn empty_last_consume_queue_file_does_not_hide_units_past_the_log_end() {
+    let s = setup().await;
+    let per = s.cfg.cq_units_per_file;
+    // Queue 0's second file (units 64..99) holds only zeros.
+    write_file(&cq_file(&s.cfg, 0, per), 0, &vec![0u8; (per * 20) as usize]);
+    // The log ends at queue 0's unit 63 (puts alternate between the two queues).
+    let (q, cut) = s.puts[2 * (per as usize - 1)];
+    assert_eq!((q, cut.queue_offset), (0, per - 1));
+    let size = s.cfg.commit_log_file_size_bytes;
+    let file_end = (cut.phy_offset / size + 1) * size;
+    assert!(s.end <= file_end, "the cut is in the last file");
+    poke_cl(&s.cfg, cut.phy_offset, &vec![0u8; (file_end - cut.phy_offset) as usize]);
+    std::fs::remove_file(s.cfg.root_dir.join("checkpoint")).unwrap();
+    make_abort(&s.cfg);
+    let store = open(&s.cfg, &s.storage, &s.clock).await;
+    let rep = store.last_recovery();
+    assert_eq!(rep.kind, RecoveryKind::Abnormal);
+    assert_eq!(rep.commit_log_end, cut.phy_offset);
+    assert_eq!(store.max_offset("T", 0), per - 1, "queue 0 ends before the lost message");
+    assert_queues(&store, &s.puts, cut.phy_offset);
+}
+
 /// A flipped high bit in QUEUEOFFSET, which no CRC covers: RocketMQ would fill the queue
 /// with blank units up to it (here: until memory ran out, found by the broker scenario, seed
 /// 9035). The decoder must see that no queue can reach that offset by the record's position,
