@@ -166,24 +166,32 @@ pub fn read_record_ref<'b>(
 /// The UNIQ_KEY the store assigns: hex of STOREHOST and the physical offset (RocketMQ's
 /// store-side message id), 32 characters.
 pub fn uniq_key(store_host: &[u8; 8], phy_offset: u64) -> String {
-    let mut s = String::with_capacity(UNIQ_KEY_CHARS);
-    push_uniq_key(&mut s, store_host, phy_offset);
+    let mut s = String::with_capacity(2 * HEX_DIGITS);
+    s.push_str(hex(&hex16(u64::from_be_bytes(*store_host))));
+    s.push_str(hex(&hex16(phy_offset)));
     s
 }
 
-/// Appends `uniq_key(store_host, phy_offset)` to `out` (the append path reuses one buffer).
-fn push_uniq_key(out: &mut String, store_host: &[u8; 8], phy_offset: u64) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for v in [u64::from_be_bytes(*store_host), phy_offset] {
-        for shift in (0..16).rev() {
-            out.push(char::from(HEX[((v >> (shift * 4)) & 0xF) as usize]));
-        }
-    }
-}
-const UNIQ_KEY_CHARS: usize = 32;
+const HEX_DIGITS: usize = 16;
 
-/// Writes the PROPERTIES field of a put: KEYS, TAGS, UNIQ_KEY, then the request's own.
-fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8], phy_offset: u64) {
+/// `v` as 16 upper-case hex digits.
+fn hex16(v: u64) -> [u8; HEX_DIGITS] {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = [0u8; HEX_DIGITS];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((v >> ((HEX_DIGITS - 1 - i) * 4)) & 0xF) as usize];
+    }
+    out
+}
+
+fn hex(digits: &[u8; HEX_DIGITS]) -> &str {
+    std::str::from_utf8(digits).expect("hex digits are ASCII")
+}
+
+/// Writes the PROPERTIES field of a put: KEYS, TAGS, UNIQ_KEY, then the request's own. The
+/// UNIQ_KEY's physical-offset half is written as zeros: its range in `out` is returned, for
+/// `set_uniq_phy` once the record has a place (its length does not depend on it).
+fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8]) -> std::ops::Range<usize> {
     out.clear();
     if !req.keys.is_empty() {
         out.push_str(PROPERTY_KEYS);
@@ -201,11 +209,19 @@ fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8], phy_
     }
     out.push_str(PROPERTY_UNIQ_KEY);
     out.push(NAME_VALUE_SEPARATOR);
-    push_uniq_key(out, store_host, phy_offset);
+    out.push_str(hex(&hex16(u64::from_be_bytes(*store_host))));
+    let phy_at = out.len();
+    out.push_str(hex(&hex16(0)));
     out.push(PROPERTY_SEPARATOR);
     for (k, v) in &req.extra_properties {
         push_property(out, k, v);
     }
+    phy_at..phy_at + HEX_DIGITS
+}
+
+/// Puts `phy_offset` into the UNIQ_KEY that `put_properties` wrote.
+fn set_uniq_phy(out: &mut String, phy_hex: std::ops::Range<usize>, phy_offset: u64) {
+    out.replace_range(phy_hex, hex(&hex16(phy_offset)));
 }
 
 /// What the store decides about a put's record.
@@ -352,7 +368,7 @@ impl CommitLog {
         let at = Placement { queue_offset, phy_offset: 0, store_ts_ms, store_host: self.store_host };
         // The UNIQ_KEY has the same length wherever the record lands, so the length and the
         // checks are settled before a file is chosen.
-        put_properties(props, req, &at.store_host, 0);
+        let phy_hex = put_properties(props, req, &at.store_host);
         let len = at.message(req, props).record_len();
         if len > self.max_message_size_bytes {
             return Err(StoreError::MessageTooLarge { size_bytes: len, limit_bytes: self.max_message_size_bytes });
@@ -360,7 +376,7 @@ impl CommitLog {
         at.message(req, props).validate()?;
         let phy = self.place(storage, len, prev_ts_ms, queue_offset, &req.topic)?;
         let at = Placement { phy_offset: phy, ..at };
-        put_properties(props, req, &at.store_host, phy);
+        set_uniq_phy(props, phy_hex, phy);
         self.buf.clear();
         at.message(req, props).encode_into(&mut self.buf)?;
         debug_assert_eq!(self.buf.len() as u64, len);
@@ -493,7 +509,8 @@ mod tests {
         req.extra_properties = vec![("X".into(), "y".into())];
         let host = [1, 2, 3, 4, 5, 6, 7, 8];
         let mut text = String::new();
-        put_properties(&mut text, &req, &host, 4096);
+        let phy_hex = put_properties(&mut text, &req, &host);
+        set_uniq_phy(&mut text, phy_hex, 4096);
         let m = Message {
             topic: "T".into(),
             queue_id: 1,
