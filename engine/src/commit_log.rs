@@ -42,20 +42,22 @@ impl PutRequest {
     /// Checks what the store requires of a request before taking any lock.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(StoreError::InvalidArgument(m));
-        let topic_ok = |c: char| c.is_ascii_alphanumeric() || "%|-_".contains(c);
-        if self.topic.is_empty() || self.topic.len() > 127 || !self.topic.chars().all(topic_ok) {
+        // Byte-wise (a multi-byte character fails as its first byte does): every put checks.
+        let topic_ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'-' | b'_');
+        let has_separator = |s: &str| s.bytes().any(|b| matches!(b, b'\x01' | b'\x02'));
+        if self.topic.is_empty() || self.topic.len() > 127 || !self.topic.bytes().all(topic_ok) {
             return bad(format!("topic {:?} must be 1..=127 characters of [A-Za-z0-9%|_-]", self.topic));
         }
         if self.queue_id > i32::MAX as u32 {
             return bad(format!("queue id {} out of range", self.queue_id));
         }
         for k in &self.keys {
-            if k.is_empty() || k.contains([' ', '\u{1}', '\u{2}']) {
+            if k.is_empty() || k.contains(' ') || has_separator(k) {
                 return bad(format!("key {k:?} is empty or contains a separator"));
             }
         }
         if let Some(t) = &self.tags {
-            if t.is_empty() || t.contains(['\u{1}', '\u{2}']) {
+            if t.is_empty() || has_separator(t) {
                 return bad(format!("tags {t:?} are empty or contain a separator"));
             }
         }
@@ -262,6 +264,8 @@ pub struct CommitLog {
     /// The record being appended, and its PROPERTIES field (reused: no allocation per put).
     buf: Vec<u8>,
     props: String,
+    /// A topic-queue key, rebuilt in place per put (the table's lookups need an owned key).
+    key: (String, u32),
     pool: Option<BufferPool>,
     max_message_size_bytes: u64,
     store_host: [u8; 8],
@@ -280,6 +284,7 @@ impl CommitLog {
             last_store_ts_ms: 0,
             buf: Vec::new(),
             props: String::new(),
+            key: (String::new(), 0),
             pool,
             max_message_size_bytes,
             store_host,
@@ -364,7 +369,10 @@ impl CommitLog {
         let prev_ts_ms = self.last_store_ts_ms;
         let store_ts_ms = now_ms.max(prev_ts_ms);
         let counts = is_dispatchable(req.sys_flag);
-        let queue_offset = if counts { self.queue_offset_of(&req.topic, req.queue_id) } else { 0 };
+        self.key.0.clear();
+        self.key.0.push_str(&req.topic);
+        self.key.1 = req.queue_id;
+        let queue_offset = if counts { self.topic_queue_table.get(&self.key).copied().unwrap_or(0) } else { 0 };
         let at = Placement { queue_offset, phy_offset: 0, store_ts_ms, store_host: self.store_host };
         // The UNIQ_KEY has the same length wherever the record lands, so the length and the
         // checks are settled before a file is chosen.
@@ -383,7 +391,12 @@ impl CommitLog {
         let file = self.queue.last_mut().expect("place leaves a writable file");
         file.append(&self.buf, store_ts_ms)?;
         if counts {
-            self.topic_queue_table.insert((req.topic.clone(), req.queue_id), queue_offset + 1);
+            match self.topic_queue_table.get_mut(&self.key) {
+                Some(next) => *next = queue_offset + 1,
+                None => {
+                    self.topic_queue_table.insert(self.key.clone(), queue_offset + 1);
+                }
+            }
         }
         self.last_store_ts_ms = store_ts_ms;
         Ok(AppendResult {
@@ -393,11 +406,6 @@ impl CommitLog {
             size_bytes: len as u32,
             end_offset: phy + len,
         })
-    }
-
-    /// The next queue offset of a queue.
-    fn queue_offset_of(&self, topic: &str, queue_id: u32) -> u64 {
-        self.topic_queue_table.get(&(topic.to_string(), queue_id)).copied().unwrap_or(0)
     }
 
     /// Finds room for a record of `len` bytes: ends the last file with a blank if it is too

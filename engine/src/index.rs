@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::io::{Hold, HoldKind, Holds, IoError, Storage, StorageFile};
+use crate::io::{Hold, HoldCounter, HoldKind, Holds, IoError, Storage, StorageFile};
 use crate::java_hash::index_key_hash_of;
 use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
@@ -83,7 +83,7 @@ pub struct IndexFile {
     items: u32,
     /// `index_count` at the last sync (-1: never synced).
     synced_count: i32,
-    holds: Holds,
+    holds: HoldCounter,
 }
 
 impl IndexFile {
@@ -120,6 +120,7 @@ impl IndexFile {
             header.end_timestamp_ms = prev.end_timestamp_ms;
         }
         file.write_at(0, &header.encode())?;
+        let holds = Self::hold_counter(&holds, &name);
         Ok(IndexFile { file, name, header, slots, items, synced_count: -1, holds })
     }
 
@@ -145,6 +146,7 @@ impl IndexFile {
             && header.begin_phy_offset <= header.end_phy_offset
             && header.begin_phy_offset >= 0;
         let synced_count = header.index_count;
+        let holds = Self::hold_counter(&holds, &name);
         Ok(sane.then_some(IndexFile { file, name, header, slots, items, synced_count, holds }))
     }
 
@@ -158,8 +160,12 @@ impl IndexFile {
         self.header.index_count as u64 >= u64::from(self.items)
     }
 
+    fn hold_counter(holds: &Holds, name: &str) -> HoldCounter {
+        holds.counter(HoldKind::MappedFile, &format!("index/{name}"))
+    }
+
     fn hold(&self) -> Hold {
-        self.holds.acquire(HoldKind::MappedFile, &format!("index/{}", self.name))
+        self.holds.acquire()
     }
 
     fn read_i32(&self, at: u64) -> Result<i32> {

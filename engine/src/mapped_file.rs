@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::io::{Hold, HoldKind, Holds, IoError, PooledBuffer, Storage, StorageFile};
+use crate::io::{Hold, HoldCounter, HoldKind, Holds, IoError, PooledBuffer, Storage, StorageFile};
 
 /// The 20-digit zero-padded decimal name of a file starting at `offset`.
 pub fn file_name(offset: u64) -> String {
@@ -74,7 +74,7 @@ pub struct MappedFile {
     write_buffer: Option<PooledBuffer>,
     last_ts_wrote_ms: i64,
     last_ts_committed_ms: i64,
-    holds: Holds,
+    holds: HoldCounter,
 }
 
 impl std::fmt::Debug for MappedFile {
@@ -131,7 +131,6 @@ impl MappedFile {
     pub fn wrap(file: Arc<dyn StorageFile>, name: String, from_offset: u64, size: u64, holds: Holds) -> MappedFile {
         MappedFile {
             file,
-            name,
             from_offset,
             size,
             wrote: size,
@@ -140,7 +139,8 @@ impl MappedFile {
             write_buffer: None,
             last_ts_wrote_ms: 0,
             last_ts_committed_ms: 0,
-            holds,
+            holds: holds.counter(HoldKind::MappedFile, &name),
+            name,
         }
     }
 
@@ -186,7 +186,7 @@ impl MappedFile {
 
     /// A counted hold on this file, for the duration of a read.
     pub fn hold(&self) -> Hold {
-        self.holds.acquire(HoldKind::MappedFile, &self.name)
+        self.holds.acquire()
     }
 
     /// Sets all three positions (recovery, truncation).

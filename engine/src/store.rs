@@ -224,21 +224,21 @@ impl Inner {
         self.dirs.sync(self.storage.as_ref()).await
     }
 
-    fn put_inner(&self, req: &PutRequest) -> Result<crate::commit_log::AppendResult> {
+    fn put_inner(&self, req: &PutRequest, now_ms: i64) -> Result<crate::commit_log::AppendResult> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(StoreError::ShutDown);
         }
         if let Some(e) = self.not_writeable_error() {
             return Err(e);
         }
-        let now = self.now_ms();
         let mut cl = lock(&self.cl);
-        cl.append(self.storage.as_ref(), req, now)
+        cl.append(self.storage.as_ref(), req, now_ms)
     }
 
-    pub async fn put(&self, req: PutRequest) -> Result<PutResult> {
+    /// Appends `req`, stored at `now_ms` (or later: store timestamps never go back).
+    pub async fn put(&self, req: PutRequest, now_ms: i64) -> Result<PutResult> {
         req.validate()?;
-        let r = self.put_inner(&req)?;
+        let r = self.put_inner(&req, now_ms)?;
         self.wake_reput.notify_one();
         let result = PutResult {
             phy_offset: r.phy_offset,
@@ -408,13 +408,15 @@ impl Store {
         let mut req = PutRequest::new(topic, queue_id, body);
         req.tags = tags.map(str::to_string);
         req.keys = keys.iter().map(|k| k.to_string()).collect();
-        req.born_timestamp_ms = self.inner.now_ms();
-        self.put_request(req).await
+        // One clock reading for both: born and stored in the same instant.
+        let now_ms = self.inner.now_ms();
+        req.born_timestamp_ms = now_ms;
+        self.inner.put(req, now_ms).await
     }
 
     /// Appends a fully specified message.
     pub async fn put_request(&self, req: PutRequest) -> Result<PutResult> {
-        self.inner.put(req).await
+        self.inner.put(req, self.inner.now_ms()).await
     }
 
     /// Up to `max_count` messages of a queue from `queue_offset`.

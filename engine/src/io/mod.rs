@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use clock::{Clock, SystemClock};
-pub use holds::{BufferPool, Hold, HoldKind, HoldSummary, Holds, PooledBuffer};
+pub use holds::{BufferPool, Hold, HoldCounter, HoldKind, HoldSummary, Holds, PooledBuffer};
 pub use object_store::{ObjectError, ObjectStore};
 pub use storage::{DirEntry, FileLock, IoError, IoOp, Storage, StorageFile};
 
