@@ -266,6 +266,8 @@ pub struct CommitLog {
     props: String,
     /// A topic-queue key, rebuilt in place per put (the table's lookups need an owned key).
     key: (String, u32),
+    /// Group commit: appends collect in a batch per file, written by `commit`.
+    batch_appends: bool,
     pool: Option<BufferPool>,
     max_message_size_bytes: u64,
     store_host: [u8; 8],
@@ -285,6 +287,7 @@ impl CommitLog {
             buf: Vec::new(),
             props: String::new(),
             key: (String::new(), 0),
+            batch_appends: false,
             pool,
             max_message_size_bytes,
             store_host,
@@ -335,8 +338,23 @@ impl CommitLog {
         self.topic_queue_table = table;
     }
 
+    /// From now on appends collect in batches that `commit` writes into the files, one write
+    /// per group commit (sync flush).
+    pub fn batch_appends(&mut self) {
+        self.batch_appends = true;
+    }
+
     /// The last file if it has room, else a new one after it.
     fn writable_file(&mut self, storage: &dyn Storage) -> Result<&mut MappedFile> {
+        let batch = self.batch_appends;
+        let file = self.writable_file_as_is(storage)?;
+        if batch {
+            file.batch_appends();
+        }
+        Ok(file)
+    }
+
+    fn writable_file_as_is(&mut self, storage: &dyn Storage) -> Result<&mut MappedFile> {
         let needs_new = self.queue.last().is_none_or(|f| f.is_full());
         if needs_new {
             let from = self.queue.last().map_or(0, |f| f.end_offset());
@@ -458,11 +476,16 @@ impl CommitLog {
         self.queue.max_committed_offset()
     }
 
-    /// Commits write buffers into their files (transient pool). Returns whether anything moved.
+    /// Whether appended bytes wait in a batch or write buffer for `commit`.
+    pub fn has_uncommitted(&self) -> bool {
+        self.readable_offset() < self.max_offset()
+    }
+
+    /// Commits write buffers and batches into their files. Returns whether anything moved.
     pub fn commit(&mut self, least_pages: u64, page: u64) -> Result<bool> {
         let mut any = false;
         for f in self.queue.files_mut() {
-            if f.has_write_buffer() {
+            if f.has_write_buffer() || f.has_uncommitted() {
                 any |= f.commit(least_pages, page)?;
             }
         }

@@ -229,18 +229,26 @@ async fn commit_loop(inner: Arc<Inner>) {
     }
 }
 
-/// `GroupCommitService`: whenever producers wait, one sync covers all of them. Producers that
-/// append while a sync runs join the next one, so under load two groups alternate: one syncing,
-/// one appending. (Waiting for more producers before syncing, yielding while the queue grew,
-/// made appending and syncing take turns instead: 102k vs 142k msgs/s with 64 producers.)
+/// `GroupCommitService`: whenever producers wait, one write and one sync cover all of them.
+/// Before syncing it lets the producers that are ready join the group (`gather_group`), so
+/// that with many producers one group forms per sync instead of two alternating ones (one
+/// appending while the other syncs). Measured with 64 producers: 64 instead of 32 acks per
+/// sync, 164-177k instead of 126-142k msgs/s; one producer unchanged. (Before appends were
+/// batched, each append was a write syscall, and gathering made appending and syncing take
+/// turns: 102k vs 142k msgs/s.)
 async fn group_commit_loop(inner: Arc<Inner>) {
     let d = interval_ms(inner.cfg.group_commit_interval_ms);
     while !inner.stopping.load(Ordering::SeqCst) {
         wait(&inner, d, &inner.wake_group).await;
-        let waiting = !lock(&inner.group_requests).is_empty() || inner.bug(Bug::AckBeforeSync);
+        // Appends left uncommitted by a failed commit are committed too, even with nobody
+        // waiting for them: readers and dispatch see the log only up to what is committed.
+        let waiting = !lock(&inner.group_requests).is_empty()
+            || inner.bug(Bug::AckBeforeSync)
+            || lock(&inner.cl).has_uncommitted();
         if waiting {
+            gather_group(&inner).await;
             inner.counters.group_commit_syncs.fetch_add(1, Ordering::SeqCst);
-            if let Err(e) = flush_commit_log(&inner, 0).await {
+            if let Err(e) = commit_and_flush(&inner).await {
                 tracing::error!(error = %e, "group commit failed");
                 if inner.bug(Bug::RetryFailedSync) {
                     continue;
@@ -249,6 +257,30 @@ async fn group_commit_loop(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// Rounds of `gather_group` at most: a bound on what a steady stream of producers can delay
+/// a sync by.
+const GATHER_MAX_ROUNDS: usize = 8;
+
+/// Yields to the producers that are ready to append while the group grows (at most
+/// `GATHER_MAX_ROUNDS` times): one yield lets every runnable task run once.
+async fn gather_group(inner: &Inner) {
+    let mut size = lock(&inner.group_requests).len();
+    for _ in 0..GATHER_MAX_ROUNDS {
+        tokio::task::yield_now().await;
+        let grown = lock(&inner.group_requests).len();
+        if grown == size {
+            return;
+        }
+        size = grown;
+    }
+}
+
+/// The group's appends wait in batches: one write for all of them, then one sync.
+async fn commit_and_flush(inner: &Inner) -> Result<bool> {
+    commit_commit_log(inner, 0)?;
+    flush_commit_log(inner, 0).await
 }
 
 /// `FlushConsumeQueueService`.

@@ -155,6 +155,7 @@ pub(crate) fn load(
     )?;
     if cfg.flush_mode == FlushMode::Sync {
         cl.queue_mut().hint_small_syncs();
+        cl.batch_appends();
     }
     repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
     repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));

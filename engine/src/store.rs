@@ -239,7 +239,11 @@ impl Inner {
     pub async fn put(&self, req: PutRequest, now_ms: i64) -> Result<PutResult> {
         req.validate()?;
         let r = self.put_inner(&req, now_ms)?;
-        self.wake_reput.notify_one();
+        if self.cfg.flush_mode != FlushMode::Sync {
+            // Under sync flush the bytes become readable only at the group's commit, which
+            // wakes dispatch itself.
+            self.wake_reput.notify_one();
+        }
         let result = PutResult {
             phy_offset: r.phy_offset,
             queue_offset: r.queue_offset,

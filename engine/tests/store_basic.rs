@@ -129,6 +129,7 @@ async fn sync_mode_group_commit_shares_syncs_and_acks_durable() {
     let store = std::sync::Arc::new(open(&cfg, &storage, &clock).await);
     store.start().unwrap();
     let before = storage.c.syncs.load(Ordering::SeqCst);
+    let writes_before = storage.c.commit_log_writes.load(Ordering::SeqCst);
     let mut handles = Vec::new();
     for p in 0..64u32 {
         let s = store.clone();
@@ -148,6 +149,8 @@ async fn sync_mode_group_commit_shares_syncs_and_acks_durable() {
     }
     let syncs = storage.c.syncs.load(Ordering::SeqCst) - before;
     assert!(syncs < 640 / 4, "64 producers share syncs: {syncs} syncs for 640 puts");
+    let writes = storage.c.commit_log_writes.load(Ordering::SeqCst) - writes_before;
+    assert!(writes < 640 / 4, "a group's appends are written at once: {writes} writes for 640 puts");
     let stats = store.stats();
     assert_eq!(stats.group_commit_acks, 640, "every put acked by a group-commit sync");
     assert!(stats.group_commit_syncs >= 1 && stats.group_commit_syncs <= syncs, "{stats:?}, {syncs} syncs");
@@ -172,6 +175,37 @@ async fn failed_sync_is_fatal_and_never_acked() {
     assert!(matches!(err, StoreError::NotWriteable { .. }));
     let _ = store.shutdown().await;
     assert!(abort_exists(&cfg), "an unwriteable store does not shut down clean");
+}
+
+/// Under group commit the appends wait in a batch until the group's write: a failed write
+/// fails the group (nobody is acked), and the batch is written by a later commit even if no
+/// producer waits for it any more, so readers and dispatch get to it.
+#[tokio::test]
+async fn sync_mode_failed_group_write_is_retried_and_never_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.flush_mode = FlushMode::Sync;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    let first = store.put("T", 0, b"first", None, &[]).await.unwrap();
+    storage.c.fail_next_commit_log_write.store(true, Ordering::SeqCst);
+    let err = store.put("T", 0, b"unlucky", None, &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "the group's failed write fails its producers: {err:?}");
+    assert!(store.is_writeable(), "a failed write is not a failed sync: nothing was dropped");
+    for _ in 0..200 {
+        if store.committed_offset() == store.max_phy_offset() && store.get("T", 0, 0, 8).unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.committed_offset(), store.max_phy_offset(), "the batch was written by a later commit");
+    let got = store.get("T", 0, 0, 8).unwrap();
+    assert_eq!(got.iter().map(|m| m.body.as_slice()).collect::<Vec<_>>(), [&b"first"[..], b"unlucky"]);
+    let third = store.put("T", 0, b"third", None, &[]).await.unwrap();
+    assert_eq!((first.queue_offset, third.queue_offset), (0, 2));
+    store.shutdown().await.unwrap();
 }
 
 #[tokio::test]

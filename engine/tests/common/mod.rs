@@ -39,6 +39,10 @@ pub struct Counters {
     pub fail_next_sync: AtomicBool,
     /// If non-zero: the next directory sync takes this long, then fails.
     pub slow_failing_dir_sync_ms: AtomicU64,
+    /// Writes into commit-log files.
+    pub commit_log_writes: AtomicU64,
+    /// Fail exactly the next write into a commit-log file.
+    pub fail_next_commit_log_write: AtomicBool,
 }
 
 impl Counters {
@@ -78,6 +82,12 @@ impl StorageFile for TestFile {
         self.inner.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), IoError> {
+        if self.inner.path().parent().is_some_and(|d| d.ends_with("commitlog")) {
+            self.c.commit_log_writes.fetch_add(1, Ordering::SeqCst);
+            if self.c.fail_next_commit_log_write.swap(false, Ordering::SeqCst) {
+                return Err(IoError::Eio { op: IoOp::Write, path: self.inner.path().to_path_buf() });
+            }
+        }
         self.inner.write_at(offset, data)
     }
     fn len(&self) -> Result<u64, IoError> {
