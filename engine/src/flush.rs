@@ -240,6 +240,7 @@ async fn group_commit_loop(inner: Arc<Inner>) {
     let d = interval_ms(inner.cfg.group_commit_interval_ms);
     while !inner.stopping.load(Ordering::SeqCst) {
         wait(&inner, d, &inner.wake_group).await;
+        inner.expire_group_requests();
         // Appends left uncommitted by a failed commit are committed too, even with nobody
         // waiting for them: readers and dispatch see the log only up to what is committed.
         let waiting = !lock(&inner.group_requests).is_empty()
@@ -248,7 +249,7 @@ async fn group_commit_loop(inner: Arc<Inner>) {
         if waiting {
             gather_group(&inner).await;
             inner.counters.group_commit_syncs.fetch_add(1, Ordering::SeqCst);
-            if let Err(e) = commit_and_flush(&inner).await {
+            if let Err(e) = commit_and_flush_expiring(&inner, d).await {
                 tracing::error!(error = %e, "group commit failed");
                 if inner.bug(Bug::RetryFailedSync) {
                     continue;
@@ -281,6 +282,20 @@ async fn gather_group(inner: &Inner) {
 async fn commit_and_flush(inner: &Inner) -> Result<bool> {
     commit_commit_log(inner, 0)?;
     flush_commit_log(inner, 0).await
+}
+
+/// `commit_and_flush`, expiring the waiting producers' deadlines every `tick` meanwhile: a
+/// slow sync does not hold producers past their timeout.
+async fn commit_and_flush_expiring(inner: &Inner, tick: Duration) -> Result<bool> {
+    let flush = commit_and_flush(inner);
+    tokio::pin!(flush);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut flush => return r,
+            _ = tokio::time::sleep(tick) => inner.expire_group_requests(),
+        }
+    }
 }
 
 /// `FlushConsumeQueueService`.

@@ -193,6 +193,7 @@ pub(crate) fn load(
         writeable_lost: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
+        services_running: AtomicBool::new(false),
         wake_flush: Notify::new(),
         wake_commit: Notify::new(),
         wake_reput: Notify::new(),

@@ -208,6 +208,36 @@ async fn sync_mode_failed_group_write_is_retried_and_never_acked() {
     store.shutdown().await.unwrap();
 }
 
+/// A producer is answered by its deadline even while the sync it waits for is still running
+/// (the group-commit service expires deadlines during the sync), and is not acked; the
+/// message may still become durable (RocketMQ's FLUSH_DISK_TIMEOUT).
+#[tokio::test]
+async fn sync_mode_times_out_during_a_slow_sync_without_acking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.flush_mode = FlushMode::Sync;
+    cfg.sync_flush_timeout_ms = 50;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    let err = store.put("T", 0, b"before start", None, &[]).await.unwrap_err();
+    assert!(matches!(err, StoreError::FlushTimeout { .. }), "no service runs to make it durable: {err:?}");
+    store.start().unwrap();
+    storage.c.slow_sync_ms.store(1_000, Ordering::SeqCst);
+    let t0 = tokio::time::Instant::now();
+    let err = store.put("T", 0, b"slow", None, &[]).await.unwrap_err();
+    let waited_ms = t0.elapsed().as_millis();
+    assert!(matches!(err, StoreError::FlushTimeout { timeout_ms: 50, .. }), "{err:?}");
+    assert!((50..200).contains(&waited_ms), "answered by its deadline, not after the sync: {waited_ms} ms");
+    storage.c.slow_sync_ms.store(0, Ordering::SeqCst);
+    // The slow sync is still under way: the next group waits for it.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let r = store.put("T", 0, b"fast", None, &[]).await.unwrap();
+    assert_eq!(r.queue_offset, 2);
+    assert!(store.flushed_offset() >= r.phy_offset + u64::from(r.size_bytes));
+    store.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn transient_pool_loses_uncommitted_on_crash_and_returns_buffers() {
     let dir = tempfile::tempdir().unwrap();

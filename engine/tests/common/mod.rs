@@ -39,6 +39,8 @@ pub struct Counters {
     pub fail_next_sync: AtomicBool,
     /// If non-zero: the next directory sync takes this long, then fails.
     pub slow_failing_dir_sync_ms: AtomicU64,
+    /// If non-zero: every file sync takes this long first.
+    pub slow_sync_ms: AtomicU64,
     /// Writes into commit-log files.
     pub commit_log_writes: AtomicU64,
     /// Fail exactly the next write into a commit-log file.
@@ -98,6 +100,10 @@ impl StorageFile for TestFile {
     }
     fn sync_range(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), IoError>> {
         Box::pin(async move {
+            let slow_ms = self.c.slow_sync_ms.load(Ordering::SeqCst);
+            if slow_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(slow_ms)).await;
+            }
             self.c.sync_result(self.inner.path())?;
             self.inner.sync_range(offset, len).await
         })
