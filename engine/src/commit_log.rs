@@ -169,8 +169,8 @@ pub fn read_record_ref<'b>(
 /// store-side message id), 32 characters.
 pub fn uniq_key(store_host: &[u8; 8], phy_offset: u64) -> String {
     let mut s = String::with_capacity(2 * HEX_DIGITS);
-    s.push_str(hex(&hex16(u64::from_be_bytes(*store_host))));
-    s.push_str(hex(&hex16(phy_offset)));
+    push_hex16(&mut s, u64::from_be_bytes(*store_host));
+    push_hex16(&mut s, phy_offset);
     s
 }
 
@@ -186,8 +186,12 @@ fn hex16(v: u64) -> [u8; HEX_DIGITS] {
     out
 }
 
-fn hex(digits: &[u8; HEX_DIGITS]) -> &str {
-    std::str::from_utf8(digits).expect("hex digits are ASCII")
+/// Appends `v` as 16 upper-case hex digits (`hex16`) without checking them as UTF-8 again.
+fn push_hex16(out: &mut String, v: u64) {
+    let digits = hex16(v);
+    debug_assert!(digits.is_ascii());
+    // SAFETY: hex digits are ASCII, so the string stays UTF-8.
+    unsafe { out.as_mut_vec() }.extend_from_slice(&digits);
 }
 
 /// Writes the PROPERTIES field of a put: KEYS, TAGS, UNIQ_KEY, then the request's own. The
@@ -211,9 +215,9 @@ fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8]) -> s
     }
     out.push_str(PROPERTY_UNIQ_KEY);
     out.push(NAME_VALUE_SEPARATOR);
-    out.push_str(hex(&hex16(u64::from_be_bytes(*store_host))));
+    push_hex16(out, u64::from_be_bytes(*store_host));
     let phy_at = out.len();
-    out.push_str(hex(&hex16(0)));
+    push_hex16(out, 0);
     out.push(PROPERTY_SEPARATOR);
     for (k, v) in &req.extra_properties {
         push_property(out, k, v);
@@ -223,7 +227,10 @@ fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8]) -> s
 
 /// Puts `phy_offset` into the UNIQ_KEY that `put_properties` wrote.
 fn set_uniq_phy(out: &mut String, phy_hex: std::ops::Range<usize>, phy_offset: u64) {
-    out.replace_range(phy_hex, hex(&hex16(phy_offset)));
+    assert!(out.get(phy_hex.clone()).is_some_and(|d| d.len() == HEX_DIGITS && d.is_ascii()), "UNIQ_KEY digits");
+    // SAFETY: 16 ASCII digits replace 16 ASCII digits (checked above): the string stays UTF-8.
+    let bytes = unsafe { out.as_mut_vec() };
+    bytes[phy_hex].copy_from_slice(&hex16(phy_offset));
 }
 
 /// What the store decides about a put's record.

@@ -635,17 +635,32 @@ fn decode_fields<'a>(rec: &'a [u8], opts: &DecodeOptions) -> Result<MessageRef<'
 /// A PROPERTIES field is empty or `name\x01value\x02` pairs with non-empty names, no
 /// separator inside a name or value.
 fn check_properties(text: &str) -> Result<(), CorruptReason> {
-    if text.is_empty() {
-        return Ok(());
-    }
-    let Some(body) = text.strip_suffix(PROPERTY_SEPARATOR) else {
+    // Byte by byte (both separators are ASCII): every put and every decode checks.
+    let (name_value, end) = (NAME_VALUE_SEPARATOR as u8, PROPERTY_SEPARATOR as u8);
+    let b = text.as_bytes();
+    if b.last().is_some_and(|&last| last != end) {
         return Err(CorruptReason::BadProperties);
-    };
-    for pair in body.split(PROPERTY_SEPARATOR) {
-        let (k, v) = pair.split_once(NAME_VALUE_SEPARATOR).ok_or(CorruptReason::BadProperties)?;
-        if k.is_empty() || v.contains(NAME_VALUE_SEPARATOR) {
+    }
+    let mut i = 0;
+    while i < b.len() {
+        // A name: non-empty, ended by the name-value separator. The last byte is `end`, so
+        // every scan below stops inside `b`.
+        let name_start = i;
+        while b[i] != name_value && b[i] != end {
+            i += 1;
+        }
+        if b[i] != name_value || i == name_start {
             return Err(CorruptReason::BadProperties);
         }
+        i += 1;
+        // A value, possibly empty, without a name-value separator.
+        while b[i] != end {
+            if b[i] == name_value {
+                return Err(CorruptReason::BadProperties);
+            }
+            i += 1;
+        }
+        i += 1;
     }
     Ok(())
 }
@@ -756,7 +771,25 @@ mod tests {
             })
     }
 
+    /// The PROPERTIES rule as written before `check_properties` went byte by byte: the
+    /// reference it must agree with.
+    fn check_properties_by_split(text: &str) -> bool {
+        if text.is_empty() {
+            return true;
+        }
+        let Some(body) = text.strip_suffix(PROPERTY_SEPARATOR) else { return false };
+        body.split(PROPERTY_SEPARATOR).all(|pair| {
+            pair.split_once(NAME_VALUE_SEPARATOR)
+                .is_some_and(|(k, v)| !k.is_empty() && !v.contains(NAME_VALUE_SEPARATOR))
+        })
+    }
+
     proptest! {
+        #[test]
+        fn check_properties_agrees_with_the_split_rule(text in "[ab\\x01\\x02]{0,12}") {
+            prop_assert_eq!(check_properties(&text).is_ok(), check_properties_by_split(&text), "{:?}", text);
+        }
+
         #[test]
         fn round_trip(m in arb_message(), trailing in proptest::collection::vec(any::<u8>(), 0..16)) {
             let mut b = m.encode().unwrap();
