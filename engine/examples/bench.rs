@@ -5,7 +5,10 @@
 //! Options: `--mb N` (volume of the raw and async runs, default 1024), `--sync-single N`
 //! (puts of the single sync producer, default 5000), `--sync-each N` (puts per producer of
 //! the 64-producer sync run, default 1000), `--only PART` (`async`, `sync1`, `sync64` or `sync`),
-//! `--repeat N` (rounds of the store runs, default 3; the sync ratio is between medians).
+//! `--repeat N` (rounds of the store runs, default 3; the sync ratio is between medians),
+//! `--cl-file-mb N` (commit-log file size, default 1024), `--preallocate` (the sync runs'
+//! commit-log files are written in full with zeros when created:
+//! `RealStorage::with_preallocated_small_sync_files`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +30,8 @@ struct Args {
     only: Option<String>,
     /// Rounds of the store runs (the ratio is taken between medians).
     repeat: usize,
+    cl_file_mb: u64,
+    preallocate: bool,
 }
 
 fn args() -> Args {
@@ -37,11 +42,18 @@ fn args() -> Args {
         sync_each: 1000,
         only: None,
         repeat: 3,
+        cl_file_mb: 1024,
+        preallocate: false,
     };
-    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut v: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = v.iter().position(|f| f == "--preallocate") {
+        a.preallocate = true;
+        v.remove(i);
+    }
     for pair in v.chunks(2) {
         let val = pair.get(1).cloned().unwrap_or_default();
         match pair[0].as_str() {
+            "--cl-file-mb" => a.cl_file_mb = val.parse().expect("--cl-file-mb N"),
             "--dir" => a.dir = PathBuf::from(val),
             "--mb" => a.mb = val.parse().expect("--mb N"),
             "--sync-single" => a.sync_single = val.parse().expect("--sync-single N"),
@@ -92,12 +104,25 @@ async fn raw_bandwidth(dir: &Path, total: u64, synced: bool) -> f64 {
     mb_s
 }
 
-async fn open(dir: &Path, mode: FlushMode) -> Store {
+async fn open(a: &Args, dir: &Path, mode: FlushMode) -> Store {
     let _ = std::fs::remove_dir_all(dir);
-    let cfg = StoreConfig { root_dir: dir.to_path_buf(), flush_mode: mode, ..StoreConfig::default() };
-    let store = Store::open(cfg, Arc::new(RealStorage::new()), Arc::new(SystemClock)).await.unwrap();
+    let cfg = StoreConfig {
+        root_dir: dir.to_path_buf(),
+        flush_mode: mode,
+        commit_log_file_size_bytes: a.cl_file_mb << 20,
+        ..StoreConfig::default()
+    };
+    let storage =
+        if a.preallocate { RealStorage::new().with_preallocated_small_sync_files() } else { RealStorage::new() };
+    let store = Store::open(cfg, Arc::new(storage), Arc::new(SystemClock)).await.unwrap();
     store.start().unwrap();
     store
+}
+
+/// One put before the clock starts: the first commit-log file is created (and, with
+/// `--preallocate`, written in full) outside the timed run.
+async fn first_file(store: &Store, body: &[u8]) {
+    store.put("Bench", 0, body, None, &[]).await.unwrap();
 }
 
 fn median(v: &mut [f64]) -> Option<f64> {
@@ -115,7 +140,7 @@ fn thread_usage() -> (f64, f64, i64, i64) {
 }
 
 async fn run_async(a: &Args, raw: f64, body: &[u8]) {
-    let store = open(&a.dir.join("async"), FlushMode::Async).await;
+    let store = open(a, &a.dir.join("async"), FlushMode::Async).await;
     let n = (a.mb << 20) / MSG_BYTES as u64;
     let before = thread_usage();
     let t = Instant::now();
@@ -150,7 +175,8 @@ fn group_commit_line(store: &Store) {
 }
 
 async fn run_sync_single(a: &Args, raw: f64, body: &[u8]) -> f64 {
-    let store = open(&a.dir.join("sync1"), FlushMode::Sync).await;
+    let store = open(a, &a.dir.join("sync1"), FlushMode::Sync).await;
+    first_file(&store, body).await;
     let t = Instant::now();
     let mut bytes = 0u64;
     for i in 0..a.sync_single {
@@ -163,7 +189,8 @@ async fn run_sync_single(a: &Args, raw: f64, body: &[u8]) -> f64 {
 }
 
 async fn run_sync_many(a: &Args, raw: f64, body: &[u8]) -> f64 {
-    let store = Arc::new(open(&a.dir.join("sync64"), FlushMode::Sync).await);
+    let store = Arc::new(open(a, &a.dir.join("sync64"), FlushMode::Sync).await);
+    first_file(&store, body).await;
     let t = Instant::now();
     let mut handles = Vec::new();
     for p in 0..64u32 {
@@ -201,6 +228,11 @@ async fn main() {
     // For scale: what the disk itself persists (the async store runs ahead of it in the cache).
     raw_bandwidth(&a.dir, (a.mb << 20).min(256 << 20), true).await;
     let body = vec![0x42u8; MSG_BYTES];
+    println!(
+        "commit-log files of {} MiB{}",
+        a.cl_file_mb,
+        if a.preallocate { ", sync runs' files preallocated (written with zeros when created)" } else { "" }
+    );
     let wants = |part: &str| a.only.as_deref().is_none_or(|o| part.starts_with(o));
     let (mut singles, mut manys) = (Vec::new(), Vec::new());
     for _ in 0..a.repeat {

@@ -52,3 +52,40 @@ async fn put_restart_get_and_crash_reopen_on_the_real_disk() {
     assert_eq!(store.get("Real", 0, 125, 1).unwrap()[0].body, b"after restart");
     store.shutdown().await.unwrap();
 }
+
+/// `with_preallocated_small_sync_files`: a file hinted for small syncs that was never written
+/// gets every block written (zeros); a file holding data is left as it is.
+#[tokio::test]
+async fn preallocation_fills_only_files_never_written() {
+    use engine::io::storage::StorageFileExt;
+    use engine::io::Storage;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let st = RealStorage::new().with_preallocated_small_sync_files();
+    let len = (1 << 20) + 4096 * 3;
+    let fresh_path = dir.path().join("fresh");
+    let fresh = st.create(&fresh_path).unwrap();
+    fresh.set_len(len).unwrap();
+    assert_eq!(std::fs::metadata(&fresh_path).unwrap().blocks(), 0, "set_len leaves the file sparse");
+    fresh.hint_small_syncs();
+    assert!(std::fs::metadata(&fresh_path).unwrap().blocks() * 512 >= len, "every block written");
+    assert!(fresh.read_all().unwrap().iter().all(|&b| b == 0));
+    fresh.write_at(4096, b"after").unwrap();
+    let mut back = [0u8; 5];
+    fresh.read_at(4096, &mut back).unwrap();
+    assert_eq!(&back, b"after");
+
+    let used_path = dir.path().join("used");
+    let used = st.create(&used_path).unwrap();
+    used.set_len(64 * 1024).unwrap();
+    used.write_at(100, b"data").unwrap();
+    used.sync_all().await.unwrap();
+    used.hint_small_syncs();
+    let mut kept = [0u8; 4];
+    used.read_at(100, &mut kept).unwrap();
+    assert_eq!(&kept, b"data", "a written file is never overwritten with zeros");
+    let plain = RealStorage::new().create(&dir.path().join("plain")).unwrap();
+    plain.set_len(len).unwrap();
+    plain.hint_small_syncs();
+    assert_eq!(std::fs::metadata(dir.path().join("plain")).unwrap().blocks(), 0, "off unless asked for");
+}
