@@ -16,8 +16,8 @@ use crate::store::{lock, CqMap, Inner};
 
 /// `CommitLogDispatcherBuildConsumeQueue` + `CommitLogDispatcherBuildIndex`, for a run of
 /// messages: the consume-queue and index locks, the clock reading and the queue-key buffer
-/// are taken once per run instead of once per message (per message they were a fifth of
-/// dispatch's time). No await may happen while one lives: a full index file ends the run.
+/// are taken once per run instead of once per message. No await may happen while one lives:
+/// a full index file ends the run.
 struct Dispatcher<'a> {
     inner: &'a Inner,
     cqs: MutexGuard<'a, CqMap>,

@@ -76,7 +76,8 @@ pub struct MappedFile {
     /// Group commit (sync flush): the appended bytes not yet in the file, from `committed`
     /// (the rest of `[committed, wrote)`, after `fill_to_end`, is zeros the file already
     /// holds). The group's commit writes them at once: one write per group of producers
-    /// instead of one per message, which was an eighth of the sync path's CPU.
+    /// instead of one per message (the pwrite per message was ~13% of the samples with 64
+    /// producers).
     batch: Option<Vec<u8>>,
     last_ts_wrote_ms: i64,
     last_ts_committed_ms: i64,

@@ -97,8 +97,8 @@ pub(crate) type CqMap = BTreeMap<(String, u32), ConsumeQueue>;
 
 /// A producer waiting for its bytes to be durable (group commit). The service answers it:
 /// acked once durable, failed with the sync's error, or with `FlushTimeout` once `deadline`
-/// passes (RocketMQ 4.9's `GroupCommitRequest.deadLine`). One timer per producer was a tenth
-/// of the sync path's CPU with 64 producers.
+/// passes (RocketMQ 4.9's `GroupCommitRequest.deadLine`). A timer per producer (timer-wheel
+/// insert and removal per put) was ~9% of the samples with 64 producers.
 pub(crate) struct GroupRequest {
     pub end_offset: u64,
     pub deadline: tokio::time::Instant,
