@@ -233,6 +233,15 @@ fn set_uniq_phy(out: &mut String, phy_hex: std::ops::Range<usize>, phy_offset: u
     bytes[phy_hex].copy_from_slice(&hex16(phy_offset));
 }
 
+/// Makes `key` the key of a topic's queue, reusing its allocation: the maps keyed by queue
+/// (the topic-queue table, the consume queues) look up by an owned key, on every put and
+/// every dispatched message.
+pub(crate) fn fill_queue_key(key: &mut (String, u32), topic: &str, queue_id: u32) {
+    key.0.clear();
+    key.0.push_str(topic);
+    key.1 = queue_id;
+}
+
 /// What the store decides about a put's record.
 #[derive(Clone, Copy)]
 struct Placement {
@@ -394,9 +403,7 @@ impl CommitLog {
         let prev_ts_ms = self.last_store_ts_ms;
         let store_ts_ms = now_ms.max(prev_ts_ms);
         let counts = is_dispatchable(req.sys_flag);
-        self.key.0.clear();
-        self.key.0.push_str(&req.topic);
-        self.key.1 = req.queue_id;
+        fill_queue_key(&mut self.key, &req.topic, req.queue_id);
         let queue_offset = if counts { self.topic_queue_table.get(&self.key).copied().unwrap_or(0) } else { 0 };
         let at = Placement { queue_offset, phy_offset: 0, store_ts_ms, store_host: self.store_host };
         // The UNIQ_KEY has the same length wherever the record lands, so the length and the

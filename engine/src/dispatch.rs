@@ -6,7 +6,7 @@ use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use crate::bugs::Bug;
-use crate::commit_log::{decode_extent, ReadView};
+use crate::commit_log::{decode_extent, fill_queue_key, ReadView};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::error::Result;
 use crate::index::{IndexService, SealedIndex};
@@ -53,9 +53,7 @@ impl<'a> Dispatcher<'a> {
     fn put_unit(&mut self, m: &MessageRef<'_>, size_bytes: u32) -> Result<()> {
         let inner = self.inner;
         let st = inner.storage.as_ref();
-        self.key.0.clear();
-        self.key.0.push_str(m.topic);
-        self.key.1 = m.queue_id;
+        fill_queue_key(&mut self.key, m.topic, m.queue_id);
         if !self.cqs.contains_key(&self.key) {
             let (cq, _) = ConsumeQueue::load(
                 st,

@@ -74,15 +74,8 @@ pub(crate) async fn flush_commit_log(inner: &Inner, least_pages: u64) -> Result<
 /// Acks every waiting producer whose bytes are now durable.
 fn resolve_group_requests(inner: &Inner) {
     let flushed = lock(&inner.cl).queue().flushed_offset();
-    let mut reqs = lock(&inner.group_requests);
-    let (done, waiting): (Vec<_>, Vec<_>) =
-        std::mem::take(&mut *reqs).into_iter().partition(|r| r.end_offset <= flushed);
-    *reqs = waiting;
-    drop(reqs);
-    inner.counters.group_commit_acks.fetch_add(done.len() as u64, Ordering::SeqCst);
-    for r in done {
-        let _ = r.done.send(Ok(()));
-    }
+    let acked = inner.answer_group_requests(|r| (r.end_offset <= flushed).then_some(Ok(())));
+    inner.counters.group_commit_acks.fetch_add(acked as u64, Ordering::SeqCst);
 }
 
 /// Commits write buffers into the files (transient pool).

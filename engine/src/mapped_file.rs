@@ -20,32 +20,20 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit())).then(|| name.parse().ok()).flatten()
 }
 
-/// Zeroes are written, and ranges rewritten, in chunks of this many bytes.
-const ZERO_CHUNK_BYTES: usize = 64 * 1024;
+/// Ranges are rewritten in chunks of this many bytes.
+const REWRITE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Appends announce the next this-many bytes to the storage (`StorageFile::prepare_write`)
 /// each time they cross a multiple of it, so the pages are ready before the writer gets there.
 const PREPARE_AHEAD_BYTES: u64 = 1 << 20;
 
-/// Writes zeros over `[from, to)` of `file`.
-pub fn write_zeros(file: &dyn StorageFile, from: u64, to: u64) -> Result<(), IoError> {
-    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-        file.write_at(at, &zeros[..n])?;
-        at += n as u64;
-    }
-    Ok(())
-}
-
 /// Reads `[from, to)` of `file` and writes the same bytes back: the pages become dirty
 /// again, so the next sync writes them even if the page cache held them clean but unwritten.
 pub fn rewrite_range(file: &dyn StorageFile, from: u64, to: u64) -> Result<(), IoError> {
-    let mut buf = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut buf = vec![0u8; REWRITE_CHUNK_BYTES];
     let mut at = from;
     while at < to {
-        let n = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        let n = (to - at).min(REWRITE_CHUNK_BYTES as u64) as usize;
         file.read_at(at, &mut buf[..n])?;
         file.write_at(at, &buf[..n])?;
         at += n as u64;

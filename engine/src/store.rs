@@ -196,46 +196,55 @@ impl Inner {
         lock(&self.not_writeable).clone().map(|reason| StoreError::NotWriteable { reason })
     }
 
+    /// Answers the waiting producers that `answer` has an answer for (outside the lock, in
+    /// the order they came) and keeps the others waiting. Returns how many were answered.
+    pub fn answer_group_requests(&self, answer: impl Fn(&GroupRequest) -> Option<Result<()>>) -> usize {
+        let mut reqs = lock(&self.group_requests);
+        let mut answered = Vec::new();
+        let mut waiting = Vec::with_capacity(reqs.len());
+        for r in std::mem::take(&mut *reqs) {
+            match answer(&r) {
+                Some(a) => answered.push((r, a)),
+                None => waiting.push(r),
+            }
+        }
+        *reqs = waiting;
+        drop(reqs);
+        let n = answered.len();
+        for (r, a) in answered {
+            let _ = r.done.send(a);
+        }
+        n
+    }
+
     /// Fails every waiting producer whose deadline has passed.
     pub fn expire_group_requests(&self) {
         let now = tokio::time::Instant::now();
-        let mut reqs = lock(&self.group_requests);
-        if reqs.iter().all(|r| r.deadline > now) {
-            return;
-        }
-        let (expired, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut *reqs).into_iter().partition(|r| r.deadline <= now);
-        *reqs = waiting;
-        drop(reqs);
         let timeout_ms = self.cfg.sync_flush_timeout_ms;
-        for r in expired {
-            let _ = r.done.send(Err(StoreError::FlushTimeout { offset: r.end_offset, timeout_ms }));
-        }
+        self.answer_group_requests(|r| {
+            (r.deadline <= now).then(|| Err(StoreError::FlushTimeout { offset: r.end_offset, timeout_ms }))
+        });
     }
 
     /// Answers the waiting producers when no group-commit service will: the durable ones are
     /// acked, the others fail (not acked).
     fn settle_group_requests_without_service(&self) {
         let flushed = lock(&self.cl).queue().flushed_offset();
-        let reqs = std::mem::take(&mut *lock(&self.group_requests));
         let timeout_ms = self.cfg.sync_flush_timeout_ms;
-        for r in reqs {
-            let answer = if r.end_offset <= flushed {
+        let shutting_down = self.shutting_down.load(Ordering::SeqCst);
+        self.answer_group_requests(|r| {
+            Some(if r.end_offset <= flushed {
                 Ok(())
-            } else if self.shutting_down.load(Ordering::SeqCst) {
+            } else if shutting_down {
                 Err(StoreError::ShutDown)
             } else {
                 Err(StoreError::FlushTimeout { offset: r.end_offset, timeout_ms })
-            };
-            let _ = r.done.send(answer);
-        }
+            })
+        });
     }
 
     pub fn fail_group_requests(&self, err: StoreError) {
-        let reqs = std::mem::take(&mut *lock(&self.group_requests));
-        for r in reqs {
-            let _ = r.done.send(Err(err.clone()));
-        }
+        self.answer_group_requests(|_| Some(Err(err.clone())));
     }
 
     pub fn max_phy_offset(&self) -> u64 {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use memmap2::MmapRaw;
 
 use super::object_store::{validate_key, ObjectError, ObjectStore, TMP_PUT_SUFFIX};
-use super::storage::{DirEntry, FileLock, IoError, IoOp, Storage, StorageFile};
+use super::storage::{DirEntry, FileLock, IoError, IoOp, Storage, StorageFile, StorageFileExt};
 use super::BoxFuture;
 
 /// Files on the real disk, rooted at nothing in particular: paths are used as given.
@@ -189,13 +189,7 @@ impl RealFile {
         if meta.blocks() > 0 {
             return Ok(());
         }
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = 0;
-        while at < meta.len() {
-            let n = (meta.len() - at).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], at).map_err(err(IoOp::Write, &self.path))?;
-            at += n as u64;
-        }
+        self.write_zeros(0, meta.len())?;
         self.file.sync_data().map_err(err(IoOp::Sync, &self.path))
     }
 

@@ -187,6 +187,19 @@ pub trait StorageFileExt: StorageFile {
         self.sync_range(0, u64::MAX)
     }
 
+    /// Writes zeros over `[from, to)`, a MiB at a time.
+    fn write_zeros(&self, from: u64, to: u64) -> Result<(), IoError> {
+        const CHUNK_BYTES: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK_BYTES.min(to.saturating_sub(from)) as usize];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(CHUNK_BYTES) as usize;
+            self.write_at(at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// Reads the whole file.
     fn read_all(&self) -> Result<Vec<u8>, IoError> {
         let len = self.len()?;
