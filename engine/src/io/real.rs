@@ -36,7 +36,7 @@ impl RealStorage {
     /// synced, when hinted (RocketMQ's `warmMapedFileEnable` under sync flush). On ext4 an
     /// `fdatasync` over newly allocated blocks also writes the inode, a second synchronous
     /// I/O; over written blocks it writes only the data. Measured on the benchmark disk, an
-    /// append + `fdatasync` of 28 KiB took 114-128 us into a sparse file and 63 us into a
+    /// append + `fdatasync` of 28 KiB took 111-128 us into a sparse file and 63-77 us into a
     /// zero-filled one (`fallocate` did not help: its unwritten extents are converted at the
     /// first write, the same metadata write). The cost: each new file is written in full, on
     /// the put path (the store creates files when it rolls), so smaller commit-log files suit
@@ -293,9 +293,9 @@ impl StorageFile for RealFile {
     /// Brings the range into memory on tokio's blocking pool, so that the writer, holding the
     /// commit-log lock, copies into ready pages instead of faulting on each. A file written
     /// through the mapping gets its pages faulted in writable (`MADV_POPULATE_WRITE`, Linux
-    /// 5.14): measured with async appends, the producer's system time fell from 0.24-1.04 to
-    /// 0.06-0.12 us per message and the rate rose to 0.85-1.14M msgs/s in runs where the
-    /// other vCPU had room. A file written with pwrite (or a kernel refusing the advice) gets
+    /// 5.14): measured with async appends, the producer's system time fell from 0.32-1.04 to
+    /// 0.06-0.38 us per message (0.06-0.09 in second rounds), and second rounds rose from
+    /// 0.53-0.63M to 0.85-1.14M msgs/s. A file written with pwrite (or a kernel refusing the advice) gets
     /// the range read into the page cache (the files are sparse: this allocates and
     /// zero-fills the pages there). Does nothing in the simulation build (no threads there)
     /// or outside a tokio runtime; a refused hint only leaves the writer faulting as before.
