@@ -9,14 +9,14 @@ use std::sync::Arc;
 use crate::error::{Result, StoreError};
 use crate::io::{BufferPool, Hold, Holds, IoError, Storage, StorageFile};
 use crate::mapped_file::MappedFile;
-use crate::mapped_file_queue::{DirSyncs, MappedFileQueue};
+use crate::mapped_file_queue::{DirSyncs, MappedFileQueue, SPARE_FILE_NAME};
 use crate::message::{
     decode, decode_ref, encode_blank, is_dispatchable, peek_header, push_property, queue_offset_possible,
     DecodeOptions, Decoded, DecodedRef, Message, MessageRef, END_FILE_MIN_BLANK_BYTES, FIXED_RECORD_BYTES,
     MESSAGE_MAGIC, NAME_VALUE_SEPARATOR, PROPERTY_KEYS, PROPERTY_SEPARATOR, PROPERTY_TAGS, PROPERTY_UNIQ_KEY,
 };
 
-/// A message to append.
+/// A message to append (owned; `put_request`'s argument).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutRequest {
     pub topic: String,
@@ -39,6 +39,64 @@ impl PutRequest {
         PutRequest { topic: topic.to_string(), queue_id, body: body.to_vec(), ..PutRequest::default() }
     }
 
+    /// The request borrowed as the append path takes it; `keys` holds the borrowed keys.
+    pub fn as_put<'a>(&'a self, keys: &'a mut Vec<&'a str>) -> PutRef<'a> {
+        keys.extend(self.keys.iter().map(String::as_str));
+        PutRef {
+            topic: &self.topic,
+            queue_id: self.queue_id,
+            body: &self.body,
+            tags: self.tags.as_deref(),
+            keys,
+            flag: self.flag,
+            sys_flag: self.sys_flag,
+            born_timestamp_ms: self.born_timestamp_ms,
+            born_host: self.born_host,
+            extra_properties: &self.extra_properties,
+        }
+    }
+}
+
+/// A message to append, borrowing its parts: the append path copies the body once, into the
+/// record (an owned request per put was an allocation and a copy of the body per message).
+#[derive(Debug, Clone, Copy)]
+pub struct PutRef<'a> {
+    pub topic: &'a str,
+    pub queue_id: u32,
+    pub body: &'a [u8],
+    pub tags: Option<&'a str>,
+    /// As `PutRequest::keys`.
+    pub keys: &'a [&'a str],
+    pub flag: i32,
+    pub sys_flag: i32,
+    pub born_timestamp_ms: i64,
+    pub born_host: [u8; 8],
+    pub extra_properties: &'a [(String, String)],
+}
+
+impl PutRef<'_> {
+    /// A message with only a topic, queue and body (and tags and keys, if given).
+    pub fn new<'a>(
+        topic: &'a str,
+        queue_id: u32,
+        body: &'a [u8],
+        tags: Option<&'a str>,
+        keys: &'a [&'a str],
+    ) -> PutRef<'a> {
+        PutRef {
+            topic,
+            queue_id,
+            body,
+            tags,
+            keys,
+            flag: 0,
+            sys_flag: 0,
+            born_timestamp_ms: 0,
+            born_host: [0; 8],
+            extra_properties: &[],
+        }
+    }
+
     /// Checks what the store requires of a request before taking any lock.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(StoreError::InvalidArgument(m));
@@ -51,12 +109,12 @@ impl PutRequest {
         if self.queue_id > i32::MAX as u32 {
             return bad(format!("queue id {} out of range", self.queue_id));
         }
-        for k in &self.keys {
+        for k in self.keys {
             if k.is_empty() || k.contains(' ') || has_separator(k) {
                 return bad(format!("key {k:?} is empty or contains a separator"));
             }
         }
-        if let Some(t) = &self.tags {
+        if let Some(t) = self.tags {
             if t.is_empty() || has_separator(t) {
                 return bad(format!("tags {t:?} are empty or contain a separator"));
             }
@@ -197,7 +255,7 @@ fn push_hex16(out: &mut String, v: u64) {
 /// Writes the PROPERTIES field of a put: KEYS, TAGS, UNIQ_KEY, then the request's own. The
 /// UNIQ_KEY's physical-offset half is written as zeros: its range in `out` is returned, for
 /// `set_uniq_phy` once the record has a place (its length does not depend on it).
-fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8]) -> std::ops::Range<usize> {
+fn put_properties(out: &mut String, req: &PutRef<'_>, store_host: &[u8; 8]) -> std::ops::Range<usize> {
     out.clear();
     if !req.keys.is_empty() {
         out.push_str(PROPERTY_KEYS);
@@ -210,7 +268,7 @@ fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8]) -> s
         }
         out.push(PROPERTY_SEPARATOR);
     }
-    if let Some(t) = &req.tags {
+    if let Some(t) = req.tags {
         push_property(out, PROPERTY_TAGS, t);
     }
     out.push_str(PROPERTY_UNIQ_KEY);
@@ -219,7 +277,7 @@ fn put_properties(out: &mut String, req: &PutRequest, store_host: &[u8; 8]) -> s
     let phy_at = out.len();
     push_hex16(out, 0);
     out.push(PROPERTY_SEPARATOR);
-    for (k, v) in &req.extra_properties {
+    for (k, v) in req.extra_properties {
         push_property(out, k, v);
     }
     phy_at..phy_at + HEX_DIGITS
@@ -252,7 +310,7 @@ struct Placement {
 }
 
 impl Placement {
-    fn message<'a>(&self, req: &'a PutRequest, properties: &'a str) -> MessageRef<'a> {
+    fn message<'a>(&self, req: &PutRef<'a>, properties: &'a str) -> MessageRef<'a> {
         MessageRef {
             queue_id: req.queue_id,
             flag: req.flag,
@@ -265,8 +323,8 @@ impl Placement {
             store_host: self.store_host,
             reconsume_times: 0,
             prepared_tx_offset: 0,
-            body: &req.body,
-            topic: &req.topic,
+            body: req.body,
+            topic: req.topic,
             properties,
         }
     }
@@ -287,6 +345,21 @@ pub struct CommitLog {
     pool: Option<BufferPool>,
     max_message_size_bytes: u64,
     store_host: [u8; 8],
+    spare: Spare,
+}
+
+/// The spare file under preallocation (`StoreConfig::preallocate_commit_log`): the allocation
+/// service prepares it, the roll to a new file takes it.
+#[derive(Debug)]
+enum Spare {
+    /// Preallocation is off.
+    Off,
+    /// No spare, and nobody preparing one.
+    Wanted,
+    /// The allocation service is preparing one.
+    Preparing,
+    /// `SPARE_FILE_NAME`, zeros, durable, `file_size` long.
+    Ready,
 }
 
 impl CommitLog {
@@ -307,6 +380,7 @@ impl CommitLog {
             pool,
             max_message_size_bytes,
             store_host,
+            spare: Spare::Off,
         }
     }
 
@@ -360,6 +434,34 @@ impl CommitLog {
         self.batch_appends = true;
     }
 
+    /// From now on a new file is the spare that the allocation service keeps ready, when
+    /// there is one (`StoreConfig::preallocate_commit_log`).
+    pub fn use_spares(&mut self) {
+        self.spare = Spare::Wanted;
+    }
+
+    /// Whether the allocation service should prepare a spare; if so, it is now preparing one
+    /// and must call `spare_prepared` when done.
+    pub fn start_preparing_spare(&mut self) -> bool {
+        let wanted = matches!(self.spare, Spare::Wanted);
+        if wanted {
+            self.spare = Spare::Preparing;
+        }
+        wanted
+    }
+
+    /// Whether the allocation service has a spare to prepare.
+    pub fn wants_spare(&self) -> bool {
+        matches!(self.spare, Spare::Wanted)
+    }
+
+    /// The allocation service's preparation ended: the spare is ready (`SPARE_FILE_NAME`), or
+    /// wanted again after a failure.
+    pub fn spare_prepared(&mut self, ready: bool) {
+        debug_assert!(matches!(self.spare, Spare::Preparing));
+        self.spare = if ready { Spare::Ready } else { Spare::Wanted };
+    }
+
     /// The last file if it has room, else a new one after it.
     fn writable_file(&mut self, storage: &dyn Storage) -> Result<&mut MappedFile> {
         let batch = self.batch_appends;
@@ -379,6 +481,15 @@ impl CommitLog {
                 // RocketMQ falls back to writing the file directly when the pool is empty.
                 tracing::warn!("transient pool exhausted; file {from} is written directly");
             }
+            if matches!(self.spare, Spare::Ready) {
+                self.spare = Spare::Wanted;
+                let spare = self.queue.dir().join(SPARE_FILE_NAME);
+                match self.queue.adopt_spare(storage, from, &spare) {
+                    Ok(_) => return Ok(self.queue.last_mut().expect("just adopted")),
+                    // Only slower: the file is created sparse instead.
+                    Err(e) => tracing::warn!(error = %e, "taking the spare commit-log file failed"),
+                }
+            }
             return self.queue.create_file(storage, from, buffer);
         }
         Ok(self.queue.last_mut().expect("checked"))
@@ -386,7 +497,7 @@ impl CommitLog {
 
     /// Appends one message (`doAppend`). The store timestamp is `now_ms` clamped to the
     /// previous one, so timestamps never decrease in log order even if the clock jumps back.
-    pub fn append(&mut self, storage: &dyn Storage, req: &PutRequest, now_ms: i64) -> Result<AppendResult> {
+    pub fn append(&mut self, storage: &dyn Storage, req: &PutRef<'_>, now_ms: i64) -> Result<AppendResult> {
         let mut props = std::mem::take(&mut self.props);
         let r = self.append_with(storage, req, now_ms, &mut props);
         self.props = props;
@@ -396,14 +507,14 @@ impl CommitLog {
     fn append_with(
         &mut self,
         storage: &dyn Storage,
-        req: &PutRequest,
+        req: &PutRef<'_>,
         now_ms: i64,
         props: &mut String,
     ) -> Result<AppendResult> {
         let prev_ts_ms = self.last_store_ts_ms;
         let store_ts_ms = now_ms.max(prev_ts_ms);
         let counts = is_dispatchable(req.sys_flag);
-        fill_queue_key(&mut self.key, &req.topic, req.queue_id);
+        fill_queue_key(&mut self.key, req.topic, req.queue_id);
         let queue_offset = if counts { self.topic_queue_table.get(&self.key).copied().unwrap_or(0) } else { 0 };
         let at = Placement { queue_offset, phy_offset: 0, store_ts_ms, store_host: self.store_host };
         // The UNIQ_KEY has the same length wherever the record lands, so the length and the
@@ -414,7 +525,7 @@ impl CommitLog {
             return Err(StoreError::MessageTooLarge { size_bytes: len, limit_bytes: self.max_message_size_bytes });
         }
         at.message(req, props).validate()?;
-        let phy = self.place(storage, len, prev_ts_ms, queue_offset, &req.topic)?;
+        let phy = self.place(storage, len, prev_ts_ms, queue_offset, req.topic)?;
         let at = Placement { phy_offset: phy, ..at };
         set_uniq_phy(props, phy_hex, phy);
         self.buf.clear();
@@ -552,6 +663,8 @@ mod tests {
         req.keys = vec!["a".into(), "b".into()];
         req.tags = Some("TagA".into());
         req.extra_properties = vec![("X".into(), "y".into())];
+        let mut keys = Vec::new();
+        let req = req.as_put(&mut keys);
         let host = [1, 2, 3, 4, 5, 6, 7, 8];
         let mut text = String::new();
         let phy_hex = put_properties(&mut text, &req, &host);

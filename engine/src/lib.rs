@@ -1,6 +1,7 @@
 //! A RocketMQ-style message store. All I/O, time and task spawning go through the seams in
 //! [`io`]; the engine knows nothing of simulation and runs unchanged on a real disk.
 
+mod allocate;
 pub mod bugs;
 pub mod checkpoint;
 pub mod commit_log;

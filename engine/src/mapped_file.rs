@@ -110,15 +110,22 @@ impl MappedFile {
             let _ = storage.remove_file(&path);
             return Err(e.into());
         }
-        let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
-        mf.set_positions(0);
-        // The first two steps: appends announce a step only once they enter the one before it.
-        mf.file.prepare_write(0, (2 * PREPARE_AHEAD_BYTES).min(size));
+        let mut mf = MappedFile::fresh(file, name, from_offset, size, holds);
         if let Some(buf) = write_buffer {
             assert_eq!(buf.as_slice().len() as u64, size, "a write buffer is exactly one file long");
             mf.write_buffer = Some(buf);
         }
         Ok(mf)
+    }
+
+    /// Wraps a new file of zeros (just created, or a preallocated spare) to be written from
+    /// its start.
+    pub fn fresh(file: Arc<dyn StorageFile>, name: String, from_offset: u64, size: u64, holds: Holds) -> MappedFile {
+        let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
+        mf.set_positions(0);
+        // The first two steps: appends announce a step only once they enter the one before it.
+        mf.file.prepare_write(0, (2 * PREPARE_AHEAD_BYTES).min(size));
+        mf
     }
 
     /// Wraps an existing file, initially marked full (RocketMQ's `load`); recovery fixes the

@@ -85,7 +85,19 @@ pub struct LoadRepairs {
     pub extended_last_file: Option<PathBuf>,
     /// Files after a gap in the offsets, removed (they cannot be part of a valid prefix).
     pub removed_after_gap: Vec<PathBuf>,
+    /// Spare files (`SPARE_FILE_NAME`, `SPARE_TMP_FILE_NAME`), removed.
+    pub removed_spares: Vec<PathBuf>,
 }
+
+/// The commit log's spare file, zero-filled and synced ahead of need (`preallocate_commit_log`),
+/// renamed to the next file's name when the log rolls. Only a name in the log's directory:
+/// `load` removes it, whatever it holds. It cannot be trusted after a restart: a power loss
+/// can undo the rename that took it into use (the directory was not synced yet) and leave
+/// unacknowledged records in it under this name.
+pub const SPARE_FILE_NAME: &str = "spare";
+/// The spare while it is being zero-filled; renamed to `SPARE_FILE_NAME` once durable.
+pub const SPARE_TMP_FILE_NAME: &str = "spare.tmp";
+const SPARE_FILE_NAMES: [&str; 2] = [SPARE_FILE_NAME, SPARE_TMP_FILE_NAME];
 
 /// What a truncation did.
 #[derive(Debug, Default)]
@@ -136,6 +148,14 @@ impl MappedFileQueue {
         let mut names = Vec::new();
         for entry in storage.list_dir(&q.dir)? {
             let path = q.dir.join(&entry.name);
+            if SPARE_FILE_NAMES.contains(&entry.name.as_str()) && !entry.is_dir {
+                // Never data: a spare being prepared, or ready but maybe renamed back by a
+                // power loss after it was taken into use (see `SPARE_FILE_NAME`).
+                storage.remove_file(&path)?;
+                q.dirs.mark(&q.dir);
+                repairs.removed_spares.push(path);
+                continue;
+            }
             match parse_file_name(&entry.name) {
                 Some(off) if !entry.is_dir && off % file_size == 0 => names.push((off, path)),
                 _ => return Err(StoreError::BadFileName { path }),
@@ -247,17 +267,44 @@ impl MappedFileQueue {
         from_offset: u64,
         write_buffer: Option<PooledBuffer>,
     ) -> Result<&mut MappedFile> {
+        self.assert_next(from_offset);
+        self.dirs.ensure_dir(storage, &self.dir)?;
+        let mf = MappedFile::create(storage, &self.dir, from_offset, self.file_size, self.holds.clone(), write_buffer)?;
+        Ok(self.push_new(mf))
+    }
+
+    /// Makes the file at `spare` (in this directory, zeros, `file_size` long) the next file,
+    /// starting at `from_offset`, by renaming it.
+    pub fn adopt_spare(&mut self, storage: &dyn Storage, from_offset: u64, spare: &Path) -> Result<&mut MappedFile> {
+        self.assert_next(from_offset);
+        let name = crate::mapped_file::file_name(from_offset);
+        let path = self.dir.join(&name);
+        storage.rename(spare, &path)?;
+        // Before anything written into it is acknowledged, the new name must be durable.
+        self.dirs.mark(&self.dir);
+        let file = storage.open(&path)?;
+        let len = file.len()?;
+        if len != self.file_size {
+            // A leftover under the next name is replaced by `create_file`.
+            return Err(StoreError::BadFileSize { path, expected_bytes: self.file_size, actual_bytes: len });
+        }
+        let mf = MappedFile::fresh(file, name, from_offset, self.file_size, self.holds.clone());
+        Ok(self.push_new(mf))
+    }
+
+    fn assert_next(&self, from_offset: u64) {
         let expected = self.files.last().map(|f| f.end_offset());
         assert!(expected.is_none_or(|e| e == from_offset), "files must be contiguous");
         assert_eq!(from_offset % self.file_size, 0, "file offsets are multiples of the file size");
-        self.dirs.ensure_dir(storage, &self.dir)?;
-        let mf = MappedFile::create(storage, &self.dir, from_offset, self.file_size, self.holds.clone(), write_buffer)?;
+    }
+
+    fn push_new(&mut self, mf: MappedFile) -> &mut MappedFile {
         if self.small_syncs {
             mf.file().hint_small_syncs();
         }
         self.dirs.mark(&self.dir);
         self.files.push(mf);
-        Ok(self.files.last_mut().expect("just pushed"))
+        self.files.last_mut().expect("just pushed")
     }
 
     /// Truncates to absolute `offset` (`truncateDirtyFiles`): files wholly after it are

@@ -157,6 +157,9 @@ pub(crate) fn load(
         cl.queue_mut().hint_small_syncs();
         cl.batch_appends();
     }
+    if cfg.preallocates_commit_log() {
+        cl.use_spares();
+    }
     repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
     repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
     let cqs = load_cqs(st, &cfg, &paths, &holds, &dirs, &mut repairs)?;
@@ -198,6 +201,7 @@ pub(crate) fn load(
         wake_commit: Notify::new(),
         wake_reput: Notify::new(),
         wake_group: Notify::new(),
+        wake_allocate: Notify::new(),
         stop_notify: Notify::new(),
         group_requests: Mutex::new(Vec::new()),
         recovery: Mutex::new(RecoveryReport::default()),

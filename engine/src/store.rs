@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::bugs::Bug;
 use crate::checkpoint::{CheckpointData, CheckpointFile};
-use crate::commit_log::{read_message, read_record, CommitLog, PutRequest, RecordAt};
+use crate::commit_log::{read_message, read_record, CommitLog, PutRef, PutRequest, RecordAt};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     pub wake_commit: Notify,
     pub wake_reput: Notify,
     pub wake_group: Notify,
+    /// Wakes the allocation service: the commit log took its spare.
+    pub wake_allocate: Notify,
     pub stop_notify: Notify,
     pub group_requests: Mutex<Vec<GroupRequest>>,
     pub recovery: Mutex<RecoveryReport>,
@@ -275,7 +277,7 @@ impl Inner {
         self.dirs.sync(self.storage.as_ref()).await
     }
 
-    fn put_inner(&self, req: &PutRequest, now_ms: i64) -> Result<crate::commit_log::AppendResult> {
+    fn put_inner(&self, req: &PutRef<'_>, now_ms: i64) -> Result<crate::commit_log::AppendResult> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(StoreError::ShutDown);
         }
@@ -283,11 +285,16 @@ impl Inner {
             return Err(e);
         }
         let mut cl = lock(&self.cl);
-        cl.append(self.storage.as_ref(), req, now_ms)
+        let r = cl.append(self.storage.as_ref(), req, now_ms);
+        if cl.wants_spare() {
+            // The log took its spare (or preparing one failed): prepare the next.
+            self.wake_allocate.notify_one();
+        }
+        r
     }
 
     /// Appends `req`, stored at `now_ms` (or later: store timestamps never go back).
-    pub async fn put(&self, req: PutRequest, now_ms: i64) -> Result<PutResult> {
+    pub async fn put(&self, req: PutRef<'_>, now_ms: i64) -> Result<PutResult> {
         req.validate()?;
         let r = self.put_inner(&req, now_ms)?;
         if self.cfg.flush_mode != FlushMode::Sync {
@@ -430,6 +437,10 @@ impl Store {
         let (inner, loaded) = crate::recovery::load(config, paths, storage, clock, holds, dirs, pool)?;
         let inner = Arc::new(inner);
         crate::recovery::recover(&inner, loaded).await?;
+        if inner.cfg.preallocates_commit_log() && lock(&inner.cl).queue().is_empty() {
+            // A fresh store's first file is preallocated too.
+            crate::allocate::prepare_wanted_spare(&inner).await;
+        }
         Ok(Store {
             inner,
             tasks: Mutex::new(Vec::new()),
@@ -449,6 +460,9 @@ impl Store {
         }
         tasks.extend(crate::flush::spawn_services(&self.inner));
         tasks.push(crate::dispatch::spawn_reput(&self.inner));
+        if self.inner.cfg.preallocates_commit_log() {
+            tasks.push(crate::allocate::spawn_allocator(&self.inner));
+        }
         self.inner.services_running.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -462,18 +476,16 @@ impl Store {
         tags: Option<&str>,
         keys: &[&str],
     ) -> Result<PutResult> {
-        let mut req = PutRequest::new(topic, queue_id, body);
-        req.tags = tags.map(str::to_string);
-        req.keys = keys.iter().map(|k| k.to_string()).collect();
         // One clock reading for both: born and stored in the same instant.
         let now_ms = self.inner.now_ms();
-        req.born_timestamp_ms = now_ms;
+        let req = PutRef { born_timestamp_ms: now_ms, ..PutRef::new(topic, queue_id, body, tags, keys) };
         self.inner.put(req, now_ms).await
     }
 
     /// Appends a fully specified message.
     pub async fn put_request(&self, req: PutRequest) -> Result<PutResult> {
-        self.inner.put(req, self.inner.now_ms()).await
+        let mut keys = Vec::new();
+        self.inner.put(req.as_put(&mut keys), self.inner.now_ms()).await
     }
 
     /// Up to `max_count` messages of a queue from `queue_offset`.
@@ -613,6 +625,7 @@ impl Store {
             &self.inner.wake_commit,
             &self.inner.wake_reput,
             &self.inner.wake_group,
+            &self.inner.wake_allocate,
         ] {
             n.notify_waiters();
         }

@@ -53,39 +53,80 @@ async fn put_restart_get_and_crash_reopen_on_the_real_disk() {
     store.shutdown().await.unwrap();
 }
 
-/// `with_preallocated_small_sync_files`: a file hinted for small syncs that was never written
-/// gets every block written (zeros); a file holding data is left as it is.
+/// `StorageFile::preallocate` on the real disk: every block of a sparse file is written
+/// (zeros), so a later sync allocates nothing.
 #[tokio::test]
-async fn preallocation_fills_only_files_never_written() {
+async fn preallocate_writes_every_block_with_zeros() {
     use engine::io::storage::StorageFileExt;
     use engine::io::Storage;
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let st = RealStorage::new().with_preallocated_small_sync_files();
+    let st = RealStorage::new();
     let len = (1 << 20) + 4096 * 3;
-    let fresh_path = dir.path().join("fresh");
-    let fresh = st.create(&fresh_path).unwrap();
-    fresh.set_len(len).unwrap();
-    assert_eq!(std::fs::metadata(&fresh_path).unwrap().blocks(), 0, "set_len leaves the file sparse");
-    fresh.hint_small_syncs();
-    assert!(std::fs::metadata(&fresh_path).unwrap().blocks() * 512 >= len, "every block written");
-    assert!(fresh.read_all().unwrap().iter().all(|&b| b == 0));
-    fresh.write_at(4096, b"after").unwrap();
-    let mut back = [0u8; 5];
-    fresh.read_at(4096, &mut back).unwrap();
-    assert_eq!(&back, b"after");
+    let path = dir.path().join("fresh");
+    let file = st.create(&path).unwrap();
+    file.set_len(len).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "set_len leaves the file sparse");
+    file.preallocate().await.unwrap();
+    assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= len, "every block written");
+    assert_eq!(file.len().unwrap(), len);
+    assert!(file.read_all().unwrap().iter().all(|&b| b == 0));
+}
 
-    let used_path = dir.path().join("used");
-    let used = st.create(&used_path).unwrap();
-    used.set_len(64 * 1024).unwrap();
-    used.write_at(100, b"data").unwrap();
-    used.sync_all().await.unwrap();
-    used.hint_small_syncs();
-    let mut kept = [0u8; 4];
-    used.read_at(100, &mut kept).unwrap();
-    assert_eq!(&kept, b"data", "a written file is never overwritten with zeros");
-    let plain = RealStorage::new().create(&dir.path().join("plain")).unwrap();
-    plain.set_len(len).unwrap();
-    plain.hint_small_syncs();
-    assert_eq!(std::fs::metadata(dir.path().join("plain")).unwrap().blocks(), 0, "off unless asked for");
+/// Under sync flush the store keeps a spare commit-log file ready and rolls into it: a fresh
+/// store's first file and a file the log rolls into while a spare is ready are fully
+/// allocated before any data lands in them, the data reads back after a restart, and with
+/// `preallocate_commit_log` off new files are sparse.
+#[tokio::test]
+async fn sync_flush_rolls_into_preallocated_spares() {
+    use std::os::unix::fs::MetadataExt;
+    for preallocate in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            flush_mode: engine::FlushMode::Sync,
+            preallocate_commit_log: preallocate,
+            ..StoreConfig::small(dir.path().join("store"))
+        };
+        let file_size = cfg.commit_log_file_size_bytes;
+        let cl_dir = dir.path().join("store/commitlog");
+        let allocated = |off: u64| {
+            let m = std::fs::metadata(cl_dir.join(format!("{off:020}"))).unwrap();
+            m.blocks() * 512 >= file_size
+        };
+        let store = open(&cfg).await;
+        assert_eq!(cl_dir.join("spare").exists(), preallocate, "a fresh store's open prepares the first spare");
+        store.start().unwrap();
+        let mut n = 0u32;
+        let mut put = async |n: &mut u32| {
+            store.put("Real", *n % 2, &[*n as u8; 700], None, &[]).await.unwrap();
+            *n += 1;
+        };
+        put(&mut n).await;
+        assert_eq!(allocated(0), preallocate, "the first file holds one record (preallocate: {preallocate})");
+        for _ in 0..3 {
+            // Once the allocation service has its spare ready, roll into it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while preallocate && !cl_dir.join("spare").exists() {
+                assert!(std::time::Instant::now() < deadline, "no spare prepared");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let next = (store.max_phy_offset() / file_size + 1) * file_size;
+            while store.max_phy_offset() < next {
+                put(&mut n).await;
+            }
+            put(&mut n).await;
+            assert_eq!(allocated(next), preallocate, "file {next} holds one record (preallocate: {preallocate})");
+        }
+        let end = store.max_phy_offset();
+        store.shutdown().await.unwrap();
+        drop(store);
+        let store = open(&cfg).await;
+        assert_eq!(store.max_phy_offset(), end);
+        assert!(!cl_dir.join("spare").exists() || preallocate, "spares only when preallocating");
+        let total: usize = (0..2).map(|q| store.get("Real", q, 0, 10_000).unwrap().len()).sum();
+        assert_eq!(total, n as usize, "every acknowledged put reads back");
+        let last = store.get("Real", (n - 1) % 2, 0, 10_000).unwrap().pop().unwrap();
+        assert_eq!(last.body, vec![(n - 1) as u8; 700]);
+        store.shutdown().await.unwrap();
+    }
 }

@@ -339,3 +339,37 @@ async fn missing_store_directory_is_a_fresh_store() {
     assert_eq!(store.max_phy_offset(), 0);
     assert!(storage.real.exists(&cfg.root_dir.join("abort")));
 }
+
+/// A power loss can undo the rename that took the spare commit-log file into use, leaving the
+/// last file's records under the spare's name (`SPARE_FILE_NAME`). Recovery must neither read
+/// them as part of the log nor roll into them later: `load` removes every spare it finds.
+#[tokio::test]
+async fn spare_files_found_at_open_are_removed_never_used() {
+    let s = setup().await;
+    let size = s.cfg.commit_log_file_size_bytes;
+    let cl_dir = s.cfg.root_dir.join("commitlog");
+    let last = cl_file(&s.cfg, s.end);
+    // The log's last file "renamed back", with its records, and a half-prepared spare.
+    std::fs::rename(&last, cl_dir.join("spare")).unwrap();
+    std::fs::write(cl_dir.join("spare.tmp"), b"half prepared").unwrap();
+    let cfg = StoreConfig { flush_mode: engine::FlushMode::Sync, ..s.cfg.clone() };
+    let store = open(&cfg, &s.storage, &s.clock).await;
+    let rep = store.last_recovery();
+    let kept_end = s.end - s.end % size;
+    assert_eq!(rep.commit_log_end, kept_end, "the log ends where its last file began");
+    assert_queues(&store, &s.puts, kept_end);
+    assert!(!cl_dir.join("spare.tmp").exists() && !cl_dir.join("spare").exists(), "removed at load");
+    // The next roll takes a fresh spare of zeros, not the stale records.
+    store.start().unwrap();
+    let more = put_n(&store, &s.clock, 20, 2, 500, 100).await;
+    assert_eq!(more[0].1.phy_offset, kept_end);
+    store.shutdown().await.unwrap();
+    drop(store);
+    let store = open(&cfg, &s.storage, &s.clock).await;
+    let end = more.last().unwrap().1.phy_offset + u64::from(more.last().unwrap().1.size_bytes);
+    assert_eq!(store.last_recovery().commit_log_end, end);
+    let q0 = store.get("T", 0, 0, 10_000).unwrap();
+    let kept_in_q0 = s.puts.iter().filter(|(q, r)| *q == 0 && r.phy_offset < kept_end).count();
+    assert_eq!(q0.len(), kept_in_q0 + 10, "the stale records never came back");
+    store.shutdown().await.unwrap();
+}

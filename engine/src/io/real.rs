@@ -17,33 +17,16 @@ use bytes::Bytes;
 use memmap2::MmapRaw;
 
 use super::object_store::{validate_key, ObjectError, ObjectStore, TMP_PUT_SUFFIX};
-use super::storage::{DirEntry, FileLock, IoError, IoOp, Storage, StorageFile, StorageFileExt};
+use super::storage::{write_zeros_with, DirEntry, FileLock, IoError, IoOp, Storage, StorageFile};
 use super::BoxFuture;
 
 /// Files on the real disk, rooted at nothing in particular: paths are used as given.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RealStorage {
-    preallocate_small_sync_files: bool,
-}
+pub struct RealStorage;
 
 impl RealStorage {
     pub fn new() -> RealStorage {
-        RealStorage::default()
-    }
-
-    /// A file hinted for small syncs (`StorageFile::hint_small_syncs`: the commit log under
-    /// sync flush) that was never written gets all its blocks written with zeros, and
-    /// synced, when hinted (RocketMQ's `warmMapedFileEnable` under sync flush). On ext4 an
-    /// `fdatasync` over newly allocated blocks also writes the inode, a second synchronous
-    /// I/O; over written blocks it writes only the data. Measured on the benchmark disk, an
-    /// append + `fdatasync` of 28 KiB took 111-128 us into a sparse file and 63-77 us into a
-    /// zero-filled one (`fallocate` did not help: its unwritten extents are converted at the
-    /// first write, the same metadata write). The cost: each new file is written in full, on
-    /// the put path (the store creates files when it rolls), so smaller commit-log files suit
-    /// it better (~0.1 s per 128 MiB here).
-    pub fn with_preallocated_small_sync_files(mut self) -> RealStorage {
-        self.preallocate_small_sync_files = true;
-        self
+        RealStorage
     }
 }
 
@@ -59,7 +42,7 @@ impl Storage for RealStorage {
     fn create(&self, path: &Path) -> Result<Arc<dyn StorageFile>, IoError> {
         let file =
             OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(err(IoOp::Create, path))?;
-        Ok(Arc::new(RealFile::new(path, file, self.preallocate_small_sync_files)?))
+        Ok(Arc::new(RealFile::new(path, file)?))
     }
 
     fn open(&self, path: &Path) -> Result<Arc<dyn StorageFile>, IoError> {
@@ -67,7 +50,7 @@ impl Storage for RealStorage {
             return Err(IoError::NotAFile { op: IoOp::Open, path: path.to_path_buf() });
         }
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(err(IoOp::Open, path))?;
-        Ok(Arc::new(RealFile::new(path, file, self.preallocate_small_sync_files)?))
+        Ok(Arc::new(RealFile::new(path, file)?))
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), IoError> {
@@ -136,8 +119,6 @@ pub struct RealFile {
     map: Arc<RwLock<Option<MmapRaw>>>,
     /// Set by `hint_small_syncs`: maps are made without read-ahead.
     small_syncs: AtomicBool,
-    /// `RealStorage::with_preallocated_small_sync_files`.
-    preallocate_small_syncs: bool,
 }
 
 /// No fault read-ahead: the store's files are sparse and written through the map, and with
@@ -151,13 +132,12 @@ fn advise_no_readahead(map: &MmapRaw) {
 }
 
 impl RealFile {
-    fn new(path: &Path, file: File, preallocate_small_syncs: bool) -> Result<RealFile, IoError> {
+    fn new(path: &Path, file: File) -> Result<RealFile, IoError> {
         let real = RealFile {
             path: path.to_path_buf(),
             file: Arc::new(file),
             map: Arc::new(RwLock::new(None)),
             small_syncs: AtomicBool::new(false),
-            preallocate_small_syncs,
         };
         real.remap()?;
         Ok(real)
@@ -179,18 +159,6 @@ impl RealFile {
         };
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
         Ok(())
-    }
-
-    /// Writes zeros over the whole file and syncs them, if no block of it was ever written
-    /// (so there is no data to overwrite).
-    fn preallocate_if_never_written(&self) -> Result<(), IoError> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = self.file.metadata().map_err(err(IoOp::Metadata, &self.path))?;
-        if meta.blocks() > 0 {
-            return Ok(());
-        }
-        self.write_zeros(0, meta.len())?;
-        self.file.sync_data().map_err(err(IoOp::Sync, &self.path))
     }
 
     fn in_map(map: &Option<MmapRaw>, offset: u64, len: usize) -> Option<std::ops::Range<usize>> {
@@ -277,14 +245,33 @@ impl StorageFile for RealFile {
         Box::pin(async move { self.file.sync_data().map_err(err(IoOp::Sync, &self.path)) })
     }
 
-    fn hint_small_syncs(&self) {
-        let first = !self.small_syncs.swap(true, Ordering::Relaxed);
-        if first && self.preallocate_small_syncs {
-            // Only a hint: a file left sparse is only slower to sync.
-            if let Err(e) = self.preallocate_if_never_written() {
-                tracing::warn!(path = %self.path.display(), error = %e, "preallocating a file failed");
-            }
+    /// Zero-fills with `pwrite` (the file is not written through its mapping: no page faults,
+    /// no mapping lock) and syncs, on the blocking pool: a 1 GiB file takes about a second
+    /// of disk time here.
+    fn preallocate(&self) -> BoxFuture<'_, Result<(), IoError>> {
+        let file = self.file.clone();
+        let work = move || -> std::io::Result<()> {
+            write_zeros_with(0, file.metadata()?.len(), |at, zeros| file.write_all_at(zeros, at))?;
+            file.sync_data()
+        };
+        #[cfg(not(madsim))]
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            return Box::pin(async move {
+                match rt.spawn_blocking(work).await {
+                    Ok(r) => r.map_err(err(IoOp::Write, &self.path)),
+                    Err(e) => Err(IoError::Other {
+                        op: IoOp::Write,
+                        path: self.path.clone(),
+                        message: format!("preallocation did not run: {e}"),
+                    }),
+                }
+            });
         }
+        Box::pin(async move { work().map_err(err(IoOp::Write, &self.path)) })
+    }
+
+    fn hint_small_syncs(&self) {
+        self.small_syncs.store(true, Ordering::Relaxed);
         if let Some(m) = self.map.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             advise_no_readahead(m);
         }

@@ -173,6 +173,16 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn prepare_write(&self, offset: u64, len: u64) {
         let _ = (offset, len);
     }
+    /// Writes zeros over the whole file and makes them durable, so that every block of it
+    /// exists on disk: a later sync of data written into it then writes only that data (on
+    /// ext4 a sync over newly allocated blocks also writes the allocation). Only for a file
+    /// that holds no data. The real backend does it on tokio's blocking pool.
+    fn preallocate(&self) -> BoxFuture<'_, Result<(), IoError>> {
+        Box::pin(async move {
+            self.write_zeros(0, self.len()?)?;
+            self.sync_all().await
+        })
+    }
     /// A hint that this file will be synced in many small ranges (the commit log under sync
     /// flush): a backend may then give up read-ahead on it, which otherwise makes every small
     /// sync write back a large folio, and write it without a writable mapping. Never needed
@@ -189,15 +199,7 @@ pub trait StorageFileExt: StorageFile {
 
     /// Writes zeros over `[from, to)`, a MiB at a time.
     fn write_zeros(&self, from: u64, to: u64) -> Result<(), IoError> {
-        const CHUNK_BYTES: u64 = 1 << 20;
-        let zeros = vec![0u8; CHUNK_BYTES.min(to.saturating_sub(from)) as usize];
-        let mut at = from;
-        while at < to {
-            let n = (to - at).min(CHUNK_BYTES) as usize;
-            self.write_at(at, &zeros[..n])?;
-            at += n as u64;
-        }
-        Ok(())
+        write_zeros_with(from, to, |at, zeros| self.write_at(at, zeros))
     }
 
     /// Reads the whole file.
@@ -215,3 +217,20 @@ pub trait StorageFileExt: StorageFile {
 }
 
 impl<T: StorageFile + ?Sized> StorageFileExt for T {}
+
+/// Writes zeros over `[from, to)` through `write`, a MiB at a time.
+pub(crate) fn write_zeros_with<E>(
+    from: u64,
+    to: u64,
+    mut write: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK_BYTES.min(to.saturating_sub(from)) as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK_BYTES) as usize;
+        write(at, &zeros[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
