@@ -1,6 +1,7 @@
 //! The allocation service (RocketMQ's `AllocateMappedFileService` with `warmMapedFileEnable`):
 //! under sync flush it keeps one spare commit-log file ready, zero-filled and durable, which the
-//! log renames into place when it rolls (`CommitLog::use_spares`).
+//! log renames into place when it rolls (`CommitLog::use_spares`). The next spare is prepared
+//! once the file in use is half full.
 //!
 //! Why: on ext4 a sync over newly allocated blocks also writes the allocation, a second
 //! synchronous I/O per group commit; over blocks already written it writes only the data
@@ -21,7 +22,8 @@ use crate::io::Storage;
 use crate::mapped_file_queue::{SPARE_FILE_NAME, SPARE_TMP_FILE_NAME};
 use crate::store::{lock, Inner};
 
-/// How long the service sleeps when nobody wakes it (the roll wakes it).
+/// How long the service sleeps when nobody wakes it (a put into the second half of a file
+/// without a spare wakes it).
 const IDLE_INTERVAL_MS: u64 = 1_000;
 
 pub(crate) fn spawn_allocator(inner: &Arc<Inner>) -> JoinHandle<()> {

@@ -443,16 +443,19 @@ impl CommitLog {
     /// Whether the allocation service should prepare a spare; if so, it is now preparing one
     /// and must call `spare_prepared` when done.
     pub fn start_preparing_spare(&mut self) -> bool {
-        let wanted = matches!(self.spare, Spare::Wanted);
+        let wanted = self.wants_spare();
         if wanted {
             self.spare = Spare::Preparing;
         }
         wanted
     }
 
-    /// Whether the allocation service has a spare to prepare.
+    /// Whether the allocation service has a spare to prepare: there is none, and the last
+    /// file is at least half full (or there is no file). Not at once after a roll: preparing
+    /// writes a whole file, which would compete with the group commit's syncs for the disk
+    /// long before the spare is needed.
     pub fn wants_spare(&self) -> bool {
-        matches!(self.spare, Spare::Wanted)
+        matches!(self.spare, Spare::Wanted) && self.queue.last().is_none_or(|f| 2 * f.wrote() >= f.size())
     }
 
     /// The allocation service's preparation ended: the spare is ready (`SPARE_FILE_NAME`), or

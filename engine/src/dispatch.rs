@@ -236,6 +236,7 @@ fn dispatch_run(
                 }
                 _ => {
                     tracing::error!(offset = at, reason = %c.reason, "reput stopped at a corrupt record");
+                    inner.reput_stopped_at.store(at, Ordering::SeqCst);
                     return Ok(RunEnd::Piece(PieceEnd::CaughtUp));
                 }
             },
@@ -251,9 +252,12 @@ fn dispatch_run(
 }
 
 /// Waits (bounded) until dispatch has caught up with the commit log.
+/// Gives up at once while dispatch is stopped at a corrupt record: it will not move (a clean
+/// shutdown then keeps the abort file, and the next recovery cuts the log there).
 pub(crate) async fn wait_caught_up(inner: &Inner, max_wait: Duration) {
     let deadline = tokio::time::Instant::now() + max_wait;
-    while inner.dispatch_behind_bytes() > 0 && tokio::time::Instant::now() < deadline {
+    let stopped = || inner.reput_stopped_at.load(Ordering::SeqCst) == inner.reput_offset.load(Ordering::SeqCst);
+    while inner.dispatch_behind_bytes() > 0 && !stopped() && tokio::time::Instant::now() < deadline {
         inner.wake_reput.notify_one();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

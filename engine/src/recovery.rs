@@ -192,6 +192,7 @@ pub(crate) fn load(
         ckpt: Mutex::new(data),
         logics_dispatched_ts: AtomicI64::new(data.logics_msg_timestamp_ms),
         reput_offset: AtomicU64::new(0),
+        reput_stopped_at: AtomicU64::new(u64::MAX),
         not_writeable: Mutex::new(None),
         writeable_lost: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),

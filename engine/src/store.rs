@@ -122,6 +122,9 @@ pub(crate) struct Inner {
     /// Store timestamp of the newest message dispatched to a consume queue.
     pub logics_dispatched_ts: AtomicI64,
     pub reput_offset: AtomicU64,
+    /// Where dispatch last stopped at a corrupt record of unknown size (`u64::MAX`: never).
+    /// Dispatch is stuck while it equals `reput_offset`.
+    pub reput_stopped_at: AtomicU64,
     pub not_writeable: Mutex<Option<String>>,
     /// Set once `not_writeable` is: the put path's lock-free check.
     pub writeable_lost: AtomicBool,
@@ -287,7 +290,7 @@ impl Inner {
         let mut cl = lock(&self.cl);
         let r = cl.append(self.storage.as_ref(), req, now_ms);
         if cl.wants_spare() {
-            // The log took its spare (or preparing one failed): prepare the next.
+            // The last file is half full and there is no spare: prepare the next.
             self.wake_allocate.notify_one();
         }
         r

@@ -35,3 +35,36 @@ async fn reput_waits_for_an_uncommitted_earlier_file_instead_of_spinning() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(store.reput_offset(), 0, "nothing of the uncommitted first file is dispatched");
 }
+
+/// Regression (broker seed 191089): a bit flip in a record dispatch had not reached stopped
+/// dispatch there for good, and a clean shutdown then waited the whole
+/// `shutdown_dispatch_wait_ms` for a catch-up that could not come. It now gives up at once,
+/// keeps the abort file (dispatch is behind), and the next recovery cuts the log there.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_dispatch_stopped_at_a_corrupt_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.shutdown_dispatch_wait_ms = 600_000;
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    // Not started: nothing is dispatched yet.
+    let puts = put_n(&store, &clock, 20, 1, 200, 10).await;
+    let bad = puts[10].1.phy_offset;
+    poke_cl(&cfg, bad + 4, &[0xDE, 0xAD, 0xBE, 0xEF]); // the magic code
+    let end = store.max_phy_offset();
+    store.start().unwrap();
+    let t0 = std::time::Instant::now();
+    while store.dispatch_behind_bytes() != end - bad {
+        assert!(t0.elapsed() < Duration::from_secs(10), "dispatch never reached the corrupt record");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let shutdown = tokio::time::timeout(Duration::from_secs(30), store.shutdown()).await;
+    assert!(shutdown.is_ok(), "shutdown waited for a dispatch that cannot move");
+    assert!(abort_exists(&cfg), "dispatch is behind: the abort file stays");
+    drop(store);
+    let store = open(&cfg, &storage, &clock).await;
+    assert_eq!(store.last_recovery().commit_log_end, bad, "the log is cut at the corrupt record");
+    assert_eq!(store.max_offset("T", 0), 10);
+    store.shutdown().await.unwrap();
+}

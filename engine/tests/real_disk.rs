@@ -104,7 +104,11 @@ async fn sync_flush_rolls_into_preallocated_spares() {
         put(&mut n).await;
         assert_eq!(allocated(0), preallocate, "the first file holds one record (preallocate: {preallocate})");
         for _ in 0..3 {
-            // Once the allocation service has its spare ready, roll into it.
+            // Past half of the file the allocation service prepares the next spare; once it
+            // is ready, roll into it.
+            while store.max_phy_offset() % file_size < file_size / 2 {
+                put(&mut n).await;
+            }
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while preallocate && !cl_dir.join("spare").exists() {
                 assert!(std::time::Instant::now() < deadline, "no spare prepared");

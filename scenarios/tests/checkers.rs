@@ -240,8 +240,19 @@ fn a_bit_flip_waives_survival_but_not_detection() {
 
 #[test]
 fn liveness_catches_lag_and_a_hanging_shutdown() {
-    let ok = LivenessFacts { serving: true, behind_bytes: Some(0), shutdown_took_ms: Some(40), bound_ms: 5_000 };
+    let ok = LivenessFacts {
+        serving: true,
+        behind_bytes: Some(0),
+        shutdown_took_ms: Some(40),
+        bound_ms: 5_000,
+        flipped: false,
+    };
     assert_eq!(checkers::liveness(&ok, 1), Vec::new());
+    // After a bit flip, dispatch stopped at the flipped record is detection, not a hang; a
+    // hanging shutdown still is one.
+    let flipped = LivenessFacts { flipped: true, ..ok };
+    assert_eq!(checkers::liveness(&LivenessFacts { behind_bytes: Some(10), ..flipped }, 1), Vec::new());
+    assert!(!checkers::liveness(&LivenessFacts { shutdown_took_ms: None, ..flipped }, 1).is_empty());
     for bad in [
         LivenessFacts { behind_bytes: Some(10), ..ok },
         LivenessFacts { shutdown_took_ms: None, ..ok },

@@ -217,7 +217,9 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
             took = Some(t0.elapsed().as_millis() as u64);
         }
     }
-    let facts = checkers::LivenessFacts { serving, behind_bytes: behind, shutdown_took_ms: took, bound_ms: BOUND_MS };
+    let flipped = sh.world.disk(BROKER).stats().bit_flips > 0;
+    let facts =
+        checkers::LivenessFacts { serving, behind_bytes: behind, shutdown_took_ms: took, bound_ms: BOUND_MS, flipped };
     let found = checkers::liveness(&facts, sh.now_ms());
     sh.history().violations.extend(found);
     if took.is_none() {
