@@ -85,8 +85,6 @@ pub struct LoadRepairs {
     pub extended_last_file: Option<PathBuf>,
     /// Files after a gap in the offsets, removed (they cannot be part of a valid prefix).
     pub removed_after_gap: Vec<PathBuf>,
-    /// Spare files (`SPARE_FILE_NAME`, `SPARE_TMP_FILE_NAME`), removed.
-    pub removed_spares: Vec<PathBuf>,
 }
 
 /// The commit log's spare file, zero-filled and synced ahead of need (`preallocate_commit_log`),
@@ -153,7 +151,6 @@ impl MappedFileQueue {
                 // power loss after it was taken into use (see `SPARE_FILE_NAME`).
                 storage.remove_file(&path)?;
                 q.dirs.mark(&q.dir);
-                repairs.removed_spares.push(path);
                 continue;
             }
             match parse_file_name(&entry.name) {

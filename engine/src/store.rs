@@ -137,7 +137,7 @@ pub(crate) struct Inner {
     pub wake_commit: Notify,
     pub wake_reput: Notify,
     pub wake_group: Notify,
-    /// Wakes the allocation service: the commit log took its spare.
+    /// Wakes the allocation service: the last commit-log file is half full and has no spare.
     pub wake_allocate: Notify,
     pub stop_notify: Notify,
     pub group_requests: Mutex<Vec<GroupRequest>>,

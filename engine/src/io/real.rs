@@ -246,8 +246,7 @@ impl StorageFile for RealFile {
     }
 
     /// Zero-fills with `pwrite` (the file is not written through its mapping: no page faults,
-    /// no mapping lock) and syncs, on the blocking pool: a 1 GiB file takes about a second
-    /// of disk time here.
+    /// no mapping lock) and syncs, on the blocking pool: it writes the whole file to disk.
     fn preallocate(&self) -> BoxFuture<'_, Result<(), IoError>> {
         let file = self.file.clone();
         let work = move || -> std::io::Result<()> {
