@@ -207,7 +207,11 @@ async fn serve(sh: &Arc<Shared>, store: &Arc<Store>, mut ctrl_c: std::pin::Pin<&
     };
     let ep = Arc::new(ep);
     loop {
+        // `biased`: without it the branch polled first is drawn from a process-wide counter
+        // (tokio's `select!` is not simulated), and a seed's run depended on the runs before
+        // it in the process (seed 245 of the broker scenario).
         tokio::select! {
+            biased;
             _ = &mut ctrl_c => return,
             r = ep.recv_from_raw(REQUEST_TAG) => {
                 let Ok((payload, from)) = r else {
