@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
 use crate::io::{BufferPool, Hold, Holds, IoError, Storage, StorageFile};
-use crate::mapped_file::MappedFile;
+use crate::mapped_file::{MappedFile, PrepareRange};
 use crate::mapped_file_queue::{DirSyncs, MappedFileQueue, SPARE_FILE_NAME};
 use crate::message::{
     decode, decode_ref, encode_blank, is_dispatchable, peek_header, push_property, queue_offset_possible,
@@ -597,6 +597,12 @@ impl CommitLog {
             size: f.size(),
             _hold: f.hold(),
         })
+    }
+
+    /// The next range of the last file to prepare ahead of the writer (see
+    /// `MappedFile::next_range_to_prepare`).
+    pub fn next_range_to_prepare(&mut self) -> Option<PrepareRange> {
+        self.queue.last_mut()?.next_range_to_prepare()
     }
 
     /// The absolute end of what readers may see (committed bytes).

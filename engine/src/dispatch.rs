@@ -11,6 +11,7 @@ use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::error::Result;
 use crate::index::{IndexService, SealedIndex};
 use crate::java_hash::java_string_hash;
+use crate::mapped_file::PrepareRange;
 use crate::message::{decode_ref, peek_header, DecodeOptions, DecodedRef, MessageRef};
 use crate::store::{lock, CqMap, Inner};
 
@@ -116,18 +117,31 @@ enum PieceEnd {
     ReadMore { min_bytes: u64 },
 }
 
+/// Prepares the commit log's next pages for the producer (`CommitLog::next_range_to_prepare`).
+/// Dispatch does it, between pieces, because under load it is the one background task that
+/// is always running: a blocking-pool thread woken for each step (as before) was woken on
+/// the producer's CPU and preempted it there, ~1,400 times per 2 GiB appended.
+fn prepare(range: Option<PrepareRange>) {
+    if let Some(range) = range {
+        range.prepare();
+    }
+}
+
 /// Dispatches everything readable from the reput offset. Returns the messages dispatched.
 /// The commit log is read a piece at a time, under the commit-log lock only to find the
-/// file: producers and dispatch do not meet per record.
+/// file (and the range to prepare): producers and dispatch do not meet per record.
 pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
     let mut n = 0;
     let mut piece = Vec::new();
     let mut min_bytes = 0;
     loop {
         let reput = inner.reput_offset.load(Ordering::SeqCst);
-        let view = {
-            let cl = lock(&inner.cl);
+        let (view, to_prepare) = {
+            let mut cl = lock(&inner.cl);
+            let to_prepare = cl.next_range_to_prepare();
             if reput >= cl.readable_offset() {
+                drop(cl);
+                prepare(to_prepare);
                 return Ok(n);
             }
             if reput < cl.min_offset() {
@@ -138,10 +152,15 @@ pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
                 // The file holding the reput offset has nothing readable there yet although a
                 // later file has (transient pool: a full file not yet committed while the
                 // next one, written directly, is): wait for the commit instead of spinning.
-                Some(v) if reput < v.from_offset + v.readable => v,
-                _ => return Ok(n),
+                Some(v) if reput < v.from_offset + v.readable => (v, to_prepare),
+                _ => {
+                    drop(cl);
+                    prepare(to_prepare);
+                    return Ok(n);
+                }
             }
         };
+        prepare(to_prepare);
         let pos = reput - view.from_offset;
         let avail = view.readable - pos;
         let len = avail.min(DISPATCH_READ_BYTES.max(min_bytes));

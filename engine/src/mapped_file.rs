@@ -23,9 +23,13 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
 /// Ranges are rewritten in chunks of this many bytes.
 const REWRITE_CHUNK_BYTES: usize = 64 * 1024;
 
-/// Appends announce the next this-many bytes to the storage (`StorageFile::prepare_write`)
-/// each time they cross a multiple of it, so the pages are ready before the writer gets there.
-const PREPARE_AHEAD_BYTES: u64 = 1 << 20;
+/// How far ahead of the writer a file's pages are prepared (`StorageFile::prepare_write`).
+/// Pages prepared but not yet written are dirty zeros that a flush writes back for nothing:
+/// a few MiB per flush at most.
+const PREPARE_AHEAD_BYTES: u64 = 4 << 20;
+
+/// Ranges are prepared in steps of at least this much (or up to the end of the file).
+const PREPARE_STEP_BYTES: u64 = 1 << 20;
 
 /// Reads `[from, to)` of `file` and writes the same bytes back: the pages become dirty
 /// again, so the next sync writes them even if the page cache held them clean but unwritten.
@@ -52,6 +56,19 @@ pub struct SyncPlan {
     pub last_store_ts_ms: i64,
 }
 
+/// A range of a file to prepare for writing (`StorageFile::prepare_write`).
+pub struct PrepareRange {
+    pub file: Arc<dyn StorageFile>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl PrepareRange {
+    pub fn prepare(self) {
+        self.file.prepare_write(self.offset, self.len);
+    }
+}
+
 pub struct MappedFile {
     file: Arc<dyn StorageFile>,
     name: String,
@@ -69,6 +86,8 @@ pub struct MappedFile {
     batch: Option<Vec<u8>>,
     last_ts_wrote_ms: i64,
     last_ts_committed_ms: i64,
+    /// Pages below this were announced to the storage (`next_range_to_prepare`).
+    prepared_to: u64,
     holds: HoldCounter,
 }
 
@@ -123,8 +142,6 @@ impl MappedFile {
     pub fn fresh(file: Arc<dyn StorageFile>, name: String, from_offset: u64, size: u64, holds: Holds) -> MappedFile {
         let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
         mf.set_positions(0);
-        // The first two steps: appends announce a step only once they enter the one before it.
-        mf.file.prepare_write(0, (2 * PREPARE_AHEAD_BYTES).min(size));
         mf
     }
 
@@ -142,6 +159,7 @@ impl MappedFile {
             batch: None,
             last_ts_wrote_ms: 0,
             last_ts_committed_ms: 0,
+            prepared_to: size,
             holds: holds.counter(HoldKind::MappedFile, &name),
             name,
         }
@@ -212,6 +230,7 @@ impl MappedFile {
         self.wrote = pos;
         self.committed = pos;
         self.flushed = pos;
+        self.prepared_to = pos;
         if let Some(batch) = &mut self.batch {
             batch.clear();
         }
@@ -231,7 +250,6 @@ impl MappedFile {
                 self.file.write_at(self.wrote, data)?;
                 self.committed = end;
                 self.last_ts_committed_ms = store_ts_ms;
-                self.announce_writes(self.wrote, end);
             }
         }
         self.wrote = end;
@@ -239,16 +257,17 @@ impl MappedFile {
         Ok(())
     }
 
-    /// Tells the storage about the next step of `PREPARE_AHEAD_BYTES` when writes from `from`
-    /// to `to` entered a new one.
-    fn announce_writes(&self, from: u64, to: u64) {
-        let next_step = to / PREPARE_AHEAD_BYTES + 1;
-        if from / PREPARE_AHEAD_BYTES + 1 != next_step {
-            let at = next_step * PREPARE_AHEAD_BYTES;
-            if at < self.size {
-                self.file.prepare_write(at, PREPARE_AHEAD_BYTES.min(self.size - at));
-            }
+    /// The next range ahead of the writer to hand to `StorageFile::prepare_write`, taken as
+    /// prepared: up to `PREPARE_AHEAD_BYTES` past `wrote`, once a step's worth is due. The
+    /// caller prepares it outside its lock, off the writer's path.
+    pub fn next_range_to_prepare(&mut self) -> Option<PrepareRange> {
+        let from = self.prepared_to.max(self.wrote);
+        let to = (self.wrote + PREPARE_AHEAD_BYTES).min(self.size);
+        if to <= from || (to - from < PREPARE_STEP_BYTES && to < self.size) {
+            return None;
         }
+        self.prepared_to = to;
+        Some(PrepareRange { file: self.file.clone(), offset: from, len: to - from })
     }
 
     /// Declares the rest of the file written (after an end-of-file blank).
@@ -300,10 +319,8 @@ impl MappedFile {
         assert!(self.committed + batch.len() as u64 <= self.wrote, "{}: batch beyond the appended bytes", self.name);
         self.file.write_at(self.committed, batch)?;
         batch.clear();
-        let from = self.committed;
         self.committed = self.wrote;
         self.last_ts_committed_ms = self.last_ts_wrote_ms;
-        self.announce_writes(from, self.committed);
         Ok(true)
     }
 

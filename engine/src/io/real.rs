@@ -3,8 +3,8 @@
 //! the system clock (`clock::SystemClock`).
 //!
 //! Nothing here sleeps, so the same code works under real tokio and inside a simulation test
-//! that uses a temporary directory. In the real build, syncs and the `prepare_write` hint run
-//! on tokio's blocking pool; in the simulation build (no threads there) syncs run inline.
+//! that uses a temporary directory. In the real build, syncs and preallocation run on
+//! tokio's blocking pool; in the simulation build (no threads there) syncs run inline.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -114,7 +114,7 @@ impl Storage for RealStorage {
 #[derive(Debug)]
 pub struct RealFile {
     path: PathBuf,
-    /// Shared so that a blocking-pool thread can work on the file (`prepare_write`).
+    /// Shared so that a blocking-pool thread can sync or preallocate the file.
     file: Arc<File>,
     map: Arc<RwLock<Option<MmapRaw>>>,
     /// Set by `hint_small_syncs`: maps are made without read-ahead.
@@ -276,25 +276,21 @@ impl StorageFile for RealFile {
         }
     }
 
-    /// Brings the range into memory on tokio's blocking pool, so that the writer, holding the
-    /// commit-log lock, copies into ready pages instead of faulting on each. A file written
-    /// through the mapping gets its pages faulted in writable (`MADV_POPULATE_WRITE`, Linux
-    /// 5.14): measured with async appends, the producer's system time fell from 0.32-1.04 to
-    /// 0.06-0.38 us per message (0.06-0.09 in second rounds), and second rounds rose from
-    /// 0.53-0.63M to 0.85-1.14M msgs/s. A file written with pwrite (or a kernel refusing the advice) gets
-    /// the range read into the page cache (the files are sparse: this allocates and
-    /// zero-fills the pages there). Does nothing in the simulation build (no threads there)
-    /// or outside a tokio runtime; a refused hint only leaves the writer faulting as before.
+    /// Brings the range into memory, on the calling thread (the engine calls it off the
+    /// writer's path), so that the writer, holding the commit-log lock, copies into ready
+    /// pages instead of faulting on each. A file written through the mapping gets its pages
+    /// faulted in writable (`MADV_POPULATE_WRITE`, Linux 5.14): measured with async appends,
+    /// the producer's system time fell from 0.32-1.04 to 0.06-0.38 us per message. A file
+    /// written with pwrite (or a kernel refusing the advice) gets the range read into the page
+    /// cache (the files are sparse: this allocates and zero-fills the pages there). Does
+    /// nothing in the simulation build; a refused hint only leaves the writer faulting.
     fn prepare_write(&self, offset: u64, len: u64) {
         #[cfg(not(madsim))]
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let (file, map) = (self.file.clone(), self.map.clone());
+        {
             let mapped_writes = !self.small_syncs.load(Ordering::Relaxed);
-            drop(rt.spawn_blocking(move || {
-                if !(mapped_writes && populate_writable(&map, offset, len)) {
-                    read_ahead(&file, offset, len);
-                }
-            }));
+            if !(mapped_writes && populate_writable(&self.map, offset, len)) {
+                read_ahead(&self.file, offset, len);
+            }
         }
         #[cfg(madsim)]
         let _ = (offset, len);

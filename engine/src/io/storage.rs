@@ -168,8 +168,9 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Makes `[offset, offset + len)` and the file's length durable.
     fn sync_range(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), IoError>>;
     /// A hint that `[offset, offset + len)` will be written soon: a backend may bring those
-    /// pages into memory ahead of time, off the writer's path. Never needed for correctness,
-    /// never fails; the default does nothing (the simulated disk has no page faults).
+    /// pages into memory, blocking the caller while it does (so the caller is not the
+    /// writer). Never needed for correctness, never fails; the default does nothing (the
+    /// simulated disk has no page faults).
     fn prepare_write(&self, offset: u64, len: u64) {
         let _ = (offset, len);
     }
