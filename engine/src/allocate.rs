@@ -1,15 +1,23 @@
 //! The allocation service (RocketMQ's `AllocateMappedFileService` with `warmMapedFileEnable`):
-//! under sync flush it keeps one spare commit-log file ready, zero-filled and durable, which the
-//! log renames into place when it rolls (`CommitLog::use_spares`). The next spare is prepared
-//! once the file in use is half full.
+//! it keeps one spare commit-log file ready, which the log renames into place when it rolls
+//! (`CommitLog::use_spares`). The next spare is prepared once the file in use is half full.
 //!
-//! Why: on ext4 a sync over newly allocated blocks also writes the allocation, a second
-//! synchronous I/O per group commit; over blocks already written it writes only the data
-//! (BENCHMARKS.md: 64 producers 173k msgs/s on sparse 1 GiB files, 271k on preallocated ones). Why a spare and not
-//! the next file itself, as RocketMQ has: the next file's name must not exist before the log
-//! writes into it, or a crash leaves an all-zero file after the log's end for recovery to
-//! judge; and the roll must never wait for a preparation still under way (it then creates
-//! the file sparse, as without preallocation). A spare is never data: `load` removes it.
+//! Why, under sync flush: on ext4 a sync over newly allocated blocks also writes the
+//! allocation, a second synchronous I/O per group commit; over blocks already written it
+//! writes only the data (BENCHMARKS.md: 64 producers 173k msgs/s on sparse 1 GiB files, 271k
+//! on preallocated ones). So the spare is zero-filled and synced.
+//!
+//! Why, under async flush: a sparse file gets its blocks when writeback first writes its
+//! pages, and ext4 allocating them (reading block bitmaps from a disk busy with that same
+//! writeback) held locks that the producer's page faults then waited for, up to a few
+//! hundred milliseconds after a roll. So the spare's blocks are allocated (`fallocate`),
+//! without writing it.
+//!
+//! Why a spare and not the next file itself, as RocketMQ has: the next file's name must not
+//! exist before the log writes into it, or a crash leaves an all-zero file after the log's
+//! end for recovery to judge; and the roll must never wait for a preparation still under way
+//! (it then creates the file sparse, as without preallocation). A spare is never data: `load`
+//! removes it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +25,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::config::FlushMode;
 use crate::error::Result;
 use crate::io::Storage;
 use crate::mapped_file_queue::{SPARE_FILE_NAME, SPARE_TMP_FILE_NAME};
@@ -52,9 +61,9 @@ pub(crate) async fn prepare_wanted_spare(inner: &Inner) {
     lock(&inner.cl).spare_prepared(r.is_ok());
 }
 
-/// Zero-fills `SPARE_TMP_FILE_NAME`, syncs it, and renames it to `SPARE_FILE_NAME`: a file
-/// under that name is always complete. No directory sync: a spare lost to a power loss is
-/// only prepared again.
+/// Prepares `SPARE_TMP_FILE_NAME` (zero-filled and synced under sync flush, its blocks
+/// allocated otherwise) and renames it to `SPARE_FILE_NAME`: a file under that name is always
+/// complete. No directory sync: a spare lost to a power loss is only prepared again.
 async fn prepare_spare(inner: &Inner) -> Result<()> {
     let st: &dyn Storage = inner.storage.as_ref();
     let dir = &inner.paths.commit_log;
@@ -67,7 +76,8 @@ async fn prepare_spare(inner: &Inner) -> Result<()> {
     // The directory exists: `load` made it.
     let file = st.create(&tmp)?;
     let filled = match file.set_len(inner.cfg.commit_log_file_size_bytes) {
-        Ok(()) => file.preallocate().await,
+        Ok(()) if inner.cfg.flush_mode == FlushMode::Sync => file.preallocate().await,
+        Ok(()) => file.reserve_blocks().await,
         Err(e) => Err(e),
     };
     drop(file);

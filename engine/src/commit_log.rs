@@ -358,7 +358,8 @@ enum Spare {
     Wanted,
     /// The allocation service is preparing one.
     Preparing,
-    /// `SPARE_FILE_NAME`, zeros, durable, `file_size` long.
+    /// `SPARE_FILE_NAME`, zeros, `file_size` long (durable under sync flush, its blocks
+    /// allocated otherwise).
     Ready,
 }
 
@@ -479,7 +480,7 @@ impl CommitLog {
         let needs_new = self.queue.last().is_none_or(|f| f.is_full());
         if needs_new {
             let from = self.queue.last().map_or(0, |f| f.end_offset());
-            let buffer = self.pool.as_ref().and_then(|p| p.borrow());
+            let mut buffer = self.pool.as_ref().and_then(|p| p.borrow());
             if self.pool.is_some() && buffer.is_none() {
                 // RocketMQ falls back to writing the file directly when the pool is empty.
                 tracing::warn!("transient pool exhausted; file {from} is written directly");
@@ -487,7 +488,7 @@ impl CommitLog {
             if matches!(self.spare, Spare::Ready) {
                 self.spare = Spare::Wanted;
                 let spare = self.queue.dir().join(SPARE_FILE_NAME);
-                match self.queue.adopt_spare(storage, from, &spare) {
+                match self.queue.adopt_spare(storage, from, &spare, &mut buffer) {
                     Ok(_) => return Ok(self.queue.last_mut().expect("just adopted")),
                     // Only slower: the file is created sparse instead.
                     Err(e) => tracing::warn!(error = %e, "taking the spare commit-log file failed"),

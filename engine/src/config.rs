@@ -49,11 +49,12 @@ pub struct StoreConfig {
     // --- sync flush (group commit)
     pub group_commit_interval_ms: u64,
     pub sync_flush_timeout_ms: u64,
-    /// Under sync flush, commit-log files are written with zeros and synced before the log
-    /// writes into them (RocketMQ's `warmMapedFileEnable`), by a service that keeps one spare
-    /// file ready (`allocate`); a roll that comes while the spare is still being prepared
-    /// creates its file sparse. A fresh store's `open` waits for the first spare. Costs one
-    /// file of disk space and a second write of each file; ignored in the other flush modes.
+    /// Commit-log files are prepared before the log writes into them, by a service that
+    /// keeps one spare file ready (`allocate`): under sync flush written with zeros and synced
+    /// (RocketMQ's `warmMapedFileEnable`; costs a second write of each file), otherwise only
+    /// their blocks allocated (`StorageFile::reserve_blocks`). A roll that comes while the
+    /// spare is still being prepared creates its file sparse. A fresh store's `open` waits
+    /// for the first spare. Costs one file of disk space.
     pub preallocate_commit_log: bool,
     // --- consume-queue flush
     pub flush_interval_cq_ms: u64,
@@ -110,11 +111,6 @@ impl Default for StoreConfig {
 }
 
 impl StoreConfig {
-    /// Whether the commit log uses preallocated spare files (`preallocate_commit_log`).
-    pub fn preallocates_commit_log(&self) -> bool {
-        self.preallocate_commit_log && self.flush_mode == FlushMode::Sync
-    }
-
     /// Small sizes for simulations and tests: 64 KiB commit-log files, 64 units per
     /// consume-queue file, index files of 64 slots and 256 items, short intervals.
     pub fn small(root_dir: impl Into<PathBuf>) -> StoreConfig {

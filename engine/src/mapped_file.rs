@@ -129,19 +129,25 @@ impl MappedFile {
             let _ = storage.remove_file(&path);
             return Err(e.into());
         }
-        let mut mf = MappedFile::fresh(file, name, from_offset, size, holds);
+        Ok(MappedFile::fresh(file, name, from_offset, size, holds, write_buffer))
+    }
+
+    /// Wraps a new file of zeros (just created, or a preallocated spare) to be written from
+    /// its start (through `write_buffer` if there is one: transient-pool mode).
+    pub fn fresh(
+        file: Arc<dyn StorageFile>,
+        name: String,
+        from_offset: u64,
+        size: u64,
+        holds: Holds,
+        write_buffer: Option<PooledBuffer>,
+    ) -> MappedFile {
+        let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
+        mf.set_positions(0);
         if let Some(buf) = write_buffer {
             assert_eq!(buf.as_slice().len() as u64, size, "a write buffer is exactly one file long");
             mf.write_buffer = Some(buf);
         }
-        Ok(mf)
-    }
-
-    /// Wraps a new file of zeros (just created, or a preallocated spare) to be written from
-    /// its start.
-    pub fn fresh(file: Arc<dyn StorageFile>, name: String, from_offset: u64, size: u64, holds: Holds) -> MappedFile {
-        let mut mf = MappedFile::wrap(file, name, from_offset, size, holds);
-        mf.set_positions(0);
         mf
     }
 

@@ -87,7 +87,7 @@ pub struct LoadRepairs {
     pub removed_after_gap: Vec<PathBuf>,
 }
 
-/// The commit log's spare file, zero-filled and synced ahead of need (`preallocate_commit_log`),
+/// The commit log's spare file, prepared ahead of need (`preallocate_commit_log`),
 /// renamed to the next file's name when the log rolls. Only a name in the log's directory:
 /// `load` removes it, whatever it holds. It cannot be trusted after a restart: a power loss
 /// can undo the rename that took it into use (the directory was not synced yet) and leave
@@ -271,8 +271,16 @@ impl MappedFileQueue {
     }
 
     /// Makes the file at `spare` (in this directory, zeros, `file_size` long) the next file,
-    /// starting at `from_offset`, by renaming it.
-    pub fn adopt_spare(&mut self, storage: &dyn Storage, from_offset: u64, spare: &Path) -> Result<&mut MappedFile> {
+    /// starting at `from_offset`, by renaming it; it is written through `write_buffer`, which
+    /// is taken only once nothing can fail any more (on an error the caller still has it for
+    /// `create_file`).
+    pub fn adopt_spare(
+        &mut self,
+        storage: &dyn Storage,
+        from_offset: u64,
+        spare: &Path,
+        write_buffer: &mut Option<PooledBuffer>,
+    ) -> Result<&mut MappedFile> {
         self.assert_next(from_offset);
         let name = crate::mapped_file::file_name(from_offset);
         let path = self.dir.join(&name);
@@ -285,7 +293,7 @@ impl MappedFileQueue {
             // A leftover under the next name is replaced by `create_file`.
             return Err(StoreError::BadFileSize { path, expected_bytes: self.file_size, actual_bytes: len });
         }
-        let mf = MappedFile::fresh(file, name, from_offset, self.file_size, self.holds.clone());
+        let mf = MappedFile::fresh(file, name, from_offset, self.file_size, self.holds.clone(), write_buffer.take());
         Ok(self.push_new(mf))
     }
 

@@ -157,7 +157,7 @@ pub(crate) fn load(
         cl.queue_mut().hint_small_syncs();
         cl.batch_appends();
     }
-    if cfg.preallocates_commit_log() {
+    if cfg.preallocate_commit_log {
         cl.use_spares();
     }
     repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));

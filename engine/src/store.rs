@@ -440,7 +440,7 @@ impl Store {
         let (inner, loaded) = crate::recovery::load(config, paths, storage, clock, holds, dirs, pool)?;
         let inner = Arc::new(inner);
         crate::recovery::recover(&inner, loaded).await?;
-        if inner.cfg.preallocates_commit_log() && lock(&inner.cl).queue().is_empty() {
+        if inner.cfg.preallocate_commit_log && lock(&inner.cl).queue().is_empty() {
             // A fresh store's first file is preallocated too.
             crate::allocate::prepare_wanted_spare(&inner).await;
         }
@@ -463,7 +463,7 @@ impl Store {
         }
         tasks.extend(crate::flush::spawn_services(&self.inner));
         tasks.push(crate::dispatch::spawn_reput(&self.inner));
-        if self.inner.cfg.preallocates_commit_log() {
+        if self.inner.cfg.preallocate_commit_log {
             tasks.push(crate::allocate::spawn_allocator(&self.inner));
         }
         self.inner.services_running.store(true, Ordering::SeqCst);

@@ -161,6 +161,30 @@ impl RealFile {
         Ok(())
     }
 
+    /// Runs `work`, a write that may block for long, on tokio's blocking pool (inline
+    /// outside a runtime, and in the simulation build).
+    fn on_blocking_pool(
+        &self,
+        what: &'static str,
+        work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+    ) -> BoxFuture<'_, Result<(), IoError>> {
+        #[cfg(not(madsim))]
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            return Box::pin(async move {
+                match rt.spawn_blocking(work).await {
+                    Ok(r) => r.map_err(err(IoOp::Write, &self.path)),
+                    Err(e) => Err(IoError::Other {
+                        op: IoOp::Write,
+                        path: self.path.clone(),
+                        message: format!("{what} did not run: {e}"),
+                    }),
+                }
+            });
+        }
+        let _ = what;
+        Box::pin(async move { work().map_err(err(IoOp::Write, &self.path)) })
+    }
+
     fn in_map(map: &Option<MmapRaw>, offset: u64, len: usize) -> Option<std::ops::Range<usize>> {
         let map = map.as_ref()?;
         let start = usize::try_from(offset).ok()?;
@@ -223,50 +247,47 @@ impl StorageFile for RealFile {
     }
 
     fn sync_range(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), IoError>> {
-        // fdatasync rather than msync of the range: on Linux it writes back every dirty page
-        // of the file however it was dirtied (mapped stores too), and it needs no lock on the
-        // mapping. msync needed the mapping's read lock for the whole sync, which stalled
-        // every writer (write_at takes the write lock) for the duration of each sync.
-        let _ = (offset, len);
         // On tokio's blocking pool (as tokio::fs does): a sync blocks for 50–500 µs, and on a
         // worker thread it would stall every task queued there, among them the producers that
         // could append the next group-commit batch while this one syncs.
         #[cfg(not(madsim))]
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let file = self.file.clone();
+            let (file, map) = (self.file.clone(), self.map.clone());
             return Box::pin(async move {
-                match rt.spawn_blocking(move || file.sync_data()).await {
+                match rt.spawn_blocking(move || sync_file_range(&file, &map, offset, len)).await {
                     Ok(r) => r.map_err(err(IoOp::Sync, &self.path)),
                     // The pool is shutting down: sync here instead.
-                    Err(_) => self.file.sync_data().map_err(err(IoOp::Sync, &self.path)),
+                    Err(_) => sync_file_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)),
                 }
             });
         }
-        Box::pin(async move { self.file.sync_data().map_err(err(IoOp::Sync, &self.path)) })
+        Box::pin(async move { sync_file_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)) })
     }
 
     /// Zero-fills with `pwrite` (the file is not written through its mapping: no page faults,
     /// no mapping lock) and syncs, on the blocking pool: it writes the whole file to disk.
     fn preallocate(&self) -> BoxFuture<'_, Result<(), IoError>> {
         let file = self.file.clone();
-        let work = move || -> std::io::Result<()> {
+        self.on_blocking_pool("preallocation", move || {
             write_zeros_with(0, file.metadata()?.len(), |at, zeros| file.write_all_at(zeros, at))?;
             file.sync_data()
-        };
-        #[cfg(not(madsim))]
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            return Box::pin(async move {
-                match rt.spawn_blocking(work).await {
-                    Ok(r) => r.map_err(err(IoOp::Write, &self.path)),
-                    Err(e) => Err(IoError::Other {
-                        op: IoOp::Write,
-                        path: self.path.clone(),
-                        message: format!("preallocation did not run: {e}"),
-                    }),
+        })
+    }
+
+    fn reserve_blocks(&self) -> BoxFuture<'_, Result<(), IoError>> {
+        let file = self.file.clone();
+        self.on_blocking_pool("block reservation", move || {
+            use std::os::fd::AsRawFd;
+            let len = libc::off_t::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+            // SAFETY: plain syscall on a descriptor `file` keeps open.
+            if len > 0 && unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                    return Err(e);
                 }
-            });
-        }
-        Box::pin(async move { work().map_err(err(IoOp::Write, &self.path)) })
+            }
+            Ok(())
+        })
     }
 
     fn hint_small_syncs(&self) {
@@ -294,6 +315,21 @@ impl StorageFile for RealFile {
         }
         #[cfg(madsim)]
         let _ = (offset, len);
+    }
+}
+
+/// Makes `[offset, offset + len)` and the file's length durable. Inside the mapping it is
+/// `msync` of the range (Linux: `vfs_fsync_range`, fdatasync restricted to the range, for
+/// pages dirtied through the map or by `pwrite` alike); otherwise `fdatasync` of the file.
+/// The range matters under async flush: `fdatasync` also wrote back the pages prepared
+/// ahead of the writer (dirty zeros), which write-protected them, and the writer then
+/// faulted on each again, at times waiting for the writeback to finish. The mapping's read
+/// lock, held throughout, keeps it alive and does not stop writers (they take it shared).
+fn sync_file_range(file: &File, map: &RwLock<Option<MmapRaw>>, offset: u64, len: u64) -> std::io::Result<()> {
+    let map = map.read().unwrap_or_else(|e| e.into_inner());
+    match (usize::try_from(len).ok().and_then(|len| RealFile::in_map(&map, offset, len)), map.as_ref()) {
+        (Some(range), Some(m)) if !range.is_empty() => m.flush_range(range.start, range.len()),
+        _ => file.sync_data(),
     }
 }
 

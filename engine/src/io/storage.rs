@@ -184,6 +184,15 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
             self.sync_all().await
         })
     }
+    /// Allocates the blocks of the whole file without writing them (`fallocate`): writes
+    /// into it then need no block allocation, neither when their pages first fault nor when
+    /// writeback makes them durable. The content stays what it was (zeros in a new file);
+    /// nothing becomes durable. Never needed for correctness; the default does nothing, and
+    /// a file system without the call is left as it is. The real backend does it on tokio's
+    /// blocking pool: on a busy disk it can wait for block bitmaps to be read.
+    fn reserve_blocks(&self) -> BoxFuture<'_, Result<(), IoError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// A hint that this file will be synced in many small ranges (the commit log under sync
     /// flush): a backend may then give up read-ahead on it, which otherwise makes every small
     /// sync write back a large folio, and write it without a writable mapping. Never needed
