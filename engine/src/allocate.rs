@@ -32,33 +32,41 @@ use crate::mapped_file_queue::{SPARE_FILE_NAME, SPARE_TMP_FILE_NAME};
 use crate::store::{lock, Inner};
 
 /// How long the service sleeps when nobody wakes it (a put into the second half of a file
-/// without a spare wakes it).
+/// without a spare wakes it), and after a failed preparation whatever wakes it.
 const IDLE_INTERVAL_MS: u64 = 1_000;
 
 pub(crate) fn spawn_allocator(inner: &Arc<Inner>) -> JoinHandle<()> {
     let inner = inner.clone();
     tokio::spawn(async move {
         while !inner.stopping.load(Ordering::SeqCst) {
-            prepare_wanted_spare(&inner).await;
+            let failed = prepare_wanted_spare(&inner).await.is_err();
             if inner.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(IDLE_INTERVAL_MS), inner.wake_allocate.notified()).await;
+            let idle = Duration::from_millis(IDLE_INTERVAL_MS);
+            if failed {
+                // Deaf to wake-ups for a while: every put wants the spare, and on a full disk
+                // each one retried at once (a create, a failed `set_len`, a remove per put).
+                tokio::time::sleep(idle).await;
+            } else {
+                let _ = tokio::time::timeout(idle, inner.wake_allocate.notified()).await;
+            }
         }
     })
 }
 
 /// Prepares the spare if the commit log wants one. A failure (a full disk, an I/O error)
 /// only leaves the log creating sparse files; the next round tries again.
-pub(crate) async fn prepare_wanted_spare(inner: &Inner) {
+pub(crate) async fn prepare_wanted_spare(inner: &Inner) -> Result<()> {
     if !lock(&inner.cl).start_preparing_spare() {
-        return;
+        return Ok(());
     }
     let r = prepare_spare(inner).await;
     if let Err(e) = &r {
         tracing::warn!(error = %e, "preparing a spare commit-log file failed");
     }
     lock(&inner.cl).spare_prepared(r.is_ok());
+    r
 }
 
 /// Prepares `SPARE_TMP_FILE_NAME` (zero-filled and synced under sync flush, its blocks

@@ -282,6 +282,9 @@ pub(crate) async fn wait_caught_up(inner: &Inner, max_wait: Duration) {
     }
 }
 
+/// How long dispatch waits after a failed attempt before it tries again.
+const RETRY_AFTER_FAILURE_MS: u64 = 100;
+
 /// Spawns the reput service.
 pub(crate) fn spawn_reput(inner: &Arc<Inner>) -> tokio::task::JoinHandle<()> {
     let inner = inner.clone();
@@ -290,6 +293,11 @@ pub(crate) fn spawn_reput(inner: &Arc<Inner>) -> tokio::task::JoinHandle<()> {
         while !inner.stopping.load(Ordering::SeqCst) {
             if let Err(e) = dispatch_available(&inner).await {
                 tracing::error!(error = %e, "dispatch failed; retrying");
+                // Deaf to wake-ups for a while: on a full disk every put woke a retry that
+                // created, failed to size and removed a consume-queue file, ~8,000 times in
+                // one simulated run.
+                tokio::time::sleep(Duration::from_millis(RETRY_AFTER_FAILURE_MS).max(interval)).await;
+                continue;
             }
             let _ = tokio::time::timeout(interval, inner.wake_reput.notified()).await;
         }

@@ -441,8 +441,9 @@ impl Store {
         let inner = Arc::new(inner);
         crate::recovery::recover(&inner, loaded).await?;
         if inner.cfg.preallocate_commit_log && lock(&inner.cl).queue().is_empty() {
-            // A fresh store's first file is preallocated too.
-            crate::allocate::prepare_wanted_spare(&inner).await;
+            // A fresh store's first file is preallocated too (if that fails, it is created
+            // sparse: the failure is logged and the service tries again later).
+            let _ = crate::allocate::prepare_wanted_spare(&inner).await;
         }
         Ok(Store {
             inner,

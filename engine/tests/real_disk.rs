@@ -73,17 +73,44 @@ async fn preallocate_writes_every_block_with_zeros() {
     assert!(file.read_all().unwrap().iter().all(|&b| b == 0));
 }
 
-/// Under sync flush the store keeps a spare commit-log file ready and rolls into it: a fresh
-/// store's first file and a file the log rolls into while a spare is ready are fully
-/// allocated before any data lands in them, the data reads back after a restart, and with
-/// `preallocate_commit_log` off new files are sparse.
+/// `reserve_blocks` allocates every block of the file without writing it: the length and
+/// the zeros stay, and data written afterwards reads back.
 #[tokio::test]
-async fn sync_flush_rolls_into_preallocated_spares() {
+async fn reserve_blocks_allocates_every_block_and_keeps_the_zeros() {
+    use engine::io::storage::StorageFileExt;
+    use engine::io::Storage;
     use std::os::unix::fs::MetadataExt;
-    for preallocate in [true, false] {
+    let dir = tempfile::tempdir().unwrap();
+    let st = RealStorage::new();
+    let len = (1 << 20) + 4096 * 3;
+    let path = dir.path().join("reserved");
+    let file = st.create(&path).unwrap();
+    file.set_len(len).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "set_len leaves the file sparse");
+    file.reserve_blocks().await.unwrap();
+    assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= len, "every block allocated");
+    assert_eq!(file.len().unwrap(), len);
+    assert!(file.read_all().unwrap().iter().all(|&b| b == 0));
+    file.write_at(4096, b"after").unwrap();
+    file.sync_range(4096, 5).await.unwrap();
+    let mut back = [0u8; 5];
+    file.read_at(4096, &mut back).unwrap();
+    assert_eq!(&back, b"after");
+}
+
+/// The store keeps a spare commit-log file ready and rolls into it (zero-filled under sync
+/// flush, its blocks reserved under async flush): a fresh store's first file and a file the
+/// log rolls into while a spare is ready have all their blocks before any data lands in
+/// them, the data reads back after a restart, and with `preallocate_commit_log` off new
+/// files are sparse.
+#[tokio::test]
+async fn commit_log_rolls_into_preallocated_spares() {
+    use std::os::unix::fs::MetadataExt;
+    let modes = [engine::FlushMode::Sync, engine::FlushMode::Async];
+    for (flush_mode, preallocate) in modes.into_iter().flat_map(|m| [(m, true), (m, false)]) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
-            flush_mode: engine::FlushMode::Sync,
+            flush_mode,
             preallocate_commit_log: preallocate,
             ..StoreConfig::small(dir.path().join("store"))
         };
@@ -102,7 +129,11 @@ async fn sync_flush_rolls_into_preallocated_spares() {
             *n += 1;
         };
         put(&mut n).await;
-        assert_eq!(allocated(0), preallocate, "the first file holds one record (preallocate: {preallocate})");
+        assert_eq!(
+            allocated(0),
+            preallocate,
+            "the first file holds one record ({flush_mode:?}, preallocate: {preallocate})"
+        );
         for _ in 0..3 {
             // Past half of the file the allocation service prepares the next spare; once it
             // is ready, roll into it.
@@ -119,7 +150,11 @@ async fn sync_flush_rolls_into_preallocated_spares() {
                 put(&mut n).await;
             }
             put(&mut n).await;
-            assert_eq!(allocated(next), preallocate, "file {next} holds one record (preallocate: {preallocate})");
+            assert_eq!(
+                allocated(next),
+                preallocate,
+                "file {next} holds one record ({flush_mode:?}, preallocate: {preallocate})"
+            );
         }
         let end = store.max_phy_offset();
         store.shutdown().await.unwrap();

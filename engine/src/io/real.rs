@@ -261,7 +261,9 @@ impl StorageFile for RealFile {
                 }
             });
         }
-        Box::pin(async move { sync_file_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)) })
+        Box::pin(
+            async move { sync_file_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)) },
+        )
     }
 
     /// Zero-fills with `pwrite` (the file is not written through its mapping: no page faults,
