@@ -6,8 +6,8 @@
 //! (puts of the single sync producer, default 5000), `--sync-each N` (puts per producer of
 //! the 64-producer sync run, default 1000), `--only PART` (`async`, `sync1`, `sync64` or `sync`),
 //! `--repeat N` (rounds of the store runs, default 3; the sync ratio is between medians),
-//! `--cl-file-mb N` (commit-log file size, default 1024), `--no-preallocate` (the sync runs'
-//! commit-log files are left sparse: `StoreConfig::preallocate_commit_log` off).
+//! `--cl-file-mb N` (commit-log file size, default 1024), `--no-preallocate` (commit-log files
+//! are left sparse: `StoreConfig::preallocate_commit_log` off).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,7 +118,7 @@ async fn open(a: &Args, dir: &Path, mode: FlushMode) -> Store {
 }
 
 /// One put before the clock starts: the first commit-log file is created outside the timed
-/// run. (Under sync flush a fresh store's `open` has already preallocated it, unless
+/// run. (A fresh store's `open` has already prepared it as a spare, unless
 /// `--no-preallocate`.)
 async fn first_file(store: &Store, body: &[u8]) {
     store.put("Bench", 0, body, None, &[]).await.unwrap();
@@ -258,9 +258,13 @@ async fn main() {
     raw_bandwidth(&a.dir, (a.mb << 20).min(256 << 20), true).await;
     let body = vec![0x42u8; MSG_BYTES];
     println!(
-        "commit-log files of {} MiB; sync runs' files {}",
+        "commit-log files of {} MiB, {}",
         a.cl_file_mb,
-        if a.no_preallocate { "sparse (--no-preallocate)" } else { "preallocated (zero-filled before use)" }
+        if a.no_preallocate {
+            "sparse (--no-preallocate)"
+        } else {
+            "preallocated (sync runs: zero-filled before use; async: blocks allocated)"
+        }
     );
     let wants = |part: &str| a.only.as_deref().is_none_or(|o| part.starts_with(o));
     let (mut singles, mut manys) = (Vec::new(), Vec::new());

@@ -17,8 +17,9 @@ use crate::store::{lock, CqMap, Inner};
 
 /// `CommitLogDispatcherBuildConsumeQueue` + `CommitLogDispatcherBuildIndex`, for a run of
 /// messages: the consume-queue and index locks, the clock reading and the queue-key buffer
-/// are taken once per run instead of once per message. No await may happen while one lives:
-/// a full index file ends the run.
+/// are taken once per run instead of once per message, and the dispatched timestamp is
+/// published once, when the run ends (still under the consume-queue lock). No await may
+/// happen while one lives: a full index file ends the run.
 struct Dispatcher<'a> {
     inner: &'a Inner,
     cqs: MutexGuard<'a, CqMap>,
@@ -26,6 +27,17 @@ struct Dispatcher<'a> {
     now_ms: i64,
     /// The queue's key, rebuilt in place for each message (a map lookup needs an owned key).
     key: (String, u32),
+    /// The newest store timestamp put into a consume queue by this run.
+    dispatched_ts_ms: Option<i64>,
+}
+
+impl Drop for Dispatcher<'_> {
+    fn drop(&mut self) {
+        // Late is safe: the flush service takes this as a bound on what it made durable.
+        if let Some(ts) = self.dispatched_ts_ms {
+            self.inner.logics_dispatched_ts.fetch_max(ts, Ordering::SeqCst);
+        }
+    }
 }
 
 impl<'a> Dispatcher<'a> {
@@ -36,6 +48,7 @@ impl<'a> Dispatcher<'a> {
             index: inner.cfg.message_index_enable.then(|| lock(&inner.index)),
             now_ms: inner.now_ms(),
             key: (String::new(), 0),
+            dispatched_ts_ms: None,
         }
     }
 
@@ -71,7 +84,8 @@ impl<'a> Dispatcher<'a> {
         let tags_code = m.tags().map_or(0, |t| i64::from(java_string_hash(t)));
         let unit = CqUnit { phy_offset: m.phy_offset as i64, size: size_bytes as i32, tags_code };
         cq.put(st, unit, m.queue_offset)?;
-        inner.logics_dispatched_ts.fetch_max(m.store_timestamp_ms, Ordering::SeqCst);
+        self.dispatched_ts_ms =
+            Some(self.dispatched_ts_ms.map_or(m.store_timestamp_ms, |t| t.max(m.store_timestamp_ms)));
         if inner.bug(Bug::CheckpointAheadOfCq) {
             // RocketMQ sets the checkpoint's logics timestamp at dispatch; any checkpoint
             // write (an index roll, say) then records CQ data that is not durable yet.
@@ -207,6 +221,8 @@ enum RunEnd {
 }
 
 /// Dispatches the records of `piece` from `off` on, holding the dispatch locks throughout.
+/// The reput offset is published once, when the run ends (a store per record was a fence per
+/// record): nothing that waits for it can look in between, as a run never awaits.
 fn dispatch_run(
     inner: &Inner,
     view: &ReadView,
@@ -219,55 +235,63 @@ fn dispatch_run(
     let max_record_bytes = inner.decode_limit();
     let complete = to_readable_end && view.readable >= view.size;
     let mut d = Dispatcher::new(inner);
-    while off < piece.len() as u64 {
-        let at = start + off;
-        let pos = at - view.from_offset;
-        let here = &piece[off as usize..];
-        let head = peek_header(here);
-        let Some(extent) = decode_extent(head, here.len() as u64, complete, max_record_bytes) else {
-            if to_readable_end {
-                return Ok(RunEnd::Piece(PieceEnd::CaughtUp));
-            }
-            // Cut by the piece's end: read again from this record, all of it.
-            let total = head.map_or(0, |(t, _)| u64::try_from(t).unwrap_or(0));
-            return Ok(RunEnd::Piece(PieceEnd::ReadMore { min_bytes: if off == 0 { total } else { 0 } }));
-        };
-        let opts = DecodeOptions {
-            check_crc: false,
-            max_record_bytes,
-            expected_phy_offset: Some(at),
-            bytes_left_in_file: Some(view.size - pos),
-            ..DecodeOptions::default()
-        };
-        let mut sealed = None;
-        let next = match decode_ref(&here[..extent as usize], &opts) {
-            DecodedRef::Valid(m, size) => {
-                sealed = d.dispatch(&m, size)?;
-                *n += 1;
-                at + u64::from(size)
-            }
-            DecodedRef::Blank { .. } => view.from_offset + view.size,
-            DecodedRef::Corrupt(c) => match c.declared_size {
-                // RocketMQ skips a failed record of known size and stops otherwise.
-                Some(d) if d > 0 && pos + u64::from(d) <= view.readable => {
-                    tracing::error!(offset = at, reason = %c.reason, "reput skips a corrupt record");
-                    at + u64::from(d)
+    let mut reached = start + off;
+    let end = 'run: {
+        while off < piece.len() as u64 {
+            let at = start + off;
+            let pos = at - view.from_offset;
+            let here = &piece[off as usize..];
+            let head = peek_header(here);
+            let Some(extent) = decode_extent(head, here.len() as u64, complete, max_record_bytes) else {
+                if to_readable_end {
+                    break 'run Ok(RunEnd::Piece(PieceEnd::CaughtUp));
                 }
-                _ => {
-                    tracing::error!(offset = at, reason = %c.reason, "reput stopped at a corrupt record");
-                    inner.reput_stopped_at.store(at, Ordering::SeqCst);
-                    return Ok(RunEnd::Piece(PieceEnd::CaughtUp));
+                // Cut by the piece's end: read again from this record, all of it.
+                let total = head.map_or(0, |(t, _)| u64::try_from(t).unwrap_or(0));
+                break 'run Ok(RunEnd::Piece(PieceEnd::ReadMore { min_bytes: if off == 0 { total } else { 0 } }));
+            };
+            let opts = DecodeOptions {
+                check_crc: false,
+                max_record_bytes,
+                expected_phy_offset: Some(at),
+                bytes_left_in_file: Some(view.size - pos),
+                ..DecodeOptions::default()
+            };
+            let mut sealed = None;
+            let next = match decode_ref(&here[..extent as usize], &opts) {
+                DecodedRef::Valid(m, size) => {
+                    sealed = match d.dispatch(&m, size) {
+                        Ok(sealed) => sealed,
+                        Err(e) => break 'run Err(e),
+                    };
+                    *n += 1;
+                    at + u64::from(size)
                 }
-            },
-        };
-        off = next - start;
-        if let Some(sealed) = sealed {
-            // The reput offset passes the message once the index file it filled is durable.
-            return Ok(RunEnd::Sealed { sealed, next_off: off });
+                DecodedRef::Blank { .. } => view.from_offset + view.size,
+                DecodedRef::Corrupt(c) => match c.declared_size {
+                    // RocketMQ skips a failed record of known size and stops otherwise.
+                    Some(d) if d > 0 && pos + u64::from(d) <= view.readable => {
+                        tracing::error!(offset = at, reason = %c.reason, "reput skips a corrupt record");
+                        at + u64::from(d)
+                    }
+                    _ => {
+                        tracing::error!(offset = at, reason = %c.reason, "reput stopped at a corrupt record");
+                        inner.reput_stopped_at.store(at, Ordering::SeqCst);
+                        break 'run Ok(RunEnd::Piece(PieceEnd::CaughtUp));
+                    }
+                },
+            };
+            off = next - start;
+            if let Some(sealed) = sealed {
+                // The reput offset passes the message once the index file it filled is durable.
+                break 'run Ok(RunEnd::Sealed { sealed, next_off: off });
+            }
+            reached = next;
         }
-        inner.reput_offset.store(next, Ordering::SeqCst);
-    }
-    Ok(RunEnd::Piece(PieceEnd::ReadMore { min_bytes: 0 }))
+        Ok(RunEnd::Piece(PieceEnd::ReadMore { min_bytes: 0 }))
+    };
+    inner.reput_offset.store(reached, Ordering::SeqCst);
+    end
 }
 
 /// Waits (bounded) until dispatch has caught up with the commit log.

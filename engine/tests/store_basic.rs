@@ -344,3 +344,35 @@ async fn malformed_extra_properties_are_refused_and_nothing_is_written() {
     assert_eq!(r.queue_offset, 1, "the refused puts took no queue offset");
     store.shutdown().await.unwrap();
 }
+
+/// On a full disk, dispatch (which cannot create a new queue's file) and the allocation
+/// service (which cannot create a spare) retry at a bounded rate, not on every put.
+#[tokio::test]
+async fn failing_file_creation_is_retried_at_a_bounded_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let storage = TestStorage::new();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let store = open(&cfg, &storage, &clock).await;
+    store.start().unwrap();
+    store.put("T", 0, b"first", None, &[]).await.unwrap();
+    common_wait_dispatch(&store).await;
+    storage.c.fail_creates.store(true, Ordering::SeqCst);
+    let before = storage.c.creates.load(Ordering::SeqCst);
+    // A new queue (its file cannot be created), and past half of the commit-log file (the
+    // next spare cannot be created either), short of the file's end; a put every 5 ms for a
+    // second.
+    for i in 0..200u32 {
+        clock.advance(5);
+        store.put("U", 0, &[i as u8; 100], None, &[]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(store.max_phy_offset() > cfg.commit_log_file_size_bytes / 2);
+    let attempts = storage.c.creates.load(Ordering::SeqCst) - before;
+    // Dispatch retries every 100 ms, the allocation service every second.
+    assert!((3..=20).contains(&attempts), "{attempts} creations attempted in a second");
+    storage.c.fail_creates.store(false, Ordering::SeqCst);
+    common_wait_dispatch(&store).await;
+    assert_eq!(store.max_offset("U", 0), 200, "dispatch caught up once the disk had room");
+    store.shutdown().await.unwrap();
+}

@@ -45,6 +45,10 @@ pub struct Counters {
     pub commit_log_writes: AtomicU64,
     /// Fail exactly the next write into a commit-log file.
     pub fail_next_commit_log_write: AtomicBool,
+    /// File creations attempted.
+    pub creates: AtomicU64,
+    /// Every file creation fails with ENOSPC.
+    pub fail_creates: AtomicBool,
 }
 
 impl Counters {
@@ -115,6 +119,10 @@ impl Storage for TestStorage {
         self.real.create_dir_all(path)
     }
     fn create(&self, path: &Path) -> Result<Arc<dyn StorageFile>, IoError> {
+        self.c.creates.fetch_add(1, Ordering::SeqCst);
+        if self.c.fail_creates.load(Ordering::SeqCst) {
+            return Err(IoError::NoSpace { op: IoOp::Create, path: path.to_path_buf() });
+        }
         Ok(Arc::new(TestFile { inner: self.real.create(path)?, c: self.c.clone() }))
     }
     fn open(&self, path: &Path) -> Result<Arc<dyn StorageFile>, IoError> {
