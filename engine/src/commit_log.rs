@@ -533,7 +533,7 @@ impl CommitLog {
         let at = Placement { phy_offset: phy, ..at };
         set_uniq_phy(props, phy_hex, phy);
         self.buf.clear();
-        at.message(req, props).encode_into(&mut self.buf)?;
+        at.message(req, props).encode_validated_into(&mut self.buf);
         debug_assert_eq!(self.buf.len() as u64, len);
         let file = self.queue.last_mut().expect("place leaves a writable file");
         file.append(&self.buf, store_ts_ms)?;

@@ -55,16 +55,17 @@ impl<'a> Dispatcher<'a> {
     /// Dispatches one message; a full index file it sealed must be synced (`seal_index`)
     /// before the next message is dispatched.
     fn dispatch(&mut self, m: &MessageRef<'_>, size_bytes: u32) -> Result<Option<SealedIndex>> {
+        let props = m.dispatch_properties();
         if m.is_dispatchable() {
-            self.put_unit(m, size_bytes)?;
+            self.put_unit(m, props.tags, size_bytes)?;
         }
         match &mut self.index {
-            Some(index) => index.build(self.inner.storage.as_ref(), m, self.now_ms),
+            Some(index) => index.build(self.inner.storage.as_ref(), m, &props, self.now_ms),
             None => Ok(None),
         }
     }
 
-    fn put_unit(&mut self, m: &MessageRef<'_>, size_bytes: u32) -> Result<()> {
+    fn put_unit(&mut self, m: &MessageRef<'_>, tags: Option<&str>, size_bytes: u32) -> Result<()> {
         let inner = self.inner;
         let st = inner.storage.as_ref();
         fill_queue_key(&mut self.key, m.topic, m.queue_id);
@@ -81,7 +82,7 @@ impl<'a> Dispatcher<'a> {
             self.cqs.insert(self.key.clone(), cq);
         }
         let cq = self.cqs.get_mut(&self.key).expect("inserted");
-        let tags_code = m.tags().map_or(0, |t| i64::from(java_string_hash(t)));
+        let tags_code = tags.map_or(0, |t| i64::from(java_string_hash(t)));
         let unit = CqUnit { phy_offset: m.phy_offset as i64, size: size_bytes as i32, tags_code };
         cq.put(st, unit, m.queue_offset)?;
         self.dispatched_ts_ms =

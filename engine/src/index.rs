@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::io::{Hold, HoldCounter, HoldKind, Holds, IoError, Storage, StorageFile};
-use crate::java_hash::index_key_hash_of;
+use crate::java_hash::{index_key_hash_of, IndexKeyHasher};
 use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
-use crate::message::MessageRef;
+use crate::message::{DispatchProperties, MessageRef};
 
 pub const INDEX_HEADER_BYTES: u64 = 40;
 pub const INDEX_SLOT_BYTES: u64 = 4;
@@ -384,8 +384,15 @@ impl IndexService {
         }
     }
 
-    /// `buildIndex`: adds UNIQ_KEY and the KEYS of `msg`. Returns a file that filled up.
-    pub fn build(&mut self, storage: &dyn Storage, msg: &MessageRef<'_>, now_ms: i64) -> Result<Option<SealedIndex>> {
+    /// `buildIndex`: adds UNIQ_KEY and the KEYS of `msg` (`props`, its dispatch properties).
+    /// Returns a file that filled up.
+    pub fn build(
+        &mut self,
+        storage: &dyn Storage,
+        msg: &MessageRef<'_>,
+        props: &DispatchProperties<'_>,
+        now_ms: i64,
+    ) -> Result<Option<SealedIndex>> {
         if !msg.is_dispatchable() {
             return Ok(None);
         }
@@ -395,8 +402,9 @@ impl IndexService {
             }
         }
         let mut sealed = None;
-        for key in msg.uniq_key().into_iter().chain(msg.keys()) {
-            let hash = index_key_hash_of(msg.topic, key);
+        let hasher = IndexKeyHasher::new(msg.topic);
+        for key in props.index_keys() {
+            let hash = hasher.hash(key);
             loop {
                 let needs_new = self.files.last().is_none_or(|f| f.is_full());
                 if needs_new {
