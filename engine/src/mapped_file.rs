@@ -267,7 +267,11 @@ impl MappedFile {
     /// prepared: up to `PREPARE_AHEAD_BYTES` past `wrote`, once a step's worth is due. The
     /// caller prepares it outside its lock, off the writer's path.
     pub fn next_range_to_prepare(&mut self) -> Option<PrepareRange> {
-        let from = self.prepared_to.max(self.wrote);
+        // A writer that has overtaken the prepared pages faults its own for a step: preparing
+        // right where it writes only had the two fault the same pages in, and under a
+        // writeback's load neither got ahead again for the rest of the file.
+        let behind = self.prepared_to < self.wrote;
+        let from = if behind { (self.wrote + PREPARE_STEP_BYTES).min(self.size) } else { self.prepared_to };
         let to = (self.wrote + PREPARE_AHEAD_BYTES).min(self.size);
         if to <= from || (to - from < PREPARE_STEP_BYTES && to < self.size) {
             return None;
@@ -392,5 +396,39 @@ impl MappedFile {
     pub fn set_last_store_ts_ms(&mut self, ts: i64) {
         self.last_ts_wrote_ms = ts;
         self.last_ts_committed_ms = ts;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::real::RealStorage;
+
+    const MIB: u64 = 1 << 20;
+
+    fn range(mf: &mut MappedFile) -> Option<(u64, u64)> {
+        mf.next_range_to_prepare().map(|r| (r.offset / MIB, (r.offset + r.len) / MIB))
+    }
+
+    /// Pages are prepared up to 4 MiB ahead of the writer in steps of at least 1 MiB; a writer
+    /// that overtook them is left a step of its own; the end of the file ends the last range.
+    #[test]
+    fn ranges_to_prepare_stay_ahead_of_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 10 * MIB;
+        let mut mf = MappedFile::create(&RealStorage::new(), dir.path(), 0, size, Holds::new(), None).unwrap();
+        assert_eq!(range(&mut mf), Some((0, 4)), "a fresh file: its first 4 MiB");
+        assert_eq!(range(&mut mf), None, "nothing new is due");
+        let chunk = vec![7u8; (MIB / 2) as usize];
+        mf.append(&chunk, 1).unwrap();
+        assert_eq!(range(&mut mf), None, "less than a step since");
+        mf.append(&chunk, 1).unwrap();
+        assert_eq!(range(&mut mf), Some((4, 5)), "one step further");
+        for _ in 0..10 {
+            mf.append(&chunk, 1).unwrap();
+        }
+        assert_eq!(mf.wrote(), 6 * MIB);
+        assert_eq!(range(&mut mf), Some((7, 10)), "overtaken at 5 MiB: a step left to the writer, up to the end");
+        assert_eq!(range(&mut mf), None);
     }
 }
