@@ -11,7 +11,6 @@ use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::error::Result;
 use crate::index::{IndexService, SealedIndex};
 use crate::java_hash::java_string_hash;
-use crate::mapped_file::PrepareRange;
 use crate::message::{decode_ref, peek_header, DecodeOptions, DecodedRef, MessageRef};
 use crate::store::{lock, CqMap, Inner};
 
@@ -132,14 +131,13 @@ enum PieceEnd {
     ReadMore { min_bytes: u64 },
 }
 
-/// Prepares the commit log's next pages for the producer (`CommitLog::next_range_to_prepare`).
-/// Dispatch does it, between pieces, because under load it is the one background task that
-/// is always running: a blocking-pool thread woken for each step (as before) was woken on
-/// the producer's CPU and preempted it there, ~1,400 times per 2 GiB appended.
-fn prepare(range: Option<PrepareRange>) {
-    if let Some(range) = range {
-        range.prepare();
-    }
+/// Where dispatch reads next.
+enum NextPiece {
+    /// Nothing readable yet.
+    None,
+    /// The reput offset moved (below the log's start): look again.
+    Again,
+    In(ReadView),
 }
 
 /// Dispatches everything readable from the reput offset. Returns the messages dispatched.
@@ -151,31 +149,37 @@ pub(crate) async fn dispatch_available(inner: &Inner) -> Result<u64> {
     let mut min_bytes = 0;
     loop {
         let reput = inner.reput_offset.load(Ordering::SeqCst);
-        let (view, to_prepare) = {
+        let (next, to_prepare) = {
             let mut cl = lock(&inner.cl);
             let to_prepare = cl.next_range_to_prepare();
-            if reput >= cl.readable_offset() {
-                drop(cl);
-                prepare(to_prepare);
-                return Ok(n);
-            }
-            if reput < cl.min_offset() {
+            let next = if reput >= cl.readable_offset() {
+                NextPiece::None
+            } else if reput < cl.min_offset() {
                 inner.reput_offset.store(cl.min_offset(), Ordering::SeqCst);
-                continue;
-            }
-            match cl.view(reput) {
-                // The file holding the reput offset has nothing readable there yet although a
-                // later file has (transient pool: a full file not yet committed while the
-                // next one, written directly, is): wait for the commit instead of spinning.
-                Some(v) if reput < v.from_offset + v.readable => (v, to_prepare),
-                _ => {
-                    drop(cl);
-                    prepare(to_prepare);
-                    return Ok(n);
+                NextPiece::Again
+            } else {
+                match cl.view(reput) {
+                    // The file holding the reput offset has nothing readable there yet although
+                    // a later file has (transient pool: a full file not yet committed while the
+                    // next one, written directly, is): wait for the commit instead of spinning.
+                    Some(v) if reput < v.from_offset + v.readable => NextPiece::In(v),
+                    _ => NextPiece::None,
                 }
-            }
+            };
+            (next, to_prepare)
         };
-        prepare(to_prepare);
+        // The commit log's next pages, for the producer. Dispatch prepares them because under
+        // load it is the one background task always running: a blocking-pool thread woken
+        // for each step (as before) was woken on the producer's CPU and preempted it there,
+        // ~1,400 times per 2 GiB appended.
+        if let Some(range) = to_prepare {
+            range.prepare();
+        }
+        let view = match next {
+            NextPiece::None => return Ok(n),
+            NextPiece::Again => continue,
+            NextPiece::In(view) => view,
+        };
         let pos = reput - view.from_offset;
         let avail = view.readable - pos;
         let len = avail.min(DISPATCH_READ_BYTES.max(min_bytes));

@@ -24,8 +24,8 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
 const REWRITE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How far ahead of the writer a file's pages are prepared (`StorageFile::prepare_write`).
-/// Pages prepared but not yet written are dirty zeros that a flush writes back for nothing:
-/// a few MiB per flush at most.
+/// Pages prepared but not yet written are dirty zeros that the kernel's own writeback may
+/// write out for nothing (the store's flush syncs only the written range): a few MiB at most.
 const PREPARE_AHEAD_BYTES: u64 = 4 << 20;
 
 /// Ranges are prepared in steps of at least this much (or up to the end of the file).

@@ -254,16 +254,14 @@ impl StorageFile for RealFile {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (file, map) = (self.file.clone(), self.map.clone());
             return Box::pin(async move {
-                match rt.spawn_blocking(move || sync_file_range(&file, &map, offset, len)).await {
+                match rt.spawn_blocking(move || datasync_range(&file, &map, offset, len)).await {
                     Ok(r) => r.map_err(err(IoOp::Sync, &self.path)),
                     // The pool is shutting down: sync here instead.
-                    Err(_) => sync_file_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)),
+                    Err(_) => datasync_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)),
                 }
             });
         }
-        Box::pin(
-            async move { sync_file_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)) },
-        )
+        Box::pin(async move { datasync_range(&self.file, &self.map, offset, len).map_err(err(IoOp::Sync, &self.path)) })
     }
 
     /// Zero-fills with `pwrite` (the file is not written through its mapping: no page faults,
@@ -323,11 +321,12 @@ impl StorageFile for RealFile {
 /// Makes `[offset, offset + len)` and the file's length durable. Inside the mapping it is
 /// `msync` of the range (Linux: `vfs_fsync_range`, fdatasync restricted to the range, for
 /// pages dirtied through the map or by `pwrite` alike); otherwise `fdatasync` of the file.
-/// The range matters under async flush: `fdatasync` also wrote back the pages prepared
-/// ahead of the writer (dirty zeros), which write-protected them, and the writer then
-/// faulted on each again, at times waiting for the writeback to finish. The mapping's read
-/// lock, held throughout, keeps it alive and does not stop writers (they take it shared).
-fn sync_file_range(file: &File, map: &RwLock<Option<MmapRaw>>, offset: u64, len: u64) -> std::io::Result<()> {
+/// (Not `sync_file_range(2)`, which makes nothing durable.) The range matters under async
+/// flush: `fdatasync` also wrote back the pages prepared ahead of the writer (dirty zeros),
+/// which write-protected them, so the writer faulted on each of them again. The mapping's
+/// read lock, held throughout, keeps it alive and does not stop writers (they take it
+/// shared).
+fn datasync_range(file: &File, map: &RwLock<Option<MmapRaw>>, offset: u64, len: u64) -> std::io::Result<()> {
     let map = map.read().unwrap_or_else(|e| e.into_inner());
     match (usize::try_from(len).ok().and_then(|len| RealFile::in_map(&map, offset, len)), map.as_ref()) {
         (Some(range), Some(m)) if !range.is_empty() => m.flush_range(range.start, range.len()),
