@@ -7,7 +7,8 @@
 //! the 64-producer sync run, default 1000), `--only PART` (`async`, `sync1`, `sync64` or `sync`),
 //! `--repeat N` (rounds of the store runs, default 3; the sync ratio is between medians),
 //! `--cl-file-mb N` (commit-log file size, default 1024), `--no-preallocate` (commit-log files
-//! are left sparse: `StoreConfig::preallocate_commit_log` off).
+//! are left sparse: `StoreConfig::preallocate_commit_log` off), `--transient-pool` (the async
+//! run in `FlushMode::TransientPool`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ struct Args {
     repeat: usize,
     cl_file_mb: u64,
     no_preallocate: bool,
+    /// The async run in transient-pool mode (appends into pooled buffers, committed to the
+    /// file by the commit service).
+    transient_pool: bool,
 }
 
 fn args() -> Args {
@@ -43,11 +47,14 @@ fn args() -> Args {
         repeat: 3,
         cl_file_mb: 1024,
         no_preallocate: false,
+        transient_pool: false,
     };
     let mut v: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = v.iter().position(|f| f == "--no-preallocate") {
-        a.no_preallocate = true;
-        v.remove(i);
+    for (flag, on) in [("--no-preallocate", &mut a.no_preallocate), ("--transient-pool", &mut a.transient_pool)] {
+        if let Some(i) = v.iter().position(|f| f == flag) {
+            *on = true;
+            v.remove(i);
+        }
     }
     for pair in v.chunks(2) {
         let val = pair.get(1).cloned().unwrap_or_default();
@@ -144,7 +151,8 @@ fn usage(who: libc::c_int) -> (f64, f64, i64, i64) {
 }
 
 async fn run_async(a: &Args, raw: f64, body: &[u8]) {
-    let store = open(a, &a.dir.join("async"), FlushMode::Async).await;
+    let mode = if a.transient_pool { FlushMode::TransientPool } else { FlushMode::Async };
+    let store = open(a, &a.dir.join("async"), mode).await;
     let n = (a.mb << 20) / MSG_BYTES as u64;
     let (before, process_before) = (usage(libc::RUSAGE_THREAD), usage(libc::RUSAGE_SELF));
     let t = Instant::now();

@@ -280,8 +280,13 @@ impl MappedFile {
         Some(PrepareRange { file: self.file.clone(), offset: from, len: to - from })
     }
 
-    /// Declares the rest of the file written (after an end-of-file blank).
+    /// Declares the rest of the file written (after an end-of-file blank). A pooled buffer
+    /// holds whatever its last file left in it: the rest is zeroed there before `commit`
+    /// writes it into the file.
     pub fn fill_to_end(&mut self) {
+        if let Some(buf) = &mut self.write_buffer {
+            buf.as_mut_slice()[self.wrote as usize..].fill(0);
+        }
         self.wrote = self.size;
         if self.write_buffer.is_none() && self.batch.is_none() {
             self.committed = self.size;
@@ -408,6 +413,28 @@ mod tests {
 
     fn range(mf: &mut MappedFile) -> Option<(u64, u64)> {
         mf.next_range_to_prepare().map(|r| (r.offset / MIB, (r.offset + r.len) / MIB))
+    }
+
+    /// A pooled write buffer comes back as its last file left it: what the file declares
+    /// written without appending it (the end after a blank) reaches the file as zeros.
+    #[test]
+    fn a_reused_write_buffer_commits_zeros_after_the_blank() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 64 * 1024;
+        let pool = crate::io::BufferPool::new("transient", 1, size as usize, Holds::new());
+        let mut used = pool.borrow().unwrap();
+        used.as_mut_slice().fill(0xEE);
+        drop(used);
+        let buf = pool.borrow();
+        let st = RealStorage::new();
+        let mut mf = MappedFile::create(&st, dir.path(), 0, size, Holds::new(), buf).unwrap();
+        mf.append(&[1u8; 100], 1).unwrap();
+        mf.fill_to_end();
+        assert!(mf.commit(0, 4096).unwrap());
+        let mut back = vec![0u8; size as usize];
+        mf.read(0, &mut back).unwrap();
+        assert_eq!(&back[..100], &[1u8; 100][..]);
+        assert!(back[100..].iter().all(|&b| b == 0), "stale bytes of the buffer's last file reached this one");
     }
 
     /// Pages are prepared up to 4 MiB ahead of the writer in steps of at least 1 MiB; a writer
