@@ -452,9 +452,9 @@ impl CommitLog {
     }
 
     /// Whether the allocation service has a spare to prepare: there is none, and the last
-    /// file is at least half full (or there is no file). Not at once after a roll: preparing
-    /// writes a whole file, which would compete with the group commit's syncs for the disk
-    /// long before the spare is needed.
+    /// file is at least half full (or there is no file). Not at once after a roll: under sync
+    /// flush preparing writes a whole file, which would compete with the group commit's syncs
+    /// for the disk long before the spare is needed.
     pub fn wants_spare(&self) -> bool {
         matches!(self.spare, Spare::Wanted) && self.queue.last().is_none_or(|f| 2 * f.wrote() >= f.size())
     }

@@ -93,7 +93,7 @@ pub struct LoadRepairs {
 /// can undo the rename that took it into use (the directory was not synced yet) and leave
 /// unacknowledged records in it under this name.
 pub const SPARE_FILE_NAME: &str = "spare";
-/// The spare while it is being zero-filled; renamed to `SPARE_FILE_NAME` once durable.
+/// The spare while it is being prepared; renamed to `SPARE_FILE_NAME` once ready.
 pub const SPARE_TMP_FILE_NAME: &str = "spare.tmp";
 const SPARE_FILE_NAMES: [&str; 2] = [SPARE_FILE_NAME, SPARE_TMP_FILE_NAME];
 

@@ -1,10 +1,12 @@
 //! The same engine on the real disk and the real clock (std::fs + memmap2 through
 //! `io::real`): put, clean restart, read back; a crash-like reopen takes the abnormal path.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use engine::io::real::RealStorage;
-use engine::io::SystemClock;
+use engine::io::{StorageFile, SystemClock};
 use engine::recovery::RecoveryKind;
 use engine::{Store, StoreConfig};
 
@@ -53,44 +55,44 @@ async fn put_restart_get_and_crash_reopen_on_the_real_disk() {
     store.shutdown().await.unwrap();
 }
 
+/// A sparse file of `len` bytes on the real disk (checked: no block allocated yet).
+fn sparse_file(dir: &Path, name: &str, len: u64) -> (std::path::PathBuf, Arc<dyn StorageFile>) {
+    use engine::io::Storage;
+    let path = dir.join(name);
+    let file = RealStorage::new().create(&path).unwrap();
+    file.set_len(len).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "set_len leaves the file sparse");
+    (path, file)
+}
+
+/// Every block of the file at `path` is allocated, and the file is `len` bytes of zeros.
+fn assert_allocated_zeros(path: &Path, file: &dyn StorageFile, len: u64) {
+    use engine::io::storage::StorageFileExt;
+    assert!(std::fs::metadata(path).unwrap().blocks() * 512 >= len, "every block allocated");
+    assert_eq!(file.len().unwrap(), len);
+    assert!(file.read_all().unwrap().iter().all(|&b| b == 0));
+}
+
 /// `StorageFile::preallocate` on the real disk: every block of a sparse file is written
 /// (zeros), so a later sync allocates nothing.
 #[tokio::test]
 async fn preallocate_writes_every_block_with_zeros() {
-    use engine::io::storage::StorageFileExt;
-    use engine::io::Storage;
-    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let st = RealStorage::new();
     let len = (1 << 20) + 4096 * 3;
-    let path = dir.path().join("fresh");
-    let file = st.create(&path).unwrap();
-    file.set_len(len).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "set_len leaves the file sparse");
+    let (path, file) = sparse_file(dir.path(), "fresh", len);
     file.preallocate().await.unwrap();
-    assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= len, "every block written");
-    assert_eq!(file.len().unwrap(), len);
-    assert!(file.read_all().unwrap().iter().all(|&b| b == 0));
+    assert_allocated_zeros(&path, file.as_ref(), len);
 }
 
 /// `reserve_blocks` allocates every block of the file without writing it: the length and
 /// the zeros stay, and data written afterwards reads back.
 #[tokio::test]
 async fn reserve_blocks_allocates_every_block_and_keeps_the_zeros() {
-    use engine::io::storage::StorageFileExt;
-    use engine::io::Storage;
-    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let st = RealStorage::new();
     let len = (1 << 20) + 4096 * 3;
-    let path = dir.path().join("reserved");
-    let file = st.create(&path).unwrap();
-    file.set_len(len).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().blocks(), 0, "set_len leaves the file sparse");
+    let (path, file) = sparse_file(dir.path(), "reserved", len);
     file.reserve_blocks().await.unwrap();
-    assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= len, "every block allocated");
-    assert_eq!(file.len().unwrap(), len);
-    assert!(file.read_all().unwrap().iter().all(|&b| b == 0));
+    assert_allocated_zeros(&path, file.as_ref(), len);
     file.write_at(4096, b"after").unwrap();
     file.sync_range(4096, 5).await.unwrap();
     let mut back = [0u8; 5];
@@ -105,7 +107,6 @@ async fn reserve_blocks_allocates_every_block_and_keeps_the_zeros() {
 /// files are sparse.
 #[tokio::test]
 async fn commit_log_rolls_into_preallocated_spares() {
-    use std::os::unix::fs::MetadataExt;
     let modes = [engine::FlushMode::Sync, engine::FlushMode::Async];
     for (flush_mode, preallocate) in modes.into_iter().flat_map(|m| [(m, true), (m, false)]) {
         let dir = tempfile::tempdir().unwrap();
@@ -124,7 +125,7 @@ async fn commit_log_rolls_into_preallocated_spares() {
         assert_eq!(cl_dir.join("spare").exists(), preallocate, "a fresh store's open prepares the first spare");
         store.start().unwrap();
         let mut n = 0u32;
-        let mut put = async |n: &mut u32| {
+        let put = async |n: &mut u32| {
             store.put("Real", *n % 2, &[*n as u8; 700], None, &[]).await.unwrap();
             *n += 1;
         };
