@@ -41,6 +41,25 @@ pub enum Bug {
     /// RocketMQ's own behaviour: truncation does not zero the stale bytes after the cut, so a
     /// later recovery can resurrect stale records.
     NoZeroOnTruncate,
+    /// #8409: when a tiered segment is full, the writer commits it and rolls to a new one
+    /// whatever the commit returned; the old segment's unuploaded tail is never uploaded.
+    TieredFullCommitIgnored,
+    /// #8532: after the final commit of a full segment its size is not saved in the metadata.
+    TieredFullSizeNotSaved,
+    /// #8955: the dispatcher's hold branch returns without releasing the message it read.
+    TieredHoldNotReleased,
+    /// #8955: a missing consume-queue unit or message ends the dispatcher task.
+    TieredDispatcherDies,
+    /// #8955: a queue whose dispatch fails does not return its semaphore permit.
+    TieredPermitNotReturned,
+    /// #9069: a failed batch commit keeps the batch's message buffers held.
+    TieredFailedCommitBuffersKept,
+    /// ours: the tiered consume queue is committed before the commit log it points into.
+    TieredCqBeforeCl,
+    /// ours: an append whose acknowledgement was lost is taken as failed and appended again.
+    TieredAckLostAppendAgain,
+    /// ours: a partial append is taken as all-or-nothing and the whole batch sent again.
+    TieredPartialAllOrNothing,
 }
 
 /// Static facts about a catalogued bug.
@@ -56,7 +75,7 @@ pub struct BugInfo {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 20] = [
         Bug::SkipHalfWrittenRecord,
         Bug::DestroyCurrentIndex,
         Bug::CheckpointAheadOfCq,
@@ -68,7 +87,30 @@ impl Bug {
         Bug::RetryFailedSync,
         Bug::NoDirSync,
         Bug::NoZeroOnTruncate,
+        Bug::TieredFullCommitIgnored,
+        Bug::TieredFullSizeNotSaved,
+        Bug::TieredHoldNotReleased,
+        Bug::TieredDispatcherDies,
+        Bug::TieredPermitNotReturned,
+        Bug::TieredFailedCommitBuffersKept,
+        Bug::TieredCqBeforeCl,
+        Bug::TieredAckLostAppendAgain,
+        Bug::TieredPartialAllOrNothing,
     ];
+
+    /// The bugs of the local store (the `broker` scenario's).
+    pub fn local() -> Vec<Bug> {
+        Bug::ALL.into_iter().filter(|b| !b.is_tiered()).collect()
+    }
+
+    /// The bugs of tiered storage (the `tiered` scenario's).
+    pub fn tiered() -> Vec<Bug> {
+        Bug::ALL.into_iter().filter(|b| b.is_tiered()).collect()
+    }
+
+    pub fn is_tiered(self) -> bool {
+        self.id().starts_with("tiered-")
+    }
 
     pub fn info(self) -> BugInfo {
         let (id, origin, description, checker) = match self {
@@ -137,6 +179,60 @@ impl Bug {
                 // pointing past the log's end before any stale record is served.
                 "consume-queue",
             ),
+            Bug::TieredFullCommitIgnored => (
+                "tiered-full-commit-ignored",
+                "#8409",
+                "a full tiered segment rolls whatever its final commit returned, so its unuploaded tail is lost",
+                "tiered-readable",
+            ),
+            Bug::TieredFullSizeNotSaved => (
+                "tiered-full-size-not-saved",
+                "#8532",
+                "the final commit of a full tiered segment is not saved in the metadata",
+                "tiered-contiguity",
+            ),
+            Bug::TieredHoldNotReleased => (
+                "tiered-hold-not-released",
+                "#8955",
+                "the tiered dispatcher's hold branch returns without releasing the message it read",
+                "no-leak",
+            ),
+            Bug::TieredDispatcherDies => (
+                "tiered-dispatcher-dies",
+                "#8955",
+                "a missing consume-queue unit or message ends the tiered dispatcher task",
+                "tiered-progress",
+            ),
+            Bug::TieredPermitNotReturned => (
+                "tiered-permit-not-returned",
+                "#8955",
+                "a queue whose tiered dispatch fails keeps its semaphore permit",
+                "no-leak",
+            ),
+            Bug::TieredFailedCommitBuffersKept => (
+                "tiered-failed-commit-buffers-kept",
+                "#9069",
+                "a failed tiered batch commit keeps its message buffers held",
+                "no-leak",
+            ),
+            Bug::TieredCqBeforeCl => (
+                "tiered-cq-before-cl",
+                "ours",
+                "the tiered consume queue is committed before the commit-log bytes it points into",
+                "tiered-readable",
+            ),
+            Bug::TieredAckLostAppendAgain => (
+                "tiered-ack-lost-append-again",
+                "ours",
+                "an append whose acknowledgement was lost is taken as failed and its bytes appended again",
+                "tiered-readable",
+            ),
+            Bug::TieredPartialAllOrNothing => (
+                "tiered-partial-all-or-nothing",
+                "ours",
+                "a partially applied append is taken as all-or-nothing and the whole batch sent again",
+                "tiered-readable",
+            ),
         };
         BugInfo { bug: self, id, origin, description, checker }
     }
@@ -201,7 +297,11 @@ mod tests {
                 "key-index",
                 "abort-checkpoint",
                 "liveness",
-                "no-leak"
+                "no-leak",
+                "tiered-contiguity",
+                "tiered-readable",
+                "tiered-progress",
+                "tiered-durability",
             ]
             .contains(&checker));
         }

@@ -144,6 +144,13 @@ pub struct ReadView {
     _hold: Hold,
 }
 
+impl ReadView {
+    /// Another hold on the viewed file, outliving the view.
+    pub fn hold(&self) -> Hold {
+        self._hold.clone_hold()
+    }
+}
+
 /// A record read from a file, or "not all of it is readable yet".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordAt {

@@ -296,6 +296,7 @@ fn dispatch_run(
         Ok(RunEnd::Piece(PieceEnd::ReadMore { min_bytes: 0 }))
     };
     inner.reput_offset.store(reached, Ordering::SeqCst);
+    inner.dispatched.notify_waiters();
     end
 }
 

@@ -18,6 +18,7 @@ pub mod mapped_file_queue;
 pub mod message;
 pub mod recovery;
 pub mod store;
+pub mod tiered;
 
 pub use bugs::{Bug, BugSet};
 pub use config::{FlushMode, StoreConfig};

@@ -204,6 +204,7 @@ pub(crate) fn load(
         wake_group: Notify::new(),
         wake_allocate: Notify::new(),
         stop_notify: Notify::new(),
+        dispatched: Notify::new(),
         group_requests: Mutex::new(Vec::new()),
         recovery: Mutex::new(RecoveryReport::default()),
         counters: Default::default(),

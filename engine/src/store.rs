@@ -140,6 +140,9 @@ pub(crate) struct Inner {
     /// Wakes the allocation service: the last commit-log file is half full and has no spare.
     pub wake_allocate: Notify,
     pub stop_notify: Notify,
+    /// Woken (`notify_waiters`) after each dispatch run: consumers of dispatched messages
+    /// (tiered storage) wait on it instead of polling.
+    pub dispatched: Notify,
     pub group_requests: Mutex<Vec<GroupRequest>>,
     pub recovery: Mutex<RecoveryReport>,
     pub counters: Counters,
@@ -399,6 +402,22 @@ impl Inner {
     }
 }
 
+/// The bytes of one message read from the log, with a hold on its mapped file for as long as
+/// it lives (RocketMQ's `SelectMappedBufferResult`): a reader that forgets to drop it keeps the
+/// file from being expired, and the hold shows in `Store::holds`.
+pub struct SelectedMessage {
+    pub phy_offset: u64,
+    pub bytes: Vec<u8>,
+    pub store_timestamp_ms: i64,
+    pub hold: crate::io::Hold,
+}
+
+impl std::fmt::Debug for SelectedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SelectedMessage").field("phy_offset", &self.phy_offset).field("len", &self.bytes.len()).finish()
+    }
+}
+
 /// A running (or opened) store. Dropping it without `shutdown` is a crash: services stop
 /// where they are and the abort file stays.
 pub struct Store {
@@ -518,6 +537,37 @@ impl Store {
     /// Next queue offset to be dispatched (0 for an unknown queue).
     pub fn max_offset(&self, topic: &str, queue_id: u32) -> u64 {
         lock(&self.inner.cqs).get(&(topic.to_string(), queue_id)).map_or(0, |c| c.max_offset_in_queue())
+    }
+
+    /// The consume-queue unit at `queue_offset`, if the queue has one (blank units included).
+    pub fn cq_unit(&self, topic: &str, queue_id: u32, queue_offset: u64) -> Result<Option<crate::consume_queue::CqUnit>> {
+        let cqs = lock(&self.inner.cqs);
+        let Some(cq) = cqs.get(&(topic.to_string(), queue_id)) else { return Ok(None) };
+        if queue_offset < cq.min_offset_in_queue() {
+            return Ok(None);
+        }
+        cq.unit(queue_offset)
+    }
+
+    /// The whole record of `size_bytes` at `phy_offset`, checked (CRC, PHYSICALOFFSET), with a
+    /// hold on its file (`selectOneMessageByOffset`). `None` when no file holds it or it is not
+    /// all readable yet (expired, truncated, or beyond the committed position).
+    pub fn select_message(&self, phy_offset: u64, size_bytes: u32) -> Result<Option<SelectedMessage>> {
+        let Some(view) = lock(&self.inner.cl).view(phy_offset) else { return Ok(None) };
+        let pos = phy_offset - view.from_offset;
+        if pos + u64::from(size_bytes) > view.readable {
+            return Ok(None);
+        }
+        let m = read_message(&view, phy_offset, size_bytes, self.inner.decode_limit())?;
+        let mut bytes = vec![0u8; size_bytes as usize];
+        view.file.read_at(pos, &mut bytes)?;
+        let hold = view.hold();
+        Ok(Some(SelectedMessage { phy_offset, bytes, store_timestamp_ms: m.store_timestamp_ms, hold }))
+    }
+
+    /// Woken after every dispatch run (see `Inner::dispatched`).
+    pub fn dispatched(&self) -> &Notify {
+        &self.inner.dispatched
     }
 
     /// Every known (topic, queue id).

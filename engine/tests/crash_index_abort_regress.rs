@@ -127,11 +127,6 @@ async fn put_keys(store: &Store, clock: &ManualClock, keys: &[Vec<String>], step
     }
 }
 
-async fn wait_dispatched(store: &Store) {
-    while store.dispatch_behind_bytes() > 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
 
 fn missing_keys(store: &Store, keys: &[Vec<String>]) -> Vec<String> {
     keys.iter()

@@ -25,7 +25,7 @@ async fn put_get_query_and_clean_restart() {
     let puts = put_n(&store, &clock, 300, 3, 700, 10).await;
     assert!(store.max_phy_offset() > 3 * cfg.commit_log_file_size_bytes, "several files rolled");
     store.flush_all().await.unwrap();
-    common_wait_dispatch(&store).await;
+    wait_dispatched(&store).await;
     assert_queues(&store, &puts, u64::MAX);
     let found = store.query_by_key("T", "k7", 0, i64::MAX, 10).unwrap();
     assert_eq!(found.len(), 1);
@@ -54,15 +54,6 @@ async fn put_get_query_and_clean_restart() {
     store.shutdown().await.unwrap();
 }
 
-pub async fn common_wait_dispatch(store: &Store) {
-    for _ in 0..1000 {
-        if store.dispatch_behind_bytes() == 0 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("dispatch did not catch up");
-}
 
 #[tokio::test]
 async fn crash_takes_the_abnormal_path_and_loses_nothing_in_page_cache() {
@@ -305,7 +296,7 @@ async fn dispatch_reads_records_across_piece_ends_and_larger_than_a_piece() {
     assert!(store.max_phy_offset() > 3 * 256 * 1024, "the log spans several pieces");
     assert_eq!(store.reput_offset(), 0);
     store.start().unwrap();
-    common_wait_dispatch(&store).await;
+    wait_dispatched(&store).await;
     for q in 0..3u32 {
         let got = store.get("T", q, 0, 1_000).unwrap();
         let want: Vec<(usize, &engine::PutResult)> =
@@ -356,7 +347,7 @@ async fn failing_file_creation_is_retried_at_a_bounded_rate() {
     let store = open(&cfg, &storage, &clock).await;
     store.start().unwrap();
     store.put("T", 0, b"first", None, &[]).await.unwrap();
-    common_wait_dispatch(&store).await;
+    wait_dispatched(&store).await;
     storage.c.fail_creates.store(true, Ordering::SeqCst);
     let before = storage.c.creates.load(Ordering::SeqCst);
     // A new queue (its file cannot be created), and past half of the commit-log file (the
@@ -372,7 +363,7 @@ async fn failing_file_creation_is_retried_at_a_bounded_rate() {
     // Dispatch retries every 100 ms, the allocation service every second.
     assert!((3..=20).contains(&attempts), "{attempts} creations attempted in a second");
     storage.c.fail_creates.store(false, Ordering::SeqCst);
-    common_wait_dispatch(&store).await;
+    wait_dispatched(&store).await;
     assert_eq!(store.max_offset("U", 0), 200, "dispatch caught up once the disk had room");
     store.shutdown().await.unwrap();
 }

@@ -51,7 +51,7 @@ pub static SCENARIOS: &[Scenario] = &[
             sim::runner::NO_PANIC,
             sim::runner::TIME_LIMIT,
         ],
-        bugs: all_engine_bugs,
+        bugs: local_store_bugs,
         plan_space: crate::broker::plan_space,
         run: |input| Box::pin(crate::broker::run(input)),
     },
@@ -73,9 +73,9 @@ pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
 }
 
-/// Every engine bug: for scenarios that run the whole store.
-pub fn all_engine_bugs() -> Vec<&'static str> {
-    engine::Bug::ALL.iter().map(|b| b.id()).collect()
+/// The local store's bugs: for scenarios that run the whole local store.
+pub fn local_store_bugs() -> Vec<&'static str> {
+    engine::Bug::local().into_iter().map(|b| b.id()).collect()
 }
 
 /// Checks bug ids against the catalogue and the scenario.

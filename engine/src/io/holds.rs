@@ -20,6 +20,8 @@ pub enum HoldKind {
     MappedFile,
     /// A buffer borrowed from a pool (RocketMQ `TransientStorePool.borrowBuffer`).
     PooledBuffer,
+    /// A permit of a bounded task pool (the tiered dispatcher's semaphore).
+    Permit,
 }
 
 /// Outstanding holds on one resource.
@@ -138,6 +140,12 @@ impl Hold {
 
     pub fn resource(&self) -> &str {
         &self.counter.resource
+    }
+
+    /// A second hold on the same resource.
+    pub fn clone_hold(&self) -> Hold {
+        self.counter.count.fetch_add(1, Ordering::SeqCst);
+        Hold { counter: self.counter.clone(), leaked: false }
     }
 
     /// Forgets the hold without releasing it: the count stays up for ever. This exists only

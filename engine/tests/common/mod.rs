@@ -234,3 +234,14 @@ pub fn assert_queues(store: &Store, puts: &[(u32, engine::PutResult)], end: u64)
         }
     }
 }
+
+/// Waits until dispatch has caught up with the commit log (panics after 5 s of simulated time).
+pub async fn wait_dispatched(store: &Store) {
+    for _ in 0..1000 {
+        if store.dispatch_behind_bytes() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("dispatch did not catch up");
+}

@@ -1,0 +1,358 @@
+//! The tiered dispatcher (RocketMQ's `MessageStoreDispatcherImpl`): one background task that
+//! moves every queue from the local consume queue to the tiered one.
+//!
+//! Each round visits every queue under a permit of a bounded pool: a queue not yet checked
+//! against the object store is recovered; a queue with an uncommitted batch is committed
+//! again (re-dispatch continues from the consume queue's committed offset); a queue whose
+//! local minimum passed its tiered offset gets blank units for the messages it lost; a queue
+//! with too little pending is held back until a batch is worth an upload (count or age); then
+//! a batch bounded by count and bytes moves, commit log committed before consume queue.
+//!
+//! Whatever happens on one queue — a failed upload, a missing unit, a missing message — is
+//! logged and counted, never ends the task nor stops the other queues, and every hold and
+//! permit it took is released on every path (class D).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::flat_file::FlatAppend;
+use super::flat_message::{FlatMessageFile, TieredUnit};
+use super::metadata::MetadataStore;
+use super::store::TieredInner;
+use super::{QueueKey, TieredError};
+use crate::bugs::Bug;
+use crate::io::Hold;
+
+/// How one queue's turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Nothing to move.
+    Idle,
+    /// Recovered against the object store.
+    Recovered,
+    /// Held back to gather a larger batch (the hold branch).
+    Held,
+    /// A batch (or a retried commit) reached the object store; more may wait.
+    Moved { messages: u64 },
+    /// The local store could not give what its offsets promised (expired, truncated): tried
+    /// again next round.
+    Missing,
+}
+
+/// A failure of one queue's turn. `Fatal` exists only under `tiered-dispatcher-dies`.
+#[derive(Debug)]
+enum TurnError {
+    Failed(TieredError),
+    Fatal(String),
+}
+
+impl From<TieredError> for TurnError {
+    fn from(e: TieredError) -> Self {
+        TurnError::Failed(e)
+    }
+}
+
+impl From<crate::error::StoreError> for TurnError {
+    fn from(e: crate::error::StoreError) -> Self {
+        TurnError::Failed(e.into())
+    }
+}
+
+/// Spawns the dispatcher task.
+pub(crate) fn spawn(inner: Arc<TieredInner>) -> tokio::task::JoinHandle<()> {
+    inner.dispatcher_alive.store(true, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let interval = Duration::from_millis(inner.cfg.dispatch_interval_ms.max(1));
+        while !inner.stopping.load(Ordering::SeqCst) {
+            if let Err(e) = round(&inner, false).await {
+                // Only `tiered-dispatcher-dies` gets here: RocketMQ's thread ended on an
+                // exception that escaped its loop.
+                tracing::error!(error = %e, "tiered dispatcher task ends");
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = inner.stop_notify.notified() => {}
+                _ = inner.source.dispatched().notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+        inner.dispatcher_alive.store(false, Ordering::SeqCst);
+    })
+}
+
+/// One pass over every queue. `force` skips the hold branch. Errs only when the task must
+/// end (`tiered-dispatcher-dies`).
+pub(crate) async fn round(inner: &Arc<TieredInner>, force: bool) -> Result<(), TieredError> {
+    for (topic, queue_id) in inner.source.queues() {
+        let q = QueueKey { topic, queue_id };
+        if inner.flat(&q).is_none() {
+            inner.flat_or_create(&q, inner.source.min_offset(&q.topic, q.queue_id));
+        }
+    }
+    for (q, flat) in inner.all_flats() {
+        if inner.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let permit = inner.permits.acquire();
+        let mut f = flat.lock().await;
+        let r = turn(inner, &mut f, force).await;
+        drop(f);
+        match r {
+            Ok(_) => drop(permit),
+            Err(e) => {
+                inner.counters.dispatch_errors.fetch_add(1, Ordering::SeqCst);
+                if inner.bugs.has(Bug::TieredPermitNotReturned) {
+                    permit.leak();
+                } else {
+                    drop(permit);
+                }
+                match e {
+                    TurnError::Failed(e) => tracing::warn!(queue = %q, error = %e, "tiered dispatch failed"),
+                    TurnError::Fatal(reason) => {
+                        return Err(TieredError::NotReady { what: format!("queue {q}"), reason });
+                    }
+                }
+            }
+        }
+    }
+    expire_remote(inner).await;
+    Ok(())
+}
+
+/// One queue's turn.
+async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Result<Turn, TurnError> {
+    if !f.recovered {
+        inner.recover_flat(f).await?;
+        return Ok(Turn::Recovered);
+    }
+    if f.has_uncommitted() {
+        commit(inner, f, Vec::new()).await?;
+        return Ok(Turn::Moved { messages: 0 });
+    }
+    let q = f.queue.clone();
+    let local_min = inner.source.min_offset(&q.topic, q.queue_id);
+    let local_max = inner.source.max_offset(&q.topic, q.queue_id);
+    let current = f.dispatch_queue_offset();
+    if current < local_min {
+        return blank_expired(inner, f, local_min).await;
+    }
+    if current >= local_max {
+        return Ok(Turn::Idle);
+    }
+    let Some(first) = select(inner, &q, current)? else { return Ok(Turn::Missing) };
+    let Selected::Message { ref msg, .. } = first else {
+        return batch(inner, f, first, local_max).await;
+    };
+    let pending = local_max - current;
+    let age_ms = inner.now_ms().saturating_sub(msg.store_timestamp_ms);
+    if !force && pending < inner.cfg.group_commit_count && (age_ms as u64) < inner.cfg.group_commit_timeout_ms {
+        inner.counters.holds_branch.fetch_add(1, Ordering::SeqCst);
+        if inner.bugs.has(Bug::TieredHoldNotReleased) {
+            // #8955: `return completedFuture(false)` before `message.release()`.
+            if let Selected::Message { msg, .. } = first {
+                msg.hold.leak();
+            }
+        }
+        return Ok(Turn::Held);
+    }
+    batch(inner, f, first, local_max).await
+}
+
+/// What the local store gave for one queue offset.
+enum Selected {
+    Message { msg: crate::store::SelectedMessage, tags_code: i64 },
+    /// A blank unit in the local queue (a hole the local store itself has).
+    Blank,
+}
+
+/// The unit and message at `offset`; `None` when the local store no longer (or not yet) has
+/// them durable. Under `tiered-dispatcher-dies` a missing one is an error that escapes the
+/// task's loop, as RocketMQ's NullPointerException did.
+fn select(inner: &TieredInner, q: &QueueKey, offset: u64) -> Result<Option<Selected>, TurnError> {
+    let dies = inner.bugs.has(Bug::TieredDispatcherDies);
+    let Some(unit) = inner.source.cq_unit(&q.topic, q.queue_id, offset)? else {
+        if dies {
+            return Err(TurnError::Fatal(format!("consume-queue unit {offset} of {q} is null")));
+        }
+        return Ok(None);
+    };
+    if unit.is_blank() {
+        return Ok(Some(Selected::Blank));
+    }
+    if unit.end() > inner.source.durable_offset() {
+        return Ok(None);
+    }
+    let size = u32::try_from(unit.size).map_err(|_| TieredError::corrupt(q, format!("unit {offset}: size {}", unit.size)))?;
+    match inner.source.select_message(unit.phy_offset as u64, size)? {
+        Some(msg) => Ok(Some(Selected::Message { msg, tags_code: unit.tags_code })),
+        None if dies => Err(TurnError::Fatal(format!("message of unit {offset} of {q} is null"))),
+        None => Ok(None),
+    }
+}
+
+/// The messages of `[current, local_min)` expired locally before they were tiered: their
+/// offsets get blank units, so queue offsets stay aligned with the local store's.
+async fn blank_expired(inner: &TieredInner, f: &mut FlatMessageFile, local_min: u64) -> Result<Turn, TurnError> {
+    let from = f.dispatch_queue_offset();
+    tracing::warn!(queue = %f.queue, from, to = local_min, "messages expired locally before they were tiered");
+    if f.consume_queue.segments().is_empty() && f.commit_log.segments().is_empty() {
+        // Nothing tiered yet: start at the local minimum instead.
+        f.consume_queue.reset_init_offset(local_min * super::TIERED_CQ_UNIT_BYTES);
+        return Ok(Turn::Idle);
+    }
+    let mut meta = inner.meta.lock().await;
+    let now = inner.now_ms();
+    let end = local_min.min(from + inner.cfg.batch_max_count);
+    for _ in from..end {
+        let r = f.append_unit(inner.obj.as_ref(), &mut meta, TieredUnit::BLANK, now, &inner.bugs, now).await?;
+        if r == FlatAppend::NotReady {
+            break;
+        }
+        inner.counters.blank_units.fetch_add(1, Ordering::SeqCst);
+    }
+    drop(meta);
+    commit(inner, f, Vec::new()).await?;
+    Ok(Turn::Moved { messages: 0 })
+}
+
+/// Moves one batch starting with `first` and commits it.
+async fn batch(inner: &TieredInner, f: &mut FlatMessageFile, first: Selected, local_max: u64) -> Result<Turn, TurnError> {
+    let q = f.queue.clone();
+    let start = f.dispatch_queue_offset();
+    let end = local_max.min(start + inner.cfg.batch_max_count);
+    let mut holds: Vec<Hold> = Vec::new();
+    let mut bytes = 0u64;
+    let mut moved = 0u64;
+    let mut next = Some(first);
+    let mut meta = inner.meta.lock().await;
+    let mut offset = start;
+    while offset < end && bytes < inner.cfg.batch_max_bytes {
+        let sel = match next.take() {
+            Some(s) => s,
+            None => match select(inner, &q, offset) {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) => {
+                    drop(meta);
+                    release(inner, holds, false);
+                    return Err(e);
+                }
+            },
+        };
+        let appended = append_one(inner, f, &mut meta, sel, &mut holds, &mut bytes).await;
+        match appended {
+            Ok(FlatAppend::At(_)) => {
+                moved += 1;
+                offset += 1;
+            }
+            Ok(FlatAppend::NotReady) => break,
+            Err(e) => {
+                drop(meta);
+                release(inner, holds, false);
+                return Err(e.into());
+            }
+        }
+    }
+    drop(meta);
+    if moved == 0 && !f.has_uncommitted() {
+        release(inner, holds, true);
+        return Ok(Turn::Idle);
+    }
+    commit(inner, f, holds).await?;
+    inner.counters.messages_tiered.fetch_add(moved, Ordering::SeqCst);
+    inner.counters.bytes_tiered.fetch_add(bytes, Ordering::SeqCst);
+    Ok(Turn::Moved { messages: moved })
+}
+
+async fn append_one(
+    inner: &TieredInner,
+    f: &mut FlatMessageFile,
+    meta: &mut MetadataStore,
+    sel: Selected,
+    holds: &mut Vec<Hold>,
+    bytes: &mut u64,
+) -> Result<FlatAppend, TieredError> {
+    let now = inner.now_ms();
+    let obj = inner.obj.as_ref();
+    match sel {
+        Selected::Blank => f.append_unit(obj, meta, TieredUnit::BLANK, now, &inner.bugs, now).await,
+        Selected::Message { msg, tags_code } => {
+            let len = msg.bytes.len() as u64;
+            let ts = msg.store_timestamp_ms;
+            // The buffer stays held until its batch's commit ends (RocketMQ's group-commit context).
+            holds.push(msg.hold);
+            let r = f.append_message(obj, meta, Bytes::from(msg.bytes), tags_code, ts, &inner.bugs, now).await?;
+            if r != FlatAppend::NotReady {
+                *bytes += len;
+            }
+            Ok(r)
+        }
+    }
+}
+
+/// Commits the queue's batch, then releases its buffers — on failure too, unless under
+/// `tiered-failed-commit-buffers-kept` (#9069).
+async fn commit(inner: &TieredInner, f: &mut FlatMessageFile, holds: Vec<Hold>) -> Result<(), TieredError> {
+    let mut meta = inner.meta.lock().await;
+    let now = inner.now_ms();
+    let r = f.commit(inner.obj.as_ref(), &mut meta, &inner.bugs, now).await;
+    drop(meta);
+    let ok = r.is_ok();
+    release(inner, holds, ok);
+    if ok {
+        inner.counters.batches_committed.fetch_add(1, Ordering::SeqCst);
+    } else {
+        inner.counters.commit_failures.fetch_add(1, Ordering::SeqCst);
+    }
+    r
+}
+
+fn release(inner: &TieredInner, holds: Vec<Hold>, committed: bool) {
+    if !committed && inner.bugs.has(Bug::TieredFailedCommitBuffersKept) {
+        holds.into_iter().for_each(Hold::leak);
+    }
+    // Dropping a hold releases it.
+}
+
+/// Deletes remote segments past their retention: the metadata first (persisted), then the
+/// objects, so a crash between leaves an orphan object, never metadata naming a deleted one
+/// in the middle of a queue.
+async fn expire_remote(inner: &TieredInner) {
+    let Some(retention_ms) = inner.cfg.remote_retention_ms else { return };
+    let cutoff_ms = inner.now_ms().saturating_sub(retention_ms as i64);
+    for (q, flat) in inner.all_flats() {
+        let Ok(mut f) = flat.try_lock() else { continue };
+        if !f.recovered {
+            continue;
+        }
+        let first_cl = match super::fetcher::first_cl_offset(inner, &f, cutoff_ms).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(queue = %q, error = %e, "tiered expiry: reading the first unit failed");
+                continue;
+            }
+        };
+        let mut meta = inner.meta.lock().await;
+        let gone = f.expire(&mut meta, cutoff_ms, first_cl);
+        if gone.is_empty() {
+            continue;
+        }
+        if let Err(e) = meta.persist().await {
+            tracing::warn!(queue = %q, error = %e, "tiered expiry: metadata not saved");
+            continue;
+        }
+        drop(meta);
+        for key in gone {
+            match inner.obj.delete(&key).await {
+                Ok(()) => {
+                    inner.counters.segments_expired.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "tiered expiry: delete failed (orphan object left)"),
+            }
+        }
+    }
+}

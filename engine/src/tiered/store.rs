@@ -1,0 +1,375 @@
+//! `TieredStore`: the tiered layer over a local store (RocketMQ's `TieredMessageStore`).
+//!
+//! `open` loads the metadata (or, without it, lists the object store: a replaced container
+//! keeps everything the object store holds) and continues an empty local log above what the
+//! tiered store holds; every queue is then checked against the object store by the
+//! dispatcher before it moves anything. Reads are routed by `fetcher`. Shutdown stops the
+//! dispatcher and saves the metadata; batches not committed are dispatched again after the
+//! next start, from each queue's committed consume-queue offset.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::flat_file::Hole;
+use super::flat_message::FlatMessageFile;
+use super::metadata::{MetadataLoad, MetadataStore};
+use super::source::MessageSource;
+use super::{keys, FileKind, QueueKey, TieredConfig, TieredError};
+use crate::bugs::BugSet;
+use crate::io::{Clock, HoldCounter, HoldKind, ObjectStore, Storage};
+use crate::store::lock;
+
+/// A queue's flat file, behind the flat-file lock (held across uploads: one writer per queue).
+pub(crate) type FlatRef = Arc<tokio::sync::Mutex<FlatMessageFile>>;
+
+/// Running totals (read through `TieredStore::stats`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub messages_tiered: AtomicU64,
+    pub bytes_tiered: AtomicU64,
+    pub batches_committed: AtomicU64,
+    pub commit_failures: AtomicU64,
+    pub dispatch_errors: AtomicU64,
+    pub holds_branch: AtomicU64,
+    pub blank_units: AtomicU64,
+    pub segments_expired: AtomicU64,
+}
+
+/// What the tiered store has done since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TieredStats {
+    pub messages_tiered: u64,
+    pub bytes_tiered: u64,
+    pub batches_committed: u64,
+    pub commit_failures: u64,
+    pub dispatch_errors: u64,
+    /// Rounds in which a queue was left to gather a larger batch.
+    pub holds_branch: u64,
+    /// Units written for messages that expired locally before they were tiered.
+    pub blank_units: u64,
+    pub segments_expired: u64,
+}
+
+pub(crate) struct TieredInner {
+    pub cfg: TieredConfig,
+    pub bugs: BugSet,
+    pub source: Arc<dyn MessageSource>,
+    pub obj: Arc<dyn ObjectStore>,
+    pub clock: Arc<dyn Clock>,
+    pub meta: tokio::sync::Mutex<MetadataStore>,
+    pub flats: Mutex<BTreeMap<QueueKey, FlatRef>>,
+    /// Segment keys found by the listing at open, per queue (consumed by each queue's recovery).
+    pub listed: Mutex<BTreeMap<QueueKey, Vec<(FileKind, u64)>>>,
+    pub permits: HoldCounter,
+    pub stopping: AtomicBool,
+    pub stop_notify: Notify,
+    /// False once the dispatcher task has ended (it only ends at shutdown, or under a bug).
+    pub dispatcher_alive: AtomicBool,
+    pub counters: Counters,
+}
+
+impl TieredInner {
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn flat(&self, q: &QueueKey) -> Option<FlatRef> {
+        lock(&self.flats).get(q).cloned()
+    }
+
+    /// The queue's flat file, created (tiering from `first_queue_offset`) if missing. A queue
+    /// neither the metadata nor the listing at open knew has nothing in the object store: the
+    /// metadata names every segment before any byte is uploaded to it.
+    pub fn flat_or_create(&self, q: &QueueKey, first_queue_offset: u64) -> FlatRef {
+        lock(&self.flats)
+            .entry(q.clone())
+            .or_insert_with(|| {
+                let mut f = FlatMessageFile::new(&self.cfg, q.clone(), first_queue_offset);
+                f.recovered = true;
+                Arc::new(tokio::sync::Mutex::new(f))
+            })
+            .clone()
+    }
+
+    pub fn all_flats(&self) -> Vec<(QueueKey, FlatRef)> {
+        lock(&self.flats).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Checks one queue against the object store (once per open).
+    pub async fn recover_flat(&self, flat: &mut FlatMessageFile) -> Result<(), TieredError> {
+        let listed = lock(&self.listed).get(&flat.queue).cloned().unwrap_or_default();
+        let mut meta = self.meta.lock().await;
+        let now = self.now_ms();
+        flat.recover(self.obj.as_ref(), &mut meta, &listed, now).await?;
+        meta.persist().await?;
+        drop(meta);
+        lock(&self.listed).remove(&flat.queue);
+        Ok(())
+    }
+}
+
+/// The tiered layer over a local store.
+pub struct TieredStore {
+    inner: Arc<TieredInner>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredStore").field("prefix", &self.inner.cfg.key_prefix).finish()
+    }
+}
+
+/// Where the metadata lives under the local store's root.
+pub fn metadata_path(store_root: &std::path::Path) -> PathBuf {
+    store_root.join("config").join("tieredStoreMetadata.json")
+}
+
+impl TieredStore {
+    /// Opens the tiered layer over `source`. Without metadata (a fresh store, or a replaced
+    /// disk) the object store is listed, retried every `retry_ms` until it answers or
+    /// `give_up_after_ms` passes; with an empty local log and tiered data, the local log is
+    /// continued above it so no physical or queue offset is ever reused.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
+        cfg: TieredConfig,
+        bugs: BugSet,
+        source: Arc<dyn MessageSource>,
+        obj: Arc<dyn ObjectStore>,
+        storage: Arc<dyn Storage>,
+        clock: Arc<dyn Clock>,
+        store_root: &std::path::Path,
+        give_up_after_ms: u64,
+    ) -> Result<TieredStore, TieredError> {
+        cfg.validate()?;
+        let (meta, loaded) = MetadataStore::load(storage, &metadata_path(store_root))?;
+        if let MetadataLoad::Unreadable(reason) = &loaded {
+            tracing::error!(%reason, "tiered metadata unreadable: rebuilding from the object store");
+        }
+        let permits = source.holds().counter(HoldKind::Permit, "tiered-dispatch-permits");
+        let inner = Arc::new(TieredInner {
+            cfg,
+            bugs,
+            source,
+            obj,
+            clock,
+            meta: tokio::sync::Mutex::new(meta),
+            flats: Mutex::new(BTreeMap::new()),
+            listed: Mutex::new(BTreeMap::new()),
+            permits,
+            stopping: AtomicBool::new(false),
+            stop_notify: Notify::new(),
+            dispatcher_alive: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        if loaded != MetadataLoad::Loaded {
+            let listed = list_with_retries(&inner, give_up_after_ms).await?;
+            *lock(&inner.listed) = listed;
+        }
+        let queues: Vec<QueueKey> = {
+            let meta = inner.meta.lock().await;
+            let from_meta = meta.segments().keys().filter_map(|k| keys::parse(&inner.cfg.key_prefix, k).map(|p| p.0));
+            let from_listing: Vec<QueueKey> = lock(&inner.listed).keys().cloned().collect();
+            let mut all: Vec<QueueKey> = from_meta.chain(from_listing).collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        for q in queues {
+            let f = FlatMessageFile::new(&inner.cfg, q.clone(), 0);
+            lock(&inner.flats).insert(q, Arc::new(tokio::sync::Mutex::new(f)));
+        }
+        if inner.source.log_is_empty() && !lock(&inner.flats).is_empty() {
+            continue_local_log(&inner, give_up_after_ms).await?;
+        }
+        Ok(TieredStore { inner, task: Mutex::new(None), shut_down: AtomicBool::new(false) })
+    }
+
+    /// Starts the dispatcher.
+    pub fn start(&self) {
+        let mut task = lock(&self.task);
+        if task.is_none() && !self.shut_down.load(Ordering::SeqCst) {
+            *task = Some(super::dispatcher::spawn(self.inner.clone()));
+        }
+    }
+
+    /// Stops the dispatcher and saves the metadata. Uncommitted batches are dropped: they are
+    /// dispatched again after the next start. Ends within the dispatcher's current upload.
+    pub async fn shutdown(&self) -> Result<(), TieredError> {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.stop_notify.notify_waiters();
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        self.inner.meta.lock().await.persist().await
+    }
+
+    /// Dispatches every queue once, now, without the hold branch (tests and benches).
+    pub async fn dispatch_now(&self) -> Result<(), TieredError> {
+        super::dispatcher::round(&self.inner, true).await
+    }
+
+    pub fn stats(&self) -> TieredStats {
+        let c = &self.inner.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        TieredStats {
+            messages_tiered: g(&c.messages_tiered),
+            bytes_tiered: g(&c.bytes_tiered),
+            batches_committed: g(&c.batches_committed),
+            commit_failures: g(&c.commit_failures),
+            dispatch_errors: g(&c.dispatch_errors),
+            holds_branch: g(&c.holds_branch),
+            blank_units: g(&c.blank_units),
+            segments_expired: g(&c.segments_expired),
+        }
+    }
+
+    /// Whether the dispatcher task is running.
+    pub fn dispatcher_alive(&self) -> bool {
+        self.inner.dispatcher_alive.load(Ordering::SeqCst)
+    }
+
+    pub fn config(&self) -> &TieredConfig {
+        &self.inner.cfg
+    }
+
+    /// Every queue's tiered state (None for a flat file busy uploading).
+    pub fn queue_states(&self) -> Vec<QueueState> {
+        self.inner
+            .all_flats()
+            .into_iter()
+            .filter_map(|(q, f)| {
+                let f = f.try_lock().ok()?;
+                Some(QueueState {
+                    queue: q,
+                    recovered: f.recovered,
+                    min_queue_offset: f.min_queue_offset(),
+                    commit_queue_offset: f.commit_queue_offset(),
+                    dispatch_queue_offset: f.dispatch_queue_offset(),
+                    uncommitted: f.has_uncommitted(),
+                    holes: f.holes.iter().map(|(k, h)| (*k, h.clone())).collect(),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<TieredInner> {
+        &self.inner
+    }
+}
+
+/// One queue as the tiered store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueState {
+    pub queue: QueueKey,
+    pub recovered: bool,
+    pub min_queue_offset: u64,
+    /// Queue offsets below this are committed to the object store.
+    pub commit_queue_offset: u64,
+    pub dispatch_queue_offset: u64,
+    pub uncommitted: bool,
+    pub holes: Vec<(FileKind, Hole)>,
+}
+
+impl Drop for TieredStore {
+    /// A drop without shutdown is a crash: the dispatcher is aborted where it stands.
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
+    }
+}
+
+/// Lists every segment under the prefix, retrying while the object store fails.
+async fn list_with_retries(
+    inner: &TieredInner,
+    give_up_after_ms: u64,
+) -> Result<BTreeMap<QueueKey, Vec<(FileKind, u64)>>, TieredError> {
+    let prefix = format!("{}/", inner.cfg.key_prefix);
+    let keys = retry(give_up_after_ms, "list the object store", || inner.obj.list(&prefix)).await?;
+    let mut out: BTreeMap<QueueKey, Vec<(FileKind, u64)>> = BTreeMap::new();
+    for k in keys {
+        match keys::parse(&inner.cfg.key_prefix, &k) {
+            Some((q, kind, base)) => out.entry(q).or_default().push((kind, base)),
+            None => tracing::warn!(key = %k, "object under the tiered prefix is not a segment: ignored"),
+        }
+    }
+    Ok(out)
+}
+
+const RETRY_MS: u64 = 200;
+
+async fn retry<T, F, Fut>(give_up_after_ms: u64, what: &str, mut f: F) -> Result<T, TieredError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::io::ObjectError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(give_up_after_ms);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(TieredError::NotReady { what: what.to_string(), reason: e.to_string() })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, what, "object store failed; retrying");
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+/// A replaced container: the local log is empty but the object store holds queues. Every
+/// queue is recovered, then the local log continues above the highest local offset any tiered
+/// message had, and each queue above its tiered end.
+async fn continue_local_log(inner: &Arc<TieredInner>, give_up_after_ms: u64) -> Result<(), TieredError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(give_up_after_ms);
+    let mut phy_floor = 0u64;
+    let mut floors = BTreeMap::new();
+    for (q, flat) in inner.all_flats() {
+        let mut f = flat.lock().await;
+        loop {
+            match inner.recover_flat(&mut f).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(queue = %q, error = %e, "tiered recovery failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                }
+            }
+        }
+        let end = f.commit_queue_offset();
+        if end == 0 {
+            continue;
+        }
+        floors.insert((q.topic.clone(), q.queue_id), end);
+        let last = loop {
+            match super::fetcher::last_local_end(inner, &f).await {
+                Ok(v) => break v,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::warn!(queue = %q, error = %e, "reading the last tiered message failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                }
+            }
+        };
+        phy_floor = phy_floor.max(last);
+    }
+    if floors.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(phy_floor, queues = floors.len(), "empty local log continued above the tiered store");
+    inner.source.continue_from(phy_floor, &floors)?;
+    Ok(())
+}
