@@ -183,7 +183,7 @@ async fn put_and_tier(f: &Fixture, store: &Store, tiered: &TieredStore, n: usize
     wait_dispatched(store).await;
     for _ in 0..(4 * n) {
         let _ = tiered.dispatch_now().await;
-        if tiered.queue_states().iter().all(|s| s.commit_queue_offset == store.max_offset("T", s.queue.queue_id)) {
+        if tiered.queue_states().await.iter().all(|s| s.commit_queue_offset == store.max_offset("T", s.queue.queue_id)) {
             break;
         }
     }

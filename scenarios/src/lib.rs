@@ -7,6 +7,7 @@ pub mod disk_log;
 pub mod explore;
 pub mod scenario;
 pub mod shrink;
+pub mod tiered;
 pub mod zoo;
 
 pub use case::{Case, CaseError, Expectation, ExpectedOutcome};

@@ -56,6 +56,26 @@ pub static SCENARIOS: &[Scenario] = &[
         run: |input| Box::pin(crate::broker::run(input)),
     },
     Scenario {
+        name: "tiered",
+        description: "a broker whose store is tiered to the object store: small files and segments, producers, \
+                      a consumer of old offsets; kills, power loss, clean shutdowns, disk errors, object-store \
+                      errors, lost acks, partial appends, outages and partitions; at the end a replaced disk \
+                      must read back everything the tiered store committed",
+        checkers: &[
+            crate::tiered::checkers::TIERED_CONTIGUITY,
+            crate::tiered::checkers::TIERED_READABLE,
+            crate::tiered::checkers::TIERED_PROGRESS,
+            crate::tiered::checkers::TIERED_DURABILITY,
+            crate::broker::checkers::LIVENESS,
+            crate::broker::checkers::NO_LEAK,
+            sim::runner::NO_PANIC,
+            sim::runner::TIME_LIMIT,
+        ],
+        bugs: crate::tiered::bugs,
+        plan_space: crate::tiered::plan_space,
+        run: |input| Box::pin(crate::tiered::run(input)),
+    },
+    Scenario {
         name: "disk-log",
         description: "one node appends checksummed records to a file, syncing in batches, under crashes, \
                   power loss, failed syncs and a full disk; checks acknowledged records survive",

@@ -172,6 +172,18 @@ impl World {
         lock(&self.disks).get(node).cloned().unwrap_or_else(|| panic!("no disk for node {node}"))
     }
 
+    /// Replaces a node's disk with a new, empty one (a replaced container: the process comes
+    /// back on another machine). Call while the node is down; its old handles see the old disk.
+    pub fn replace_disk(&self, node: &str) -> Arc<SimDisk> {
+        let mut disks = lock(&self.disks);
+        // Seeded by the time of the replacement: a second replacement gets other fates.
+        let seed = self.seed ^ 0x5eed_d15c ^ self.trace.now_us();
+        let disk = SimDisk::new(node, self.config.disk.clone(), seed, self.trace.clone());
+        disks.insert(node.to_string(), disk.clone());
+        crate::trace!(self.trace, node, "disk.replace", "a new, empty disk");
+        disk
+    }
+
     /// A node's wall clock.
     pub fn clock(&self, node: &str) -> Arc<NodeClock> {
         lock(&self.clocks).get(node).cloned().unwrap_or_else(|| panic!("no clock for node {node}"))
@@ -436,7 +448,8 @@ impl World {
     }
 }
 
-fn background_object_faults(plan: &FaultPlan) -> ObjectStoreFaults {
+/// The object store's faults outside any fault window: the plan's background probabilities.
+pub fn background_object_faults(plan: &FaultPlan) -> ObjectStoreFaults {
     ObjectStoreFaults {
         error_prob: plan.background.object_error_prob,
         ack_lost_prob: plan.background.object_ack_lost_prob,

@@ -20,7 +20,6 @@ use bytes::Bytes;
 
 use super::flat_file::FlatAppend;
 use super::flat_message::{FlatMessageFile, TieredUnit};
-use super::metadata::MetadataStore;
 use super::store::TieredInner;
 use super::{QueueKey, TieredError};
 use crate::bugs::Bug;
@@ -84,8 +83,8 @@ pub(crate) fn spawn(inner: Arc<TieredInner>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// One pass over every queue. `force` skips the hold branch. Errs only when the task must
-/// end (`tiered-dispatcher-dies`).
+/// One pass over every queue, `dispatch_permits` queues at a time. `force` skips the hold
+/// branch. Errs only when the task must end (`tiered-dispatcher-dies`).
 pub(crate) async fn round(inner: &Arc<TieredInner>, force: bool) -> Result<(), TieredError> {
     for (topic, queue_id) in inner.source.queues() {
         let q = QueueKey { topic, queue_id };
@@ -93,16 +92,38 @@ pub(crate) async fn round(inner: &Arc<TieredInner>, force: bool) -> Result<(), T
             inner.flat_or_create(&q, inner.source.min_offset(&q.topic, q.queue_id));
         }
     }
-    for (q, flat) in inner.all_flats() {
+    let flats = inner.all_flats();
+    for group in flats.chunks(inner.cfg.dispatch_permits.max(1) as usize) {
         if inner.stopping.load(Ordering::SeqCst) {
             break;
+        }
+        let results = futures::future::join_all(group.iter().map(|(q, f)| queue_turns(inner, q, f, force))).await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    }
+    expire_remote(inner).await;
+    Ok(())
+}
+
+/// How many full batches one queue may move in one round before the others get their turn.
+const BATCHES_PER_ROUND: usize = 8;
+
+/// A queue's turns in one round, under a permit: again while it moves full batches.
+async fn queue_turns(inner: &TieredInner, q: &QueueKey, flat: &super::store::FlatRef, force: bool) -> Result<(), TieredError> {
+    for _ in 0..BATCHES_PER_ROUND {
+        if inner.stopping.load(Ordering::SeqCst) {
+            return Ok(());
         }
         let permit = inner.permits.acquire();
         let mut f = flat.lock().await;
         let r = turn(inner, &mut f, force).await;
         drop(f);
         match r {
-            Ok(_) => drop(permit),
+            Ok(Turn::Moved { messages }) if messages >= inner.cfg.batch_max_count => drop(permit),
+            Ok(Turn::Recovered) => drop(permit),
+            Ok(_) => {
+                drop(permit);
+                return Ok(());
+            }
             Err(e) => {
                 inner.counters.dispatch_errors.fetch_add(1, Ordering::SeqCst);
                 if inner.bugs.has(Bug::TieredPermitNotReturned) {
@@ -110,16 +131,16 @@ pub(crate) async fn round(inner: &Arc<TieredInner>, force: bool) -> Result<(), T
                 } else {
                     drop(permit);
                 }
-                match e {
-                    TurnError::Failed(e) => tracing::warn!(queue = %q, error = %e, "tiered dispatch failed"),
-                    TurnError::Fatal(reason) => {
-                        return Err(TieredError::NotReady { what: format!("queue {q}"), reason });
+                return match e {
+                    TurnError::Failed(e) => {
+                        tracing::warn!(queue = %q, error = %e, "tiered dispatch failed");
+                        Ok(())
                     }
-                }
+                    TurnError::Fatal(reason) => Err(TieredError::NotReady { what: format!("queue {q}"), reason }),
+                };
             }
         }
     }
-    expire_remote(inner).await;
     Ok(())
 }
 
@@ -204,17 +225,15 @@ async fn blank_expired(inner: &TieredInner, f: &mut FlatMessageFile, local_min: 
         f.consume_queue.reset_init_offset(local_min * super::TIERED_CQ_UNIT_BYTES);
         return Ok(Turn::Idle);
     }
-    let mut meta = inner.meta.lock().await;
     let now = inner.now_ms();
     let end = local_min.min(from + inner.cfg.batch_max_count);
     for _ in from..end {
-        let r = f.append_unit(inner.obj.as_ref(), &mut meta, TieredUnit::BLANK, now, &inner.bugs, now).await?;
+        let r = f.append_unit(inner.obj.as_ref(), &inner.meta, TieredUnit::BLANK, now, &inner.bugs, now).await?;
         if r == FlatAppend::NotReady {
             break;
         }
         inner.counters.blank_units.fetch_add(1, Ordering::SeqCst);
     }
-    drop(meta);
     commit(inner, f, Vec::new()).await?;
     Ok(Turn::Moved { messages: 0 })
 }
@@ -228,7 +247,6 @@ async fn batch(inner: &TieredInner, f: &mut FlatMessageFile, first: Selected, lo
     let mut bytes = 0u64;
     let mut moved = 0u64;
     let mut next = Some(first);
-    let mut meta = inner.meta.lock().await;
     let mut offset = start;
     while offset < end && bytes < inner.cfg.batch_max_bytes {
         let sel = match next.take() {
@@ -237,13 +255,12 @@ async fn batch(inner: &TieredInner, f: &mut FlatMessageFile, first: Selected, lo
                 Ok(Some(s)) => s,
                 Ok(None) => break,
                 Err(e) => {
-                    drop(meta);
                     release(inner, holds, false);
                     return Err(e);
                 }
             },
         };
-        let appended = append_one(inner, f, &mut meta, sel, &mut holds, &mut bytes).await;
+        let appended = append_one(inner, f, sel, &mut holds, &mut bytes).await;
         match appended {
             Ok(FlatAppend::At(_)) => {
                 moved += 1;
@@ -251,13 +268,11 @@ async fn batch(inner: &TieredInner, f: &mut FlatMessageFile, first: Selected, lo
             }
             Ok(FlatAppend::NotReady) => break,
             Err(e) => {
-                drop(meta);
                 release(inner, holds, false);
                 return Err(e.into());
             }
         }
     }
-    drop(meta);
     if moved == 0 && !f.has_uncommitted() {
         release(inner, holds, true);
         return Ok(Turn::Idle);
@@ -271,13 +286,12 @@ async fn batch(inner: &TieredInner, f: &mut FlatMessageFile, first: Selected, lo
 async fn append_one(
     inner: &TieredInner,
     f: &mut FlatMessageFile,
-    meta: &mut MetadataStore,
     sel: Selected,
     holds: &mut Vec<Hold>,
     bytes: &mut u64,
 ) -> Result<FlatAppend, TieredError> {
     let now = inner.now_ms();
-    let obj = inner.obj.as_ref();
+    let (obj, meta) = (inner.obj.as_ref(), &inner.meta);
     match sel {
         Selected::Blank => f.append_unit(obj, meta, TieredUnit::BLANK, now, &inner.bugs, now).await,
         Selected::Message { msg, tags_code } => {
@@ -297,10 +311,8 @@ async fn append_one(
 /// Commits the queue's batch, then releases its buffers — on failure too, unless under
 /// `tiered-failed-commit-buffers-kept` (#9069).
 async fn commit(inner: &TieredInner, f: &mut FlatMessageFile, holds: Vec<Hold>) -> Result<(), TieredError> {
-    let mut meta = inner.meta.lock().await;
     let now = inner.now_ms();
-    let r = f.commit(inner.obj.as_ref(), &mut meta, &inner.bugs, now).await;
-    drop(meta);
+    let r = f.commit(inner.obj.as_ref(), &inner.meta, &inner.bugs, now).await;
     let ok = r.is_ok();
     release(inner, holds, ok);
     if ok {

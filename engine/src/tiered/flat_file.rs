@@ -5,9 +5,11 @@
 //! the metadata (#8409, #8532): otherwise its tail would never be uploaded, or be unreadable
 //! after a restart. Recovery checks every segment against its remote size, not only the last.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
-use super::metadata::{MetadataStore, SegmentMeta};
+use super::metadata::{Meta, MetadataStore, SegmentMeta};
 use super::segment::{FileSegment, SegmentAppend};
 use super::{keys, FileKind, QueueKey, TieredError};
 use crate::bugs::{Bug, BugSet};
@@ -118,23 +120,32 @@ impl FlatAppendFile {
         self.segments.push(seg);
     }
 
-    /// Accepts `data` at the end, rolling a full segment once its final commit is done.
+    /// Whether accepting `len` bytes now would roll the last segment (and so first commit it).
+    pub fn would_roll(&self, len: u64) -> bool {
+        self.segments.last().is_some_and(|s| s.is_sealed() || (s.append_position() > 0 && s.append_position() + len > self.max_segment_bytes))
+    }
+
+    /// Accepts `data` at the end, rolling a full segment once its final commit is done. The
+    /// metadata lock is taken only to update or save it, never across an upload.
     pub async fn append(
         &mut self,
         obj: &dyn ObjectStore,
-        meta: &mut MetadataStore,
+        meta: &Meta,
         data: Bytes,
         store_ts_ms: i64,
         bugs: &BugSet,
         now_ms: i64,
     ) -> Result<FlatAppend, TieredError> {
         if self.segments.is_empty() {
-            self.roll(meta, self.init_offset, now_ms);
+            self.roll(&mut *meta.lock().await, self.init_offset, now_ms);
         }
         let last = self.segments.last_mut().expect("a segment");
         if let SegmentAppend::At(at) = last.append(data.clone(), store_ts_ms) {
             return Ok(FlatAppend::At(at));
         }
+        // The segment may have been rolled in this batch: named in the metadata before its upload.
+        meta.lock().await.persist().await?;
+        let last = self.segments.last_mut().expect("a segment");
         if bugs.has(Bug::TieredFullCommitIgnored) {
             // #8409: `commitAsync().join()`, result ignored.
             let _ = last.commit(obj, bugs).await;
@@ -145,29 +156,28 @@ impl FlatAppendFile {
             }
         }
         last.seal();
+        let mut m = meta.lock().await;
         if !bugs.has(Bug::TieredFullSizeNotSaved) {
-            Self::save_segment_meta(meta, last, now_ms);
-            meta.persist().await?;
+            Self::save_segment_meta(&mut m, last, now_ms);
+            m.persist().await?;
         }
         let base = last.append_offset();
-        self.roll(meta, base, now_ms);
+        self.roll(&mut m, base, now_ms);
+        drop(m);
         match self.segments.last_mut().expect("rolled").append(data, store_ts_ms) {
             SegmentAppend::At(at) => Ok(FlatAppend::At(at)),
             SegmentAppend::Full => unreachable!("an empty segment takes any append"),
         }
     }
 
-    /// Commits the last segment (the only one that takes appends) and records it.
-    pub async fn commit(
-        &mut self,
-        obj: &dyn ObjectStore,
-        meta: &mut MetadataStore,
-        bugs: &BugSet,
-        now_ms: i64,
-    ) -> Result<(), TieredError> {
+    /// Commits the last segment (the only one that takes appends) and records it. A segment
+    /// is named in the persisted metadata before any byte is uploaded to it, so a loaded
+    /// metadata file always knows every object (recovery asks each one's size).
+    pub async fn commit(&mut self, obj: &dyn ObjectStore, meta: &Meta, bugs: &BugSet, now_ms: i64) -> Result<(), TieredError> {
+        meta.lock().await.persist().await?;
         let Some(last) = self.segments.last_mut() else { return Ok(()) };
         let r = last.commit(obj, bugs).await;
-        Self::save_segment_meta(meta, last, now_ms);
+        Self::save_segment_meta(&mut *meta.lock().await, last, now_ms);
         r
     }
 
@@ -220,16 +230,21 @@ impl FlatAppendFile {
     }
 
     /// Rebuilds the segments from the metadata and the object store: every segment's size is
-    /// the remote size. Returns the ranges no segment holds.
+    /// the remote size. Returns the ranges no segment holds. `sizes` keeps the sizes learned
+    /// by an attempt that failed later, so a retry under a failing object store goes on where
+    /// it stopped instead of starting over.
     pub async fn recover(
         &mut self,
         obj: &dyn ObjectStore,
-        meta: &mut MetadataStore,
+        meta: &Meta,
         listed_bases: &[u64],
+        sizes: &mut BTreeMap<u64, Option<u64>>,
         now_ms: i64,
     ) -> Result<Vec<Hole>, TieredError> {
         let dir = keys::flat_dir(&self.prefix, &self.queue, self.kind);
         let known: Vec<(u64, SegmentMeta)> = meta
+            .lock()
+            .await
             .segments()
             .range(format!("{dir}/")..)
             .take_while(|(k, _)| k.starts_with(&format!("{dir}/")))
@@ -238,46 +253,64 @@ impl FlatAppendFile {
         let mut bases: Vec<u64> = known.iter().map(|(b, _)| *b).chain(listed_bases.iter().copied()).collect();
         bases.sort_unstable();
         bases.dedup();
-        let first_listed = listed_bases.iter().min().copied();
         let mut segments = Vec::new();
+        let mut removed = Vec::new();
         let mut holes = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let key = keys::segment(&self.prefix, &self.queue, self.kind, base);
             let m = known.iter().find(|(b, _)| *b == base).map(|(_, m)| m.clone());
-            let size = match obj.size(&key).await {
-                Ok(n) => n,
-                Err(ObjectError::NotFound { .. }) => {
+            let remote = match sizes.get(&base) {
+                Some(known) => Ok(*known),
+                None => match obj.size(&key).await {
+                    Ok(n) => Ok(Some(n)),
+                    Err(ObjectError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            };
+            let remote = remote?;
+            sizes.insert(base, remote);
+            let size = match remote {
+                Some(n) => n,
+                None => {
+                    // Expiry removes a segment from the metadata before its object, so a
+                    // segment the metadata names with bytes must exist.
                     let recorded = m.as_ref().map_or(0, |m| m.size);
-                    let expired_head = first_listed.is_none_or(|f| base < f) && segments.is_empty();
-                    if recorded > 0 && expired_head {
-                        // Removed by expiry after the metadata was saved: the head moved on.
-                        meta.remove(&key);
-                        continue;
-                    }
                     if recorded > 0 {
                         holes.push(Hole { from: base, to: base + recorded, reason: format!("object {key} is missing") });
-                        meta.remove(&key);
+                        removed.push(key);
                         continue;
                     }
                     if i + 1 < bases.len() {
                         // An empty segment in the middle: nothing was ever uploaded to it.
-                        meta.remove(&key);
+                        removed.push(key);
                         continue;
                     }
                     0
                 }
-                Err(e) => return Err(e.into()),
             };
             let sealed = i + 1 < bases.len() || m.as_ref().is_some_and(|m| m.sealed);
             let (begin, end) = m.as_ref().map_or((0, 0), |m| (m.begin_ts_ms, m.end_ts_ms));
-            let seg =
-                FileSegment::recovered(self.kind, key.clone(), base, self.max_segment_bytes, size, sealed, begin, end);
-            Self::save_segment_meta(meta, &seg, now_ms);
-            segments.push(seg);
+            segments.push(FileSegment::recovered(
+                self.kind,
+                key.clone(),
+                base,
+                self.max_segment_bytes,
+                size,
+                sealed,
+                begin,
+                end,
+            ));
         }
         holes.extend(self.check_contiguity(&segments));
         self.segments = segments;
-        self.seal_partial_unit(meta, now_ms);
+        let mut m = meta.lock().await;
+        for key in &removed {
+            m.remove(key);
+        }
+        for seg in &self.segments {
+            Self::save_segment_meta(&mut m, seg, now_ms);
+        }
+        self.seal_partial_unit(&mut m, now_ms);
         Ok(holes)
     }
 

@@ -7,10 +7,12 @@
 //! but whose units were not leaves unreferenced bytes; re-dispatch appends the messages again
 //! after them (RocketMQ's "harmless garbage").
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use super::flat_file::{FlatAppend, FlatAppendFile, Hole};
-use super::metadata::MetadataStore;
+use super::metadata::{Meta, MetadataStore};
 use super::{FileKind, QueueKey, TieredConfig, TieredError, TIERED_CQ_UNIT_BYTES};
 use crate::bugs::{Bug, BugSet};
 use crate::io::ObjectStore;
@@ -74,6 +76,8 @@ pub struct FlatMessageFile {
     pub recovered: bool,
     /// What recovery found no bytes for (queue offsets for the consume queue).
     pub holes: Vec<(FileKind, Hole)>,
+    /// Remote sizes learned by a recovery not finished yet (None: no such object).
+    recovery_sizes: BTreeMap<(FileKind, u64), Option<u64>>,
 }
 
 impl FlatMessageFile {
@@ -87,7 +91,14 @@ impl FlatMessageFile {
             cfg.consume_queue_segment_bytes,
             first_queue_offset * TIERED_CQ_UNIT_BYTES,
         );
-        FlatMessageFile { queue, commit_log: cl, consume_queue: cq, recovered: false, holes: Vec::new() }
+        FlatMessageFile {
+            queue,
+            commit_log: cl,
+            consume_queue: cq,
+            recovered: false,
+            holes: Vec::new(),
+            recovery_sizes: BTreeMap::new(),
+        }
     }
 
     /// First queue offset the tiered store holds.
@@ -110,13 +121,28 @@ impl FlatMessageFile {
     pub async fn recover(
         &mut self,
         obj: &dyn ObjectStore,
-        meta: &mut MetadataStore,
+        meta: &Meta,
         listed: &[(FileKind, u64)],
         now_ms: i64,
     ) -> Result<(), TieredError> {
         let bases = |k: FileKind| listed.iter().filter(|(kind, _)| *kind == k).map(|(_, b)| *b).collect::<Vec<_>>();
-        let cl_holes = self.commit_log.recover(obj, meta, &bases(FileKind::CommitLog), now_ms).await?;
-        let cq_holes = self.consume_queue.recover(obj, meta, &bases(FileKind::ConsumeQueue), now_ms).await?;
+        let sizes = |k: FileKind| -> BTreeMap<u64, Option<u64>> {
+            self.recovery_sizes.iter().filter(|((kind, _), _)| *kind == k).map(|((_, b), s)| (*b, *s)).collect()
+        };
+        let (mut cl_sizes, mut cq_sizes) = (sizes(FileKind::CommitLog), sizes(FileKind::ConsumeQueue));
+        let cl = self.commit_log.recover(obj, meta, &bases(FileKind::CommitLog), &mut cl_sizes, now_ms).await;
+        let cq = match &cl {
+            Ok(_) => Some(self.consume_queue.recover(obj, meta, &bases(FileKind::ConsumeQueue), &mut cq_sizes, now_ms).await),
+            Err(_) => None,
+        };
+        self.recovery_sizes = cl_sizes
+            .into_iter()
+            .map(|(b, s)| ((FileKind::CommitLog, b), s))
+            .chain(cq_sizes.into_iter().map(|(b, s)| ((FileKind::ConsumeQueue, b), s)))
+            .collect();
+        let cl_holes = cl?;
+        let cq_holes = cq.expect("recovered after the commit log")?;
+        self.recovery_sizes.clear();
         self.holes = cl_holes
             .into_iter()
             .map(|h| (FileKind::CommitLog, h))
@@ -139,7 +165,7 @@ impl FlatMessageFile {
     pub async fn append_message(
         &mut self,
         obj: &dyn ObjectStore,
-        meta: &mut MetadataStore,
+        meta: &Meta,
         record: Bytes,
         tags_code: i64,
         store_ts_ms: i64,
@@ -158,12 +184,20 @@ impl FlatMessageFile {
     pub async fn append_unit(
         &mut self,
         obj: &dyn ObjectStore,
-        meta: &mut MetadataStore,
+        meta: &Meta,
         unit: TieredUnit,
         store_ts_ms: i64,
         bugs: &BugSet,
         now_ms: i64,
     ) -> Result<FlatAppend, TieredError> {
+        if self.consume_queue.would_roll(TIERED_CQ_UNIT_BYTES) && !bugs.has(Bug::TieredCqBeforeCl) {
+            // The roll commits the consume queue's full segment: the commit-log bytes its
+            // units point at go first.
+            self.commit_log.commit(obj, meta, bugs, now_ms).await?;
+            if self.commit_log.has_uncommitted() {
+                return Ok(FlatAppend::NotReady);
+            }
+        }
         let bytes = Bytes::copy_from_slice(&unit.encode());
         self.consume_queue.append(obj, meta, bytes, store_ts_ms, bugs, now_ms).await
     }
@@ -172,13 +206,10 @@ impl FlatMessageFile {
     pub async fn commit(
         &mut self,
         obj: &dyn ObjectStore,
-        meta: &mut MetadataStore,
+        meta: &Meta,
         bugs: &BugSet,
         now_ms: i64,
     ) -> Result<(), TieredError> {
-        // A segment rolled since the last commit is named in the metadata before any byte is
-        // uploaded to it, so a loaded metadata file always knows every object.
-        meta.persist().await?;
         let r = if bugs.has(Bug::TieredCqBeforeCl) {
             let cq = self.consume_queue.commit(obj, meta, bugs, now_ms).await;
             let cl = self.commit_log.commit(obj, meta, bugs, now_ms).await;
@@ -189,7 +220,7 @@ impl FlatMessageFile {
                 Err(e) => Err(e),
             }
         };
-        meta.persist().await?;
+        meta.lock().await.persist().await?;
         r
     }
 

@@ -40,6 +40,9 @@ struct MetadataFile {
 
 const FORMAT_VERSION: u32 = 1;
 
+/// The metadata behind its lock, held only to update or save it, never across an upload.
+pub type Meta = tokio::sync::Mutex<MetadataStore>;
+
 /// The metadata in memory and the file behind it.
 #[derive(Debug)]
 pub struct MetadataStore {

@@ -103,11 +103,9 @@ impl TieredInner {
     /// Checks one queue against the object store (once per open).
     pub async fn recover_flat(&self, flat: &mut FlatMessageFile) -> Result<(), TieredError> {
         let listed = lock(&self.listed).get(&flat.queue).cloned().unwrap_or_default();
-        let mut meta = self.meta.lock().await;
         let now = self.now_ms();
-        flat.recover(self.obj.as_ref(), &mut meta, &listed, now).await?;
-        meta.persist().await?;
-        drop(meta);
+        flat.recover(self.obj.as_ref(), &self.meta, &listed, now).await?;
+        self.meta.lock().await.persist().await?;
         lock(&self.listed).remove(&flat.queue);
         Ok(())
     }
@@ -200,7 +198,9 @@ impl TieredStore {
     }
 
     /// Stops the dispatcher and saves the metadata. Uncommitted batches are dropped: they are
-    /// dispatched again after the next start. Ends within the dispatcher's current upload.
+    /// dispatched again after the next start. Bounded: a dispatcher still inside an upload
+    /// after `SHUTDOWN_WAIT_MS` (the object store failing or slow) is aborted where it stands,
+    /// which recovery handles as it handles a crash.
     pub async fn shutdown(&self) -> Result<(), TieredError> {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -208,9 +208,15 @@ impl TieredStore {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop_notify.notify_waiters();
         let task = lock(&self.task).take();
-        if let Some(t) = task {
-            let _ = t.await;
+        if let Some(mut t) = task {
+            if tokio::time::timeout(Duration::from_millis(SHUTDOWN_WAIT_MS), &mut t).await.is_err() {
+                tracing::warn!("tiered dispatcher still uploading at shutdown: aborted");
+                t.abort();
+                let _ = t.await;
+                self.inner.dispatcher_alive.store(false, Ordering::SeqCst);
+            }
         }
+        // The metadata lock may be held by the aborted upload's caller no longer: take it.
         self.inner.meta.lock().await.persist().await
     }
 
@@ -243,24 +249,22 @@ impl TieredStore {
         &self.inner.cfg
     }
 
-    /// Every queue's tiered state (None for a flat file busy uploading).
-    pub fn queue_states(&self) -> Vec<QueueState> {
-        self.inner
-            .all_flats()
-            .into_iter()
-            .filter_map(|(q, f)| {
-                let f = f.try_lock().ok()?;
-                Some(QueueState {
-                    queue: q,
-                    recovered: f.recovered,
-                    min_queue_offset: f.min_queue_offset(),
-                    commit_queue_offset: f.commit_queue_offset(),
-                    dispatch_queue_offset: f.dispatch_queue_offset(),
-                    uncommitted: f.has_uncommitted(),
-                    holes: f.holes.iter().map(|(k, h)| (*k, h.clone())).collect(),
-                })
-            })
-            .collect()
+    /// Every queue's tiered state (waits for a queue busy uploading).
+    pub async fn queue_states(&self) -> Vec<QueueState> {
+        let mut out = Vec::new();
+        for (q, f) in self.inner.all_flats() {
+            let f = f.lock().await;
+            out.push(QueueState {
+                queue: q,
+                recovered: f.recovered,
+                min_queue_offset: f.min_queue_offset(),
+                commit_queue_offset: f.commit_queue_offset(),
+                dispatch_queue_offset: f.dispatch_queue_offset(),
+                uncommitted: f.has_uncommitted(),
+                holes: f.holes.iter().map(|(k, h)| (*k, h.clone())).collect(),
+            });
+        }
+        out
     }
 
     pub(crate) fn inner(&self) -> &Arc<TieredInner> {
@@ -309,6 +313,8 @@ async fn list_with_retries(
 }
 
 const RETRY_MS: u64 = 200;
+/// How long shutdown lets the dispatcher finish its current upload.
+const SHUTDOWN_WAIT_MS: u64 = 1_000;
 
 async fn retry<T, F, Fut>(give_up_after_ms: u64, what: &str, mut f: F) -> Result<T, TieredError>
 where

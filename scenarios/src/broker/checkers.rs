@@ -460,6 +460,9 @@ pub fn no_leak(
     if buffers > allowed_buffers {
         out.push(v(format!("{when}: {buffers} pooled buffers outstanding (allowed {allowed_buffers})")));
     }
+    for h in holds.iter().filter(|h| h.kind == HoldKind::Permit) {
+        out.push(v(format!("{when}: {} permit(s) of {} not returned", h.count, h.resource)));
+    }
     out
 }
 

@@ -1,0 +1,28 @@
+//! The history of a tiered run: every send and its ack, what the tiered store reported
+//! committed at its last clean stop, and what the checker itself decoded from the object
+//! store. Kept outside the nodes, so it survives every crash and the replaced disk.
+
+use std::collections::BTreeMap;
+
+use sim::Violation;
+
+pub use crate::broker::history::{body_for, id_of_body, MsgId};
+
+/// A queue: (topic, queue id).
+pub type Queue = (String, u32);
+
+#[derive(Debug, Default)]
+pub struct History {
+    /// Every message sent, with its queue.
+    pub sends: BTreeMap<MsgId, Queue>,
+    /// Acked messages: their queue offset.
+    pub acks: BTreeMap<MsgId, u64>,
+    /// Messages the consumer read.
+    pub reads: u64,
+    /// At the last clean stop, per queue: `[min, commit)` the tiered store reported committed.
+    pub committed: BTreeMap<Queue, (u64, u64)>,
+    /// What the checker decoded from the object store at its last look: per queue offset the
+    /// message id, `None` for a blank unit.
+    pub remote_ids: BTreeMap<(Queue, u64), Option<MsgId>>,
+    pub violations: Vec<Violation>,
+}
