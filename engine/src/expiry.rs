@@ -1,7 +1,7 @@
 //! Expiry of local files (RocketMQ's `CleanCommitLogService` and `CleanConsumeQueueService`):
 //! commit-log files whose messages are all older than the retention are deleted from the
-//! head of the log, then the consume-queue files that only point into them, and each queue's
-//! minimum moves to its first unit still in the log (`correctMinOffset`).
+//! head of the log, then the consume-queue and index files that only point into them, and
+//! each queue's minimum moves to its first unit still in the log (`correctMinOffset`).
 //!
 //! Deletion goes oldest first, one file at a time, and each removal is a directory entry
 //! marked in `DirSyncs`: whatever a crash or power loss keeps of it is a prefix removal,
@@ -23,6 +23,8 @@ use crate::store::{lock, Inner};
 pub struct ExpiryReport {
     pub commit_log_files_deleted: u64,
     pub cq_files_deleted: u64,
+    /// Index files whose every key points below the log's new start.
+    pub index_files_deleted: u64,
     /// The commit log's first offset after the pass.
     pub new_min_phy_offset: u64,
     /// The expired commit-log file the pass stopped at because it is held (a reader has it).
@@ -60,6 +62,7 @@ pub(crate) fn delete_expired(inner: &Inner) -> Result<ExpiryReport> {
         // Also after a pass that deleted no commit-log file: an earlier one may have been
         // cut short (an error, a crash) between the commit log and the queues.
         report.cq_files_deleted = expire_consume_queues(inner, min_phy)?;
+        report.index_files_deleted = lock(&inner.index).expire_below(inner.storage.as_ref(), min_phy)?;
     }
     Ok(report)
 }
@@ -129,7 +132,7 @@ pub(crate) fn spawn_expiry(inner: &Arc<Inner>) -> tokio::task::JoinHandle<()> {
                 break;
             }
             match delete_expired(&inner) {
-                Ok(r) if r.commit_log_files_deleted + r.cq_files_deleted > 0 => {
+                Ok(r) if r.commit_log_files_deleted + r.cq_files_deleted + r.index_files_deleted > 0 => {
                     tracing::info!(?r, "expired local files");
                     if let Err(e) = inner.sync_dirs().await {
                         tracing::error!(error = %e, "directory sync after expiry failed");

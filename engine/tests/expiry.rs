@@ -145,8 +145,14 @@ async fn expired_files_go_from_the_head_and_reads_follow() {
     assert_reads_after_expiry(&store, &s.puts, 100);
 
     // Everything old: only the last commit-log file and each queue's last CQ file stay.
+    let index_files_before = std::fs::read_dir(s.cfg.root_dir.join("index")).unwrap().count();
     s.clock.set(T0_MS + 1_000_000);
     let r = store.delete_expired().unwrap();
+    let index_files_after = std::fs::read_dir(s.cfg.root_dir.join("index")).unwrap().count();
+    assert!(r.index_files_deleted > 0, "{r:?}");
+    assert_eq!(index_files_after, index_files_before - r.index_files_deleted as usize);
+    assert!(store.query_by_key("T", "k0", 0, i64::MAX, 10).unwrap().is_empty(), "an expired key: no error, nothing");
+    assert_eq!(store.query_by_key("T", "k299", 0, i64::MAX, 10).unwrap().len(), 1, "a live key is still found");
     let last = files_before.last().unwrap().clone();
     assert_eq!(files_in(&cl_dir(&s.cfg)), vec![last.clone()], "the last commit-log file is never expired");
     assert_eq!(r.new_min_phy_offset, last.parse::<u64>().unwrap());
