@@ -551,8 +551,11 @@ fn reput_start(inner: &Inner, cl_end: u64, index_from: Option<u64>, index_destro
 pub(crate) fn rebuild_topic_queue_table(inner: &Inner) -> Result<()> {
     let min_phy = lock(&inner.cl).min_offset();
     let mut cqs = lock(&inner.cqs);
-    for cq in cqs.values_mut() {
-        cq.correct_min_offset(min_phy)?;
+    if min_phy > 0 {
+        // (At 0 every queue's minimum is already its first unit: recovery put it there.)
+        for cq in cqs.values_mut() {
+            cq.correct_min_offset(min_phy)?;
+        }
     }
     let table = cqs.iter().map(|(k, cq)| (k.clone(), cq.max_offset_in_queue())).collect();
     drop(cqs);
