@@ -3,8 +3,9 @@
 //! whatever the disk kept, reads the messages still in the log, keeps every queue's end and
 //! hands out the next queue offsets, and a later pass finishes the deletion.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use engine::io::Clock;
@@ -39,7 +40,8 @@ fn check_queues(store: &Store, puts: &[(u32, PutResult)], what: &str) {
     }
 }
 
-async fn expire_then_lose_power(seed: u64) {
+/// Returns where the log started after the power loss.
+async fn expire_then_lose_power(seed: u64) -> u64 {
     let disk = SimDisk::new("b", DiskConfig::default(), seed, Trace::new(false));
     let clock = Arc::new(ManualClock(AtomicI64::new(T0_MS)));
     let expiring = StoreConfig { file_retention_ms: Some(1_000), ..StoreConfig::small("/store") };
@@ -76,6 +78,7 @@ async fn expire_then_lose_power(seed: u64) {
     if seed % 2 == 1 {
         assert_eq!(store.min_phy_offset(), r.new_min_phy_offset, "synced removals stay removed");
     }
+    let kept_min_phy = store.min_phy_offset();
     check_queues(&store, &puts, "after the power loss");
     store.start().unwrap();
     let next = store.put("T", 0, b"next", None, &[]).await.expect("put");
@@ -89,15 +92,23 @@ async fn expire_then_lose_power(seed: u64) {
     assert_eq!(store.min_phy_offset(), r.new_min_phy_offset, "the second pass finishes the deletion");
     check_queues(&store, &puts, "after the second pass");
     store.shutdown().await.expect("shutdown");
+    kept_min_phy
 }
 
 #[test]
 fn a_power_loss_after_expiry_keeps_a_prefix_removal() {
-    for seed in 0..24 {
+    let starts = Arc::new(Mutex::new(BTreeSet::new()));
+    for seed in 0..48 {
+        let starts = starts.clone();
         let outcome = sim::run(sim::RunOptions::new(seed), move |_trace: Arc<Trace>| async move {
-            expire_then_lose_power(seed).await;
+            let start = expire_then_lose_power(seed).await;
+            if seed % 2 == 0 {
+                starts.lock().unwrap().insert(start);
+            }
             Vec::new()
         });
         assert!(outcome.passed(), "seed {seed}: {:?}", outcome.violations);
     }
+    let starts = starts.lock().unwrap();
+    assert!(starts.len() >= 3, "power losses kept different prefixes of the unsynced removals: {starts:?}");
 }
