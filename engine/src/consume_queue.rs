@@ -217,13 +217,17 @@ impl ConsumeQueue {
 
     /// Moves the queue's minimum to its first unit of a message at or above commit-log offset
     /// `min_phy` (`correctMinOffset`): the units below point into expired commit-log files.
-    /// Blank units are skipped as before.
+    /// Blank units are skipped as before. The search starts at the current minimum: the log's
+    /// start only ever rises.
     pub fn correct_min_offset(&mut self, min_phy: u64) -> Result<()> {
         let live = |u: &CqUnit| !u.is_blank() && u.phy_offset as u64 >= min_phy;
-        let mut off = self.files.min_offset();
+        let mut off = self.min_logic_offset.max(self.files.min_offset());
         // Whole files first (units ascend in the log), then unit by unit.
         let files = self.files.files();
         for f in files.iter().take(files.len().saturating_sub(1)) {
+            if f.end_offset() <= off {
+                continue;
+            }
             match self.read_unit_at(f.end_offset() - CQ_UNIT_SIZE)? {
                 Some(u) if !u.is_blank() && !live(&u) => off = f.end_offset(),
                 _ => break,
