@@ -44,38 +44,50 @@ fn cq_dir(cfg: &StoreConfig, q: u32) -> PathBuf {
     cfg.root_dir.join("consumequeue").join("T").join(q.to_string())
 }
 
-fn expiring_config(dir: &Path) -> StoreConfig {
-    StoreConfig { file_retention_ms: Some(RETENTION_MS), ..small_config(dir) }
-}
-
-struct Setup {
+/// A temporary store directory with its config, storage and clock (at `T0_MS`).
+struct Env {
     _dir: tempfile::TempDir,
     cfg: StoreConfig,
     storage: Arc<TestStorage>,
     clock: Arc<ManualClock>,
+}
+
+impl Env {
+    fn new(file_retention_ms: Option<u64>) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig { file_retention_ms, ..small_config(dir.path()) };
+        Env { _dir: dir, cfg, storage: TestStorage::new(), clock: ManualClock::new(T0_MS) }
+    }
+
+    async fn open(&self) -> Store {
+        open(&self.cfg, &self.storage, &self.clock).await
+    }
+}
+
+struct Setup {
+    e: Env,
     puts: Vec<(u32, PutResult)>,
 }
 
 /// 300 messages of 700 bytes over 3 queues, 10 ms apart (four 64 KiB commit-log files, two
 /// consume-queue files of 64 units per queue), everything flushed and dispatched. The store
-/// is running; the expiry service is not (no retention yet in the running config).
+/// is running without a retention (no expiry service); `Env::open` opens with one.
 async fn setup() -> (Setup, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = expiring_config(dir.path());
-    let storage = TestStorage::new();
-    let clock = ManualClock::new(T0_MS);
-    let store = open(&StoreConfig { file_retention_ms: None, ..cfg.clone() }, &storage, &clock).await;
+    let e = Env::new(Some(RETENTION_MS));
+    let store = open(&StoreConfig { file_retention_ms: None, ..e.cfg.clone() }, &e.storage, &e.clock).await;
     store.start().unwrap();
-    let puts = put_n(&store, &clock, 300, 3, 700, 10).await;
+    let puts = put_n(&store, &e.clock, 300, 3, 700, 10).await;
     wait_dispatch(&store).await;
     store.flush_all().await.unwrap();
-    assert!(files_in(&cl_dir(&cfg)).len() >= 4, "several commit-log files");
-    (Setup { _dir: dir, cfg, storage, clock, puts }, store)
+    assert!(files_in(&cl_dir(&e.cfg)).len() >= 4, "several commit-log files");
+    (Setup { e, puts }, store)
 }
 
-/// Reopens with the expiring config (after `setup`'s store was shut down or dropped).
-async fn reopen(s: &Setup) -> Store {
-    open(&s.cfg, &s.storage, &s.clock).await
+/// `setup`, shut down cleanly.
+async fn setup_shut_down() -> Setup {
+    let (s, store) = setup().await;
+    store.shutdown().await.unwrap();
+    s
 }
 
 /// What a queue must hold once the commit log starts at `min_phy`: the puts at or above it.
@@ -117,21 +129,20 @@ fn expiry_settings_are_validated() {
 
 #[tokio::test]
 async fn expired_files_go_from_the_head_and_reads_follow() {
-    let (s, store) = setup().await;
-    store.shutdown().await.unwrap();
-    let store = reopen(&s).await;
-    let files_before = files_in(&cl_dir(&s.cfg));
-    let file_size = s.cfg.commit_log_file_size_bytes;
+    let s = setup_shut_down().await;
+    let store = s.e.open().await;
+    let files_before = files_in(&cl_dir(&s.e.cfg));
+    let file_size = s.e.cfg.commit_log_file_size_bytes;
 
     // Not expired yet: at the time of the first put, every message is younger than the retention.
-    s.clock.set(T0_MS);
+    s.e.clock.set(T0_MS);
     let r = store.delete_expired().unwrap();
     assert_eq!(r.commit_log_files_deleted, 0);
     assert_eq!(r.new_min_phy_offset, 0);
 
     // The first file's messages are all older than the cutoff once the second file's first
     // message is: exactly the files before the first one holding a message at or after it.
-    s.clock.set(T0_MS + 1_500 + RETENTION_MS as i64);
+    s.e.clock.set(T0_MS + 1_500 + RETENTION_MS as i64);
     let cutoff = T0_MS + 1_500;
     let first_young = s.puts.iter().find(|(_, r)| r.store_timestamp_ms >= cutoff).unwrap().1.phy_offset;
     let want_min = first_young / file_size * file_size;
@@ -141,23 +152,23 @@ async fn expired_files_go_from_the_head_and_reads_follow() {
     assert_eq!(r.commit_log_files_deleted, want_min / file_size);
     assert_eq!(r.blocked_by_hold, None);
     assert_eq!(store.min_phy_offset(), want_min);
-    assert_eq!(files_in(&cl_dir(&s.cfg)), files_before[(want_min / file_size) as usize..]);
+    assert_eq!(files_in(&cl_dir(&s.e.cfg)), files_before[(want_min / file_size) as usize..]);
     assert_reads_after_expiry(&store, &s.puts, 100);
 
     // Everything old: only the last commit-log file and each queue's last CQ file stay.
-    let index_files_before = std::fs::read_dir(s.cfg.root_dir.join("index")).unwrap().count();
-    s.clock.set(T0_MS + 1_000_000);
+    let index_files_before = std::fs::read_dir(s.e.cfg.root_dir.join("index")).unwrap().count();
+    s.e.clock.set(T0_MS + 1_000_000);
     let r = store.delete_expired().unwrap();
-    let index_files_after = std::fs::read_dir(s.cfg.root_dir.join("index")).unwrap().count();
+    let index_files_after = std::fs::read_dir(s.e.cfg.root_dir.join("index")).unwrap().count();
     assert!(r.index_files_deleted > 0, "{r:?}");
     assert_eq!(index_files_after, index_files_before - r.index_files_deleted as usize);
     assert!(store.query_by_key("T", "k0", 0, i64::MAX, 10).unwrap().is_empty(), "an expired key: no error, nothing");
     assert_eq!(store.query_by_key("T", "k299", 0, i64::MAX, 10).unwrap().len(), 1, "a live key is still found");
     let last = files_before.last().unwrap().clone();
-    assert_eq!(files_in(&cl_dir(&s.cfg)), vec![last.clone()], "the last commit-log file is never expired");
+    assert_eq!(files_in(&cl_dir(&s.e.cfg)), vec![last.clone()], "the last commit-log file is never expired");
     assert_eq!(r.new_min_phy_offset, last.parse::<u64>().unwrap());
     for q in 0..3 {
-        assert_eq!(files_in(&cq_dir(&s.cfg, q)).len(), 1, "a queue's last CQ file is never expired");
+        assert_eq!(files_in(&cq_dir(&s.e.cfg, q)).len(), 1, "a queue's last CQ file is never expired");
     }
     assert!(r.cq_files_deleted >= 3, "{r:?}");
     assert_reads_after_expiry(&store, &s.puts, 100);
@@ -176,7 +187,7 @@ async fn expired_files_go_from_the_head_and_reads_follow() {
     store.shutdown().await.unwrap();
     drop(store);
     for crash in [false, true] {
-        let store = reopen(&s).await;
+        let store = s.e.open().await;
         let kind = store.last_recovery().kind;
         assert_eq!(kind, if crash { RecoveryKind::Abnormal } else { RecoveryKind::Normal });
         assert_eq!(store.min_phy_offset(), min_phy, "the log starts where expiry left it");
@@ -205,20 +216,20 @@ async fn expired_files_go_from_the_head_and_reads_follow() {
 #[tokio::test]
 async fn a_held_file_stops_expiry_and_is_named() {
     let (s, store) = setup().await;
-    s.clock.set(T0_MS + 1_000_000);
+    s.e.clock.set(T0_MS + 1_000_000);
     assert_eq!(store.delete_expired().unwrap(), engine::ExpiryReport::default(), "without a retention nothing expires");
     store.shutdown().await.unwrap();
     drop(store);
 
-    let store = reopen(&s).await;
-    let head = files_in(&cl_dir(&s.cfg))[0].clone();
+    let store = s.e.open().await;
+    let head = files_in(&cl_dir(&s.e.cfg))[0].clone();
     let hold = store.holds().acquire(HoldKind::MappedFile, &head);
     let r = store.delete_expired().unwrap();
     assert_eq!(r.blocked_by_hold.as_deref(), Some(head.as_str()));
     assert_eq!(r.commit_log_files_deleted, 0);
     assert_eq!(r.cq_files_deleted, 0, "consume queues follow the commit log");
     assert_eq!(store.min_phy_offset(), 0);
-    assert_eq!(files_in(&cl_dir(&s.cfg))[0], head);
+    assert_eq!(files_in(&cl_dir(&s.e.cfg))[0], head);
     drop(hold);
     let r = store.delete_expired().unwrap();
     assert_eq!(r.blocked_by_hold, None);
@@ -227,16 +238,13 @@ async fn a_held_file_stops_expiry_and_is_named() {
 
 #[tokio::test]
 async fn files_dispatch_has_not_passed_stay() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = expiring_config(dir.path());
-    let storage = TestStorage::new();
-    let clock = ManualClock::new(T0_MS);
+    let e = Env::new(Some(RETENTION_MS));
     // Not started: nothing dispatches.
-    let store = open(&cfg, &storage, &clock).await;
-    let puts = put_n(&store, &clock, 300, 3, 700, 10).await;
+    let store = e.open().await;
+    let puts = put_n(&store, &e.clock, 300, 3, 700, 10).await;
     store.flush_all().await.unwrap();
     assert_eq!(store.reput_offset(), 0);
-    clock.set(T0_MS + 1_000_000);
+    e.clock.set(T0_MS + 1_000_000);
     let r = store.delete_expired().unwrap();
     assert_eq!(r.commit_log_files_deleted, 0, "dispatch has not passed any file");
     store.start().unwrap();
@@ -253,22 +261,20 @@ async fn files_dispatch_has_not_passed_stay() {
 
 #[tokio::test]
 async fn the_service_expires_files_while_running() {
-    let (s, store) = setup().await;
-    store.shutdown().await.unwrap();
-    drop(store);
-    let store = reopen(&s).await;
+    let s = setup_shut_down().await;
+    let store = s.e.open().await;
     store.start().unwrap();
-    s.clock.set(T0_MS + 1_000_000);
-    let last = files_in(&cl_dir(&s.cfg)).pop().unwrap();
+    s.e.clock.set(T0_MS + 1_000_000);
+    let last = files_in(&cl_dir(&s.e.cfg)).pop().unwrap();
     for _ in 0..100 {
         if store.min_phy_offset() > 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(s.cfg.expiry_interval_ms)).await;
+        tokio::time::sleep(Duration::from_millis(s.e.cfg.expiry_interval_ms)).await;
     }
     assert_eq!(store.min_phy_offset(), last.parse::<u64>().unwrap(), "the service expired every file but the last");
     store.shutdown().await.unwrap();
-    assert_eq!(files_in(&cl_dir(&s.cfg)), vec![last]);
+    assert_eq!(files_in(&cl_dir(&s.e.cfg)), vec![last]);
 }
 
 /// A deletion cut short by a crash leaves a prefix removal: the first commit-log files gone,
@@ -284,17 +290,17 @@ async fn a_deletion_cut_short_recovers() {
             store.shutdown().await.unwrap();
             drop(store);
         }
-        for name in &files_in(&cl_dir(&s.cfg))[..cl_files_gone] {
-            std::fs::remove_file(cl_dir(&s.cfg).join(name)).unwrap();
+        for name in &files_in(&cl_dir(&s.e.cfg))[..cl_files_gone] {
+            std::fs::remove_file(cl_dir(&s.e.cfg).join(name)).unwrap();
         }
-        let min_phy = cl_files_gone as u64 * s.cfg.commit_log_file_size_bytes;
-        let units_per_file = s.cfg.cq_units_per_file as usize;
+        let min_phy = cl_files_gone as u64 * s.e.cfg.commit_log_file_size_bytes;
+        let units_per_file = s.e.cfg.cq_units_per_file as usize;
         let removed_units = live(&s.puts, 0, 0).into_iter().take(cq_files_gone * units_per_file);
         assert!(removed_units.into_iter().all(|r| r.phy_offset < min_phy), "only CQ files wholly below the log go");
-        for name in &files_in(&cq_dir(&s.cfg, 0))[..cq_files_gone] {
-            std::fs::remove_file(cq_dir(&s.cfg, 0).join(name)).unwrap();
+        for name in &files_in(&cq_dir(&s.e.cfg, 0))[..cq_files_gone] {
+            std::fs::remove_file(cq_dir(&s.e.cfg, 0).join(name)).unwrap();
         }
-        let store = reopen(&s).await;
+        let store = s.e.open().await;
         assert_eq!(store.min_phy_offset(), min_phy);
         assert!(store.last_recovery().load_repairs.is_empty(), "{:?}", store.last_recovery().load_repairs);
         assert_reads_after_expiry(&store, &s.puts, 100);
@@ -302,11 +308,11 @@ async fn a_deletion_cut_short_recovers() {
         let r = store.put("T", 0, b"x", None, &[]).await.unwrap();
         assert_eq!(r.queue_offset, 100, "crash={crash}: queue offsets are never reused");
         // The rest of the deletion completes.
-        s.clock.set(T0_MS + 1_000_000);
+        s.e.clock.set(T0_MS + 1_000_000);
         wait_dispatch(&store).await;
         store.flush_all().await.unwrap();
         let rep = store.delete_expired().unwrap();
-        assert_eq!(files_in(&cl_dir(&s.cfg)).len(), 1, "{rep:?}");
+        assert_eq!(files_in(&cl_dir(&s.e.cfg)).len(), 1, "{rep:?}");
         store.shutdown().await.unwrap();
     }
 }
@@ -315,16 +321,14 @@ async fn a_deletion_cut_short_recovers() {
 /// a missing head is normal.
 #[tokio::test]
 async fn a_gap_between_files_is_still_cut() {
-    let (s, store) = setup().await;
-    store.shutdown().await.unwrap();
-    drop(store);
-    let names = files_in(&cl_dir(&s.cfg));
-    std::fs::remove_file(cl_dir(&s.cfg).join(&names[0])).unwrap();
-    std::fs::remove_file(cl_dir(&s.cfg).join(&names[2])).unwrap();
-    let store = reopen(&s).await;
+    let s = setup_shut_down().await;
+    let names = files_in(&cl_dir(&s.e.cfg));
+    std::fs::remove_file(cl_dir(&s.e.cfg).join(&names[0])).unwrap();
+    std::fs::remove_file(cl_dir(&s.e.cfg).join(&names[2])).unwrap();
+    let store = s.e.open().await;
     let rep = store.last_recovery();
     assert!(rep.load_repairs.iter().any(|r| r.starts_with("removed after gap")), "{:?}", rep.load_repairs);
-    let size = s.cfg.commit_log_file_size_bytes;
+    let size = s.e.cfg.commit_log_file_size_bytes;
     assert_eq!(store.min_phy_offset(), size);
     assert_eq!(store.max_phy_offset(), 2 * size, "the log ends at the gap");
 }
@@ -337,17 +341,14 @@ const MIB: u64 = 1 << 20;
 
 #[tokio::test]
 async fn a_continued_log_goes_on_above_the_old_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = small_config(dir.path());
-    let storage = TestStorage::new();
-    let clock = ManualClock::new(T0_MS);
-    let store = open(&cfg, &storage, &clock).await;
+    let e = Env::new(None);
+    let store = e.open().await;
     store.continue_from(10 * MIB, &floors(500)).unwrap();
     assert_eq!((store.min_phy_offset(), store.max_phy_offset()), (10 * MIB, 10 * MIB));
     assert_eq!((store.min_offset("T", 0), store.max_offset("T", 0)), (500, 500));
     assert_eq!(store.dispatch_behind_bytes(), 0);
     store.start().unwrap();
-    let puts = put_n(&store, &clock, 200, 2, 700, 10).await;
+    let puts = put_n(&store, &e.clock, 200, 2, 700, 10).await;
     assert_eq!(puts[0].1.phy_offset, 10 * MIB, "the first record at the floor");
     assert_eq!(puts[0].1.queue_offset, 500);
     assert_eq!(puts[1].1.queue_offset, 0, "an unnamed queue starts at 0");
@@ -374,7 +375,7 @@ async fn a_continued_log_goes_on_above_the_old_offsets() {
     store.shutdown().await.unwrap();
     drop(store);
     for crash in [false, true] {
-        let store = open(&cfg, &storage, &clock).await;
+        let store = e.open().await;
         assert_eq!(store.last_recovery().kind, if crash { RecoveryKind::Abnormal } else { RecoveryKind::Normal });
         check(&store, &puts);
         store.start().unwrap();
@@ -394,18 +395,15 @@ async fn a_continued_log_goes_on_above_the_old_offsets() {
 /// again, and the floors hold.
 #[tokio::test]
 async fn an_empty_continued_log_is_continued_again_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = small_config(dir.path());
-    let storage = TestStorage::new();
-    let clock = ManualClock::new(T0_MS);
-    let store = open(&cfg, &storage, &clock).await;
+    let e = Env::new(None);
+    let store = e.open().await;
     let err = store.continue_from(10 * MIB, &floors(u64::MAX)).unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "an impossible floor: {err:?}");
     store.continue_from(10 * MIB + 1, &floors(500)).unwrap();
-    let start = 10 * MIB + cfg.commit_log_file_size_bytes;
+    let start = 10 * MIB + e.cfg.commit_log_file_size_bytes;
     assert_eq!(store.min_phy_offset(), start, "the next file boundary");
     drop(store); // a crash with the log empty
-    let store = open(&cfg, &storage, &clock).await;
+    let store = e.open().await;
     store.continue_from(10 * MIB + 1, &floors(500)).unwrap();
     assert_eq!(store.min_phy_offset(), start);
     assert_eq!(store.max_offset("T", 0), 500);
