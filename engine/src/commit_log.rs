@@ -487,23 +487,48 @@ impl CommitLog {
         let needs_new = self.queue.last().is_none_or(|f| f.is_full());
         if needs_new {
             let from = self.queue.last().map_or(0, |f| f.end_offset());
-            let mut buffer = self.pool.as_ref().and_then(|p| p.borrow());
-            if self.pool.is_some() && buffer.is_none() {
-                // RocketMQ falls back to writing the file directly when the pool is empty.
-                tracing::warn!("transient pool exhausted; file {from} is written directly");
-            }
-            if matches!(self.spare, Spare::Ready) {
-                self.spare = Spare::Wanted;
-                let spare = self.queue.dir().join(SPARE_FILE_NAME);
-                match self.queue.adopt_spare(storage, from, &spare, &mut buffer) {
-                    Ok(_) => return Ok(self.queue.last_mut().expect("just adopted")),
-                    // Only slower: the file is created sparse instead.
-                    Err(e) => tracing::warn!(error = %e, "taking the spare commit-log file failed"),
-                }
-            }
-            return self.queue.create_file(storage, from, buffer);
+            return self.new_file(storage, from);
         }
         Ok(self.queue.last_mut().expect("checked"))
+    }
+
+    /// Creates the file starting at `from` (after the last one), from the spare if one is ready.
+    fn new_file(&mut self, storage: &dyn Storage, from: u64) -> Result<&mut MappedFile> {
+        let mut buffer = self.pool.as_ref().and_then(|p| p.borrow());
+        if self.pool.is_some() && buffer.is_none() {
+            // RocketMQ falls back to writing the file directly when the pool is empty.
+            tracing::warn!("transient pool exhausted; file {from} is written directly");
+        }
+        if matches!(self.spare, Spare::Ready) {
+            self.spare = Spare::Wanted;
+            let spare = self.queue.dir().join(SPARE_FILE_NAME);
+            match self.queue.adopt_spare(storage, from, &spare, &mut buffer) {
+                Ok(_) => return Ok(self.queue.last_mut().expect("just adopted")),
+                // Only slower: the file is created sparse instead.
+                Err(e) => tracing::warn!(error = %e, "taking the spare commit-log file failed"),
+            }
+        }
+        self.queue.create_file(storage, from, buffer)
+    }
+
+    /// Whether no record was ever appended to the files there are (there may be none).
+    pub fn is_empty(&self) -> bool {
+        self.max_offset() == self.min_offset()
+    }
+
+    /// Makes the log, which must be empty, start at `from` (a file boundary): its files are
+    /// removed and the first file is created there (a continued log, `Store::continue_from`).
+    pub fn start_at(&mut self, storage: &dyn Storage, from: u64) -> Result<()> {
+        assert!(self.is_empty(), "only an empty log can move its start");
+        self.queue.destroy(storage)?;
+        self.new_file(storage, from)?;
+        Ok(())
+    }
+
+    /// Raises a queue's next queue offset to at least `floor`.
+    pub fn raise_queue_offset(&mut self, topic: &str, queue_id: u32, floor: u64) {
+        let next = self.topic_queue_table.entry((topic.to_string(), queue_id)).or_insert(0);
+        *next = (*next).max(floor);
     }
 
     /// Appends one message (`doAppend`). The store timestamp is `now_ms` clamped to the

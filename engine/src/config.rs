@@ -72,6 +72,12 @@ pub struct StoreConfig {
     pub shutdown_dispatch_wait_ms: u64,
     /// Written into STOREHOST (ip4 + port).
     pub store_host: [u8; 8],
+    // --- expiry (`CleanCommitLogService`)
+    /// Commit-log files whose messages are all older than this are deleted, with the
+    /// consume-queue files that only point into them (`Store::delete_expired`). None: never.
+    pub file_retention_ms: Option<u64>,
+    /// How often the expiry service checks (started only when `file_retention_ms` is set).
+    pub expiry_interval_ms: u64,
     /// Enabled catalogued bugs (default: none).
     pub bugs: BugSet,
 }
@@ -105,6 +111,8 @@ impl Default for StoreConfig {
             reput_interval_ms: 1,
             shutdown_dispatch_wait_ms: 5_000,
             store_host: [127, 0, 0, 1, 0, 0, 0x28, 0x9B],
+            file_retention_ms: None,
+            expiry_interval_ms: 10_000,
             bugs: BugSet::default(),
         }
     }
@@ -128,6 +136,8 @@ impl StoreConfig {
             transient_pool_buffers: 3,
             flush_interval_cq_ms: 100,
             flush_cq_thorough_interval_ms: 1_000,
+            file_retention_ms: None,
+            expiry_interval_ms: 100,
             ..StoreConfig::default()
         }
     }
@@ -154,6 +164,12 @@ impl StoreConfig {
         }
         if self.transient_pool_buffers == 0 && self.flush_mode == FlushMode::TransientPool {
             return bad("transient pool mode needs at least one buffer");
+        }
+        if self.file_retention_ms == Some(0) || self.file_retention_ms.is_some_and(|r| r > i64::MAX as u64) {
+            return bad("file_retention_ms must be positive and fit in an i64");
+        }
+        if self.expiry_interval_ms == 0 {
+            return bad("expiry_interval_ms must be positive");
         }
         Ok(())
     }

@@ -215,6 +215,76 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Moves the queue's minimum to its first unit of a message at or above commit-log offset
+    /// `min_phy` (`correctMinOffset`): the units below point into expired commit-log files.
+    /// Blank units are skipped as before. The search starts at the current minimum: the log's
+    /// start only ever rises.
+    pub fn correct_min_offset(&mut self, min_phy: u64) -> Result<()> {
+        let live = |u: &CqUnit| !u.is_blank() && u.phy_offset as u64 >= min_phy;
+        let mut off = self.min_logic_offset.max(self.files.min_offset());
+        // Whole files first (units ascend in the log), then unit by unit.
+        let files = self.files.files();
+        for f in files.iter().take(files.len().saturating_sub(1)) {
+            if f.end_offset() <= off {
+                continue;
+            }
+            match self.read_unit_at(f.end_offset() - CQ_UNIT_SIZE)? {
+                Some(u) if !u.is_blank() && !live(&u) => off = f.end_offset(),
+                _ => break,
+            }
+        }
+        while let Some(u) = self.read_unit_at(off)? {
+            if live(&u) {
+                break;
+            }
+            off += CQ_UNIT_SIZE;
+        }
+        self.min_logic_offset = off;
+        Ok(())
+    }
+
+    /// Removes the queue's first file if every unit in it is blank or ends at or below
+    /// commit-log offset `min_phy`, unless it is the queue's last file: that one keeps the
+    /// queue's end, so that queue offsets survive a restart and are never handed out twice.
+    /// Returns whether the file went.
+    pub fn expire_first_file(&mut self, storage: &dyn Storage, min_phy: u64) -> Result<bool> {
+        let files = self.files.files();
+        if files.len() < 2 {
+            return Ok(false);
+        }
+        let (from, mut at) = (files[0].from_offset(), files[0].end_offset());
+        // The newest real unit decides (units ascend in the log; blanks carry no message).
+        while at > from {
+            at -= CQ_UNIT_SIZE;
+            match self.read_unit_at(at)? {
+                Some(u) if u.is_blank() => continue,
+                Some(u) if u.end() <= min_phy => break,
+                _ => return Ok(false),
+            }
+        }
+        self.files.remove_first(storage)?;
+        self.min_logic_offset = self.min_logic_offset.max(self.files.min_offset());
+        Ok(true)
+    }
+
+    /// Raises the queue's next offset to at least `next_offset` with blank units (a continued
+    /// log, `Store::continue_from`): a queue without files starts with a blank prefix.
+    pub fn extend_to(&mut self, storage: &dyn Storage, next_offset: u64) -> Result<()> {
+        let target = next_offset
+            .checked_mul(CQ_UNIT_SIZE)
+            .ok_or_else(|| StoreError::InvalidArgument(format!("queue offset {next_offset}")))?;
+        if self.files.max_offset() >= target {
+            return Ok(());
+        }
+        if self.files.is_empty() {
+            return self.create_with_blank_prefix(storage, target);
+        }
+        while self.files.max_offset() < target {
+            self.append_unit(storage, BLANK_UNIT)?;
+        }
+        Ok(())
+    }
+
     /// Appends the unit for `queue_offset` (`putMessagePositionInfo`).
     pub fn put(&mut self, storage: &dyn Storage, unit: CqUnit, queue_offset: u64) -> Result<PutUnit> {
         debug_assert!(unit.looks_valid());

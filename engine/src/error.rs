@@ -30,6 +30,9 @@ pub enum StoreError {
     /// The sync-flush request was not durable within `sync_flush_timeout_ms`: not acked.
     #[error("flush of offset {offset} not durable within {timeout_ms} ms")]
     FlushTimeout { offset: u64, timeout_ms: u64 },
+    /// `Store::continue_from` on a commit log that holds records.
+    #[error("commit log is not empty (offsets {min_phy_offset}..{max_phy_offset}): it cannot be continued elsewhere")]
+    LogNotEmpty { min_phy_offset: u64, max_phy_offset: u64 },
     #[error("store is shut down")]
     ShutDown,
     #[error("invalid configuration: {0}")]

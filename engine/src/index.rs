@@ -373,6 +373,19 @@ impl IndexService {
         Ok(out)
     }
 
+    /// Removes the oldest files whose every item points below commit-log offset `min_phy`
+    /// (expiry), never the last file. Returns how many went.
+    pub fn expire_below(&mut self, storage: &dyn Storage, min_phy: u64) -> Result<u64> {
+        let mut n = 0;
+        while self.files.len() > 1 && (self.files[0].header.end_phy_offset.max(0) as u64) < min_phy {
+            storage.remove_file(&self.dir.join(&self.files[0].name))?;
+            self.files.remove(0);
+            self.dirs.mark(&self.dir);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn next_name(&self, now_ms: i64) -> String {
         let name = timestamp_name(now_ms);
         match self.files.last() {

@@ -357,6 +357,17 @@ impl MappedFileQueue {
         }
     }
 
+    /// Removes the first file (expiry, `deleteExpiredFile`): the queue then starts at the
+    /// next one. Never the last file. Removing from the head only, one file at a time, leaves
+    /// whatever a crash keeps of the directory's entries a prefix removal: no gap.
+    pub fn remove_first(&mut self, storage: &dyn Storage) -> Result<()> {
+        assert!(self.files.len() > 1, "the last file is never removed from the head");
+        storage.remove_file(self.files[0].path())?;
+        self.files.remove(0);
+        self.dirs.mark(&self.dir);
+        Ok(())
+    }
+
     /// Removes every file (`destroyLogics`).
     pub fn destroy(&mut self, storage: &dyn Storage) -> Result<()> {
         while let Some(f) = self.files.pop() {

@@ -444,7 +444,7 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     report.reput_from = reput_from;
     inner.reput_offset.store(reput_from, Ordering::SeqCst);
     report.caught_up_messages = crate::dispatch::dispatch_available(inner).await?;
-    rebuild_topic_queue_table(inner);
+    rebuild_topic_queue_table(inner)?;
     *lock(&inner.recovery) = report;
     Ok(())
 }
@@ -546,8 +546,20 @@ fn reput_start(inner: &Inner, cl_end: u64, index_from: Option<u64>, index_destro
     from
 }
 
-/// `recoverTopicQueueTable`: each queue's next offset is its consume queue's end.
-pub(crate) fn rebuild_topic_queue_table(inner: &Inner) {
-    let table = lock(&inner.cqs).iter().map(|(k, cq)| (k.clone(), cq.max_offset_in_queue())).collect();
+/// `recoverTopicQueueTable`: each queue's next offset is its consume queue's end, and its
+/// minimum its first unit at or above the commit log's start (`correctMinOffset`: after
+/// expiry the log may start later than the queue's first units point).
+pub(crate) fn rebuild_topic_queue_table(inner: &Inner) -> Result<()> {
+    let min_phy = lock(&inner.cl).min_offset();
+    let mut cqs = lock(&inner.cqs);
+    if min_phy > 0 {
+        // (At 0 every queue's minimum is already its first unit: recovery put it there.)
+        for cq in cqs.values_mut() {
+            cq.correct_min_offset(min_phy)?;
+        }
+    }
+    let table = cqs.iter().map(|(k, cq)| (k.clone(), cq.max_offset_in_queue())).collect();
+    drop(cqs);
     lock(&inner.cl).set_topic_queue_table(table);
+    Ok(())
 }

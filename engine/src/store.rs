@@ -16,6 +16,7 @@ use crate::commit_log::{read_message, read_record, CommitLog, PutRef, PutRequest
 use crate::config::{FlushMode, StoreConfig};
 use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
+use crate::expiry::ExpiryReport;
 use crate::index::IndexService;
 use crate::io::{BufferPool, Clock, FileLock, Holds, IoError, Storage};
 use crate::mapped_file_queue::DirSyncs;
@@ -357,7 +358,13 @@ impl Inner {
         for (i, u) in units {
             let phy = u.phy_offset as u64;
             let what = || format!("{topic}/{queue_id} unit {i} (commit log offset {phy})");
-            let view = lock(&self.cl).view(phy).ok_or_else(|| StoreError::corrupt(what(), "no commit-log file"))?;
+            let view = {
+                let cl = lock(&self.cl);
+                if phy < cl.min_offset() {
+                    continue; // expired after the units were read
+                }
+                cl.view(phy).ok_or_else(|| StoreError::corrupt(what(), "no commit-log file"))?
+            };
             let size = u32::try_from(u.size).map_err(|_| StoreError::corrupt(what(), "negative size"))?;
             let m = read_message(&view, phy, size, self.decode_limit())?;
             if m.topic != topic || m.queue_id != queue_id || m.queue_offset != i {
@@ -486,6 +493,9 @@ impl Store {
         if self.inner.cfg.preallocate_commit_log {
             tasks.push(crate::allocate::spawn_allocator(&self.inner));
         }
+        if self.inner.cfg.file_retention_ms.is_some() {
+            tasks.push(crate::expiry::spawn_expiry(&self.inner));
+        }
         self.inner.services_running.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -568,6 +578,28 @@ impl Store {
     /// Woken after every dispatch run (see `Inner::dispatched`).
     pub fn dispatched(&self) -> &Notify {
         &self.inner.dispatched
+    }
+
+    /// Deletes the commit-log files older than `file_retention_ms` from the head of the log
+    /// (never the last file, one dispatch has not passed, or one not durable with its queue
+    /// units; a held file stops the pass and is named in the report), then the consume-queue
+    /// files wholly below the log's new start (never a queue's last file), and moves each
+    /// queue's minimum to its first message still in the log. Without a retention nothing is
+    /// deleted. The removed directory entries are synced by the next flush (the expiry
+    /// service, started by `start` when a retention is set, syncs them at once).
+    pub fn delete_expired(&self) -> Result<ExpiryReport> {
+        crate::expiry::delete_expired(&self.inner)
+    }
+
+    /// Continues an empty store above an old log (a replaced container): the commit log
+    /// starts at the first file boundary at or above `phy_floor`, and each queue of
+    /// `queue_floors` hands out queue offsets from at least its floor. Fails with
+    /// `StoreError::LogNotEmpty` once the log holds a record. Call it before any put.
+    ///
+    /// Nothing is synced: after a restart that finds the log still empty, call it again
+    /// (with the same floors); once the log holds a record, recovery brings it all back.
+    pub fn continue_from(&self, phy_floor: u64, queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()> {
+        crate::continued::continue_from(&self.inner, phy_floor, queue_floors)
     }
 
     /// Every known (topic, queue id).

@@ -77,8 +77,7 @@ impl MessageSource for Store {
     ) -> Result<Vec<StoredMessage>> {
         Store::query_by_key(self, topic, key, begin_ms, end_ms, max)
     }
-    fn continue_from(&self, _phy_floor: u64, _queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()> {
-        // MERGE-PENDING: Store::continue_from lands with local expiry.
-        Err(crate::error::StoreError::InvalidArgument("continue_from is not available yet".into()))
+    fn continue_from(&self, phy_floor: u64, queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()> {
+        Store::continue_from(self, phy_floor, queue_floors)
     }
 }

@@ -85,7 +85,7 @@ pub fn store_config(mode: FlushMode, bugs: engine::BugSet) -> StoreConfig {
     c.max_message_size_bytes = 4 * 1024;
     c.flush_mode = mode;
     c.bugs = bugs;
-    let _ = LOCAL_RETENTION_MS;
+    c.file_retention_ms = Some(LOCAL_RETENTION_MS);
     c
 }
 

@@ -1,0 +1,72 @@
+//! A continued log (`Store::continue_from`): an empty store, standing in for one whose local
+//! disk is gone (a replaced container), continues above the old log's offsets. Its commit log
+//! starts at a file boundary at or above the old physical end, and each named queue's next
+//! queue offset at or above the old queue's end, after a blank prefix. Physical offsets must
+//! go on above the old ones: the decoder bounds a record's queue offset by its physical
+//! offset (`message::queue_offset_possible`).
+//!
+//! Nothing here is synced: while the log is empty a restart may lose it, and the caller then
+//! continues again. Once a message is durable, the flush that made it so synced the new
+//! files' directory entries, and recovery brings the rest back (a lost blank prefix comes
+//! back as the hole before the queue's first unit).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use crate::commit_log::PutRef;
+use crate::consume_queue::ConsumeQueue;
+use crate::error::{Result, StoreError};
+use crate::message::queue_offset_possible;
+use crate::store::{lock, Inner};
+
+pub(crate) fn continue_from(inner: &Inner, phy_floor: u64, queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()> {
+    let st = inner.storage.as_ref();
+    let start = {
+        let mut cl = lock(&inner.cl);
+        if !cl.is_empty() {
+            return Err(StoreError::LogNotEmpty { min_phy_offset: cl.min_offset(), max_phy_offset: cl.max_offset() });
+        }
+        let size = cl.file_size();
+        let start = phy_floor
+            .div_ceil(size)
+            .checked_mul(size)
+            .ok_or_else(|| StoreError::InvalidArgument(format!("commit-log floor {phy_floor}")))?;
+        for ((topic, queue_id), &floor) in queue_floors {
+            PutRef::new(topic, *queue_id, &[], None, &[]).validate()?;
+            if !queue_offset_possible(floor, start) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "queue floor {floor} of {topic}/{queue_id} impossible at commit-log offset {start}"
+                )));
+            }
+        }
+        // A log continued before (and restarted empty) may already start at or above it.
+        if cl.queue().last().is_none_or(|f| f.from_offset() < start) {
+            cl.start_at(st, start)?;
+        }
+        for ((topic, queue_id), &floor) in queue_floors {
+            cl.raise_queue_offset(topic, *queue_id, floor);
+        }
+        cl.min_offset()
+    };
+    inner.reput_offset.fetch_max(start, Ordering::SeqCst);
+    let mut cqs = lock(&inner.cqs);
+    for ((topic, queue_id), &floor) in queue_floors {
+        let key = (topic.clone(), *queue_id);
+        if !cqs.contains_key(&key) {
+            let (cq, _) = ConsumeQueue::load(
+                st,
+                &inner.paths.root,
+                topic,
+                *queue_id,
+                inner.cfg.cq_units_per_file,
+                inner.holds.clone(),
+                inner.dirs.clone(),
+            )?;
+            cqs.insert(key.clone(), cq);
+        }
+        let cq = cqs.get_mut(&key).expect("inserted");
+        cq.extend_to(st, floor)?;
+        cq.correct_min_offset(start)?;
+    }
+    Ok(())
+}
