@@ -43,7 +43,18 @@ impl TieredStore {
             return Ok(inner.source.get(topic, queue_id, queue_offset, max_count)?);
         };
         let limit = if local_empty || local_min >= local_max { u64::MAX } else { local_min };
-        let mut out = read_messages(inner, &flat, queue_offset, max_count as u64, limit).await?;
+        let mut out;
+        let mut from = queue_offset;
+        // A run of blank units (messages that expired locally before they were tiered) is
+        // skipped, so a reader is never stuck before it.
+        loop {
+            let (msgs, next) = read_messages(inner, &flat, from, max_count as u64, limit).await?;
+            out = msgs;
+            if !out.is_empty() || next <= from {
+                break;
+            }
+            from = next;
+        }
         if out.len() < max_count && !local_empty {
             // The rest, if any, is local.
             let from = out.last().map_or(queue_offset, |m| m.queue_offset + 1).max(local_min);
@@ -65,7 +76,7 @@ impl TieredStore {
     ) -> Result<Vec<StoredMessage>, TieredError> {
         let q = QueueKey { topic: topic.to_string(), queue_id };
         let Some(flat) = self.inner().flat(&q) else { return Ok(Vec::new()) };
-        read_messages(self.inner(), &flat, queue_offset, max_count as u64, u64::MAX).await
+        Ok(read_messages(self.inner(), &flat, queue_offset, max_count as u64, u64::MAX).await?.0)
     }
 
     /// Messages of `topic` with key `key` stored within `[begin_ms, end_ms]`, local and tiered,
@@ -95,9 +106,11 @@ impl TieredStore {
             };
             let mut from = min;
             while from < commit && out.len() < max {
-                let msgs = read_messages(inner, &flat, from, MAX_UNITS_PER_READ, u64::MAX).await?;
-                let Some(last) = msgs.last() else { break };
-                from = last.queue_offset + 1;
+                let (msgs, next) = read_messages(inner, &flat, from, MAX_UNITS_PER_READ, u64::MAX).await?;
+                if next <= from {
+                    break;
+                }
+                from = next;
                 for m in msgs {
                     let in_time = m.store_timestamp_ms >= begin_ms && m.store_timestamp_ms <= end_ms;
                     let has_key = m.keys.iter().any(|k| k == key) || m.uniq_key.as_deref() == Some(key);
@@ -108,6 +121,27 @@ impl TieredStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Attempts of one ranged read while the object store fails transiently (a read is
+/// idempotent; a time-out says nothing about the bytes).
+const READ_ATTEMPTS: u32 = 3;
+const READ_RETRY_MS: u64 = 100;
+
+/// Reads exactly `len` bytes at `offset` of `key`, retrying transient failures.
+async fn get_exact(inner: &TieredInner, key: &str, offset: u64, len: u64) -> Result<bytes::Bytes, TieredError> {
+    let mut attempt = 1;
+    loop {
+        match inner.obj.get_range(key, offset, len).await {
+            Ok(b) if b.len() as u64 == len => return Ok(b),
+            Ok(b) => return Err(TieredError::corrupt(key, format!("asked {len} bytes, got {}", b.len()))),
+            Err(e) if e.is_transient() && attempt < READ_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(READ_RETRY_MS)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -123,10 +157,7 @@ async fn read_units(inner: &TieredInner, flat: &FlatRef, from: u64, n: u64) -> R
     };
     let mut units = Vec::new();
     for piece in plan {
-        let bytes = inner.obj.get_range(&piece.key, piece.offset, piece.len).await?;
-        if bytes.len() as u64 != piece.len {
-            return Err(TieredError::corrupt(&piece.key, format!("asked {} bytes, got {}", piece.len, bytes.len())));
-        }
+        let bytes = get_exact(inner, &piece.key, piece.offset, piece.len).await?;
         units.extend(decode_units(&piece.key, &bytes)?);
     }
     Ok(units)
@@ -137,24 +168,21 @@ async fn read_commit_log(inner: &TieredInner, flat: &FlatRef, start: u64, end: u
     let plan = flat.lock().await.commit_log.read_plan(start, end - start)?;
     let mut out = Vec::with_capacity((end - start) as usize);
     for piece in plan {
-        let bytes = inner.obj.get_range(&piece.key, piece.offset, piece.len).await?;
-        if bytes.len() as u64 != piece.len {
-            return Err(TieredError::corrupt(&piece.key, format!("asked {} bytes, got {}", piece.len, bytes.len())));
-        }
-        out.extend_from_slice(&bytes);
+        out.extend_from_slice(&get_exact(inner, &piece.key, piece.offset, piece.len).await?);
     }
     Ok(out)
 }
 
-/// Up to `max` committed messages from queue offset `from`, below `limit`; blank units
-/// (messages lost locally before they were tiered) are skipped.
+/// Up to `max` committed messages from queue offset `from`, below `limit`, and the offset
+/// after the units read; blank units (messages lost locally before they were tiered) are
+/// skipped.
 pub(crate) async fn read_messages(
     inner: &TieredInner,
     flat: &FlatRef,
     from: u64,
     max: u64,
     limit: u64,
-) -> Result<Vec<StoredMessage>, TieredError> {
+) -> Result<(Vec<StoredMessage>, u64), TieredError> {
     let (min, commit) = {
         let f = flat.lock().await;
         (f.min_queue_offset(), f.commit_queue_offset())
@@ -162,7 +190,7 @@ pub(crate) async fn read_messages(
     let from = from.max(min);
     let to = commit.min(limit).min(from.saturating_add(max.min(MAX_UNITS_PER_READ)));
     if from >= to {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), from));
     }
     let q = flat.lock().await.queue.clone();
     let units = read_units(inner, flat, from, to - from).await?;
@@ -175,7 +203,8 @@ pub(crate) async fn read_messages(
             u.range().map(|r| (offset, r)).ok_or_else(|| TieredError::corrupt(&q, format!("unit {offset}: {u:?}")))
         })
         .collect::<Result<_, _>>()?;
-    let Some(span_start) = ranges.iter().map(|(_, r)| r.0).min() else { return Ok(Vec::new()) };
+    let next = from + units.len() as u64;
+    let Some(span_start) = ranges.iter().map(|(_, r)| r.0).min() else { return Ok((Vec::new(), next)) };
     let span_end = ranges.iter().map(|(_, r)| r.1).max().expect("non-empty");
     let bytes = read_commit_log(inner, flat, span_start, span_end).await?;
     let mut out = Vec::with_capacity(ranges.len());
@@ -184,7 +213,7 @@ pub(crate) async fn read_messages(
         let m = decode_checked(&q, offset, record)?;
         out.push(StoredMessage::from_message(m, record.len() as u32));
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 /// Decodes one tiered record and checks it is the message the unit names.
@@ -216,7 +245,7 @@ pub(crate) async fn last_local_end(inner: &TieredInner, f: &FlatMessageFile) -> 
         let plan = f.consume_queue.read_plan(from * TIERED_CQ_UNIT_BYTES, (at - from) * TIERED_CQ_UNIT_BYTES)?;
         let mut units = Vec::new();
         for piece in plan {
-            units.extend(decode_units(&piece.key, &inner.obj.get_range(&piece.key, piece.offset, piece.len).await?)?);
+            units.extend(decode_units(&piece.key, &get_exact(inner, &piece.key, piece.offset, piece.len).await?)?);
         }
         if let Some((i, (start, end))) =
             units.iter().enumerate().rev().find_map(|(i, u)| u.range().map(|r| (i, r)))
@@ -224,7 +253,7 @@ pub(crate) async fn last_local_end(inner: &TieredInner, f: &FlatMessageFile) -> 
             let plan = f.commit_log.read_plan(start, end - start)?;
             let mut record = Vec::new();
             for piece in plan {
-                record.extend_from_slice(&inner.obj.get_range(&piece.key, piece.offset, piece.len).await?);
+                record.extend_from_slice(&get_exact(inner, &piece.key, piece.offset, piece.len).await?);
             }
             let m = decode_checked(&f.queue, from + i as u64, &record)?;
             return Ok(m.phy_offset + record.len() as u64);

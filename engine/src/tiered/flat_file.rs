@@ -206,11 +206,13 @@ impl FlatAppendFile {
         }
         let mut pieces = Vec::new();
         let mut at = offset;
+        let unit = self.kind.unit_bytes();
         for seg in &self.segments {
             if at >= end {
                 break;
             }
-            let seg_end = seg.commit_offset();
+            // A consume-queue segment sealed with a partial unit ends at its last whole one.
+            let seg_end = seg.base_offset() + seg.commit_position() / unit * unit;
             if at < seg.base_offset() || at >= seg_end {
                 continue;
             }
@@ -303,14 +305,16 @@ impl FlatAppendFile {
         }
         holes.extend(self.check_contiguity(&segments));
         self.segments = segments;
-        let mut m = meta.lock().await;
-        for key in &removed {
-            m.remove(key);
+        {
+            let mut m = meta.lock().await;
+            for key in &removed {
+                m.remove(key);
+            }
+            for seg in &self.segments {
+                Self::save_segment_meta(&mut m, seg, now_ms);
+            }
         }
-        for seg in &self.segments {
-            Self::save_segment_meta(&mut m, seg, now_ms);
-        }
-        self.seal_partial_unit(&mut m, now_ms);
+        self.seal_partial_unit(obj, meta, now_ms).await?;
         Ok(holes)
     }
 
@@ -336,17 +340,30 @@ impl FlatAppendFile {
 
     /// A consume queue whose last object ends inside a unit (a crash after a partial append)
     /// cannot be completed with the same bytes: that segment is sealed and the next unit
-    /// starts a new one.
-    fn seal_partial_unit(&mut self, meta: &mut MetadataStore, now_ms: i64) {
+    /// starts a new one. An object holding no whole unit is deleted instead (the new segment
+    /// would have its name); until the delete succeeds, recovery fails and is tried again.
+    async fn seal_partial_unit(&mut self, obj: &dyn ObjectStore, meta: &Meta, now_ms: i64) -> Result<(), TieredError> {
         let unit = self.kind.unit_bytes();
-        let Some(last) = self.segments.last_mut() else { return };
+        let Some(last) = self.segments.last_mut() else { return Ok(()) };
         if last.commit_position() % unit == 0 {
-            return;
+            return Ok(());
+        }
+        if last.commit_position() < unit {
+            obj.delete(last.key()).await?;
+            let base = last.base_offset();
+            let key = last.key().to_string();
+            self.segments.pop();
+            let mut m = meta.lock().await;
+            m.remove(&key);
+            self.roll(&mut m, base, now_ms);
+            return Ok(());
         }
         last.seal();
-        Self::save_segment_meta(meta, last, now_ms);
+        let mut m = meta.lock().await;
+        Self::save_segment_meta(&mut m, last, now_ms);
         let base = last.base_offset() + last.commit_position() / unit * unit;
-        self.roll(meta, base, now_ms);
+        self.roll(&mut m, base, now_ms);
+        Ok(())
     }
 
     /// Removes head segments for which `expired` holds, never the last. Returns their keys

@@ -34,6 +34,9 @@ pub struct SegmentMeta {
 #[serde(deny_unknown_fields)]
 struct MetadataFile {
     format_version: u32,
+    /// False while the view is being rebuilt from a listing: queues the listing found may be
+    /// missing from the table, so the next start lists again.
+    complete: bool,
     /// Object key -> segment.
     segments: BTreeMap<String, SegmentMeta>,
 }
@@ -49,6 +52,7 @@ pub struct MetadataStore {
     storage: Arc<dyn Storage>,
     path: PathBuf,
     segments: BTreeMap<String, SegmentMeta>,
+    complete: bool,
     /// Changed since the last persist.
     dirty: bool,
 }
@@ -62,11 +66,14 @@ pub enum MetadataLoad {
     /// A file that does not parse (garbage, a version from elsewhere): ignored, and the view is
     /// rebuilt from the object store.
     Unreadable(String),
+    /// A file saved while a rebuild from a listing was under way: kept, and listed again.
+    Incomplete,
 }
 
 impl MetadataStore {
     pub fn load(storage: Arc<dyn Storage>, path: &Path) -> Result<(MetadataStore, MetadataLoad), TieredError> {
-        let mut store = MetadataStore { storage, path: path.to_path_buf(), segments: BTreeMap::new(), dirty: false };
+        let mut store =
+            MetadataStore { storage, path: path.to_path_buf(), segments: BTreeMap::new(), complete: false, dirty: false };
         // A temporary file left by a crash before its rename is never the metadata.
         let tmp = tmp_path(path);
         if store.storage.exists(&tmp) {
@@ -77,8 +84,13 @@ impl MetadataStore {
         }
         let bytes = store.storage.open(path)?.read_all()?;
         match parse(&bytes) {
-            Ok(segments) => {
-                store.segments = segments;
+            Ok(file) if !file.complete => {
+                store.segments = file.segments;
+                Ok((store, MetadataLoad::Incomplete))
+            }
+            Ok(file) => {
+                store.segments = file.segments;
+                store.complete = true;
                 Ok((store, MetadataLoad::Loaded))
             }
             Err(reason) => {
@@ -107,6 +119,18 @@ impl MetadataStore {
         }
     }
 
+    /// Whether the table names every queue the object store holds.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    pub fn set_complete(&mut self, complete: bool) {
+        if self.complete != complete {
+            self.complete = complete;
+            self.dirty = true;
+        }
+    }
+
     pub fn remove(&mut self, key: &str) {
         if self.segments.remove(key).is_some() {
             self.dirty = true;
@@ -118,7 +142,8 @@ impl MetadataStore {
         if !self.dirty {
             return Ok(());
         }
-        let file = MetadataFile { format_version: FORMAT_VERSION, segments: self.segments.clone() };
+        let file =
+            MetadataFile { format_version: FORMAT_VERSION, complete: self.complete, segments: self.segments.clone() };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| TieredError::Metadata { path: self.path.display().to_string(), reason: e.to_string() })?;
         let dir = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -150,7 +175,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 /// Parses a metadata file; any defect is a reason, never a panic.
-fn parse(bytes: &[u8]) -> Result<BTreeMap<String, SegmentMeta>, String> {
+fn parse(bytes: &[u8]) -> Result<MetadataFile, String> {
     let file: MetadataFile = serde_json::from_slice(bytes).map_err(|e| format!("not metadata JSON: {e}"))?;
     if file.format_version != FORMAT_VERSION {
         return Err(format!("format version {} (expected {FORMAT_VERSION})", file.format_version));
@@ -163,7 +188,7 @@ fn parse(bytes: &[u8]) -> Result<BTreeMap<String, SegmentMeta>, String> {
             return Err(format!("consume-queue segment {key} starts inside a unit ({})", m.base_offset));
         }
     }
-    Ok(file.segments)
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -180,9 +205,9 @@ mod tests {
 
     #[test]
     fn parse_rejects_what_would_mislead_recovery() {
-        let good = br#"{"format_version":1,"segments":{"p/T/0/consumequeue/00000000000000000000":
+        let good = br#"{"format_version":1,"complete":true,"segments":{"p/T/0/consumequeue/00000000000000000000":
             {"kind":"consume-queue","base_offset":0,"size":40,"sealed":false,"create_ts_ms":1,"begin_ts_ms":1,"end_ts_ms":2}}}"#;
-        assert_eq!(parse(good).unwrap().len(), 1);
+        assert_eq!(parse(good).unwrap().segments.len(), 1);
         let inside_unit = String::from_utf8_lossy(good).replace("\"base_offset\":0", "\"base_offset\":10");
         assert!(parse(inside_unit.as_bytes()).unwrap_err().contains("inside a unit"));
         let version = String::from_utf8_lossy(good).replace("\"format_version\":1", "\"format_version\":9");

@@ -105,8 +105,16 @@ impl TieredInner {
         let listed = lock(&self.listed).get(&flat.queue).cloned().unwrap_or_default();
         let now = self.now_ms();
         flat.recover(self.obj.as_ref(), &self.meta, &listed, now).await?;
-        self.meta.lock().await.persist().await?;
-        lock(&self.listed).remove(&flat.queue);
+        let all_listed_recovered = {
+            let mut l = lock(&self.listed);
+            l.remove(&flat.queue);
+            l.is_empty()
+        };
+        let mut meta = self.meta.lock().await;
+        if all_listed_recovered {
+            meta.set_complete(true);
+        }
+        meta.persist().await?;
         Ok(())
     }
 }
@@ -168,6 +176,8 @@ impl TieredStore {
         });
         if loaded != MetadataLoad::Loaded {
             let listed = list_with_retries(&inner, give_up_after_ms).await?;
+            // Until every listed queue is recovered, a saved table may miss some of them.
+            inner.meta.lock().await.set_complete(listed.is_empty());
             *lock(&inner.listed) = listed;
         }
         let queues: Vec<QueueKey> = {
@@ -184,7 +194,7 @@ impl TieredStore {
             lock(&inner.flats).insert(q, Arc::new(tokio::sync::Mutex::new(f)));
         }
         if inner.source.log_is_empty() && !lock(&inner.flats).is_empty() {
-            continue_local_log(&inner, give_up_after_ms).await?;
+            continue_local_log(&inner).await?;
         }
         Ok(TieredStore { inner, task: Mutex::new(None), shut_down: AtomicBool::new(false) })
     }
@@ -338,22 +348,17 @@ where
 
 /// A replaced container: the local log is empty but the object store holds queues. Every
 /// queue is recovered, then the local log continues above the highest local offset any tiered
-/// message had, and each queue above its tiered end.
-async fn continue_local_log(inner: &Arc<TieredInner>, give_up_after_ms: u64) -> Result<(), TieredError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(give_up_after_ms);
+/// message had, and each queue above its tiered end. Until the object store has answered all
+/// of it the store cannot know which offsets are taken, so this retries for as long as it
+/// takes (each queue's sizes already learned are kept across attempts).
+async fn continue_local_log(inner: &Arc<TieredInner>) -> Result<(), TieredError> {
     let mut phy_floor = 0u64;
     let mut floors = BTreeMap::new();
     for (q, flat) in inner.all_flats() {
         let mut f = flat.lock().await;
-        loop {
-            match inner.recover_flat(&mut f).await {
-                Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(e) => {
-                    tracing::warn!(queue = %q, error = %e, "tiered recovery failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-                }
-            }
+        while let Err(e) = inner.recover_flat(&mut f).await {
+            tracing::warn!(queue = %q, error = %e, "tiered recovery failed; retrying");
+            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
         }
         let end = f.commit_queue_offset();
         if end == 0 {
@@ -363,11 +368,11 @@ async fn continue_local_log(inner: &Arc<TieredInner>, give_up_after_ms: u64) -> 
         let last = loop {
             match super::fetcher::last_local_end(inner, &f).await {
                 Ok(v) => break v,
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(e) => {
+                Err(TieredError::Object(e)) => {
                     tracing::warn!(queue = %q, error = %e, "reading the last tiered message failed; retrying");
                     tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
                 }
+                Err(e) => return Err(e),
             }
         };
         phy_floor = phy_floor.max(last);

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use engine::tiered::fetcher::decode_checked;
 use engine::tiered::flat_message::{decode_units, TieredUnit};
-use engine::tiered::{keys, FileKind, QueueKey, TieredStore, TIERED_CQ_UNIT_BYTES};
+use engine::tiered::{keys, FileKind, QueueKey, TieredError, TieredStore, TIERED_CQ_UNIT_BYTES};
 use engine::{Store, StoredMessage};
 use sim::Violation;
 
@@ -214,6 +214,7 @@ pub async fn durability_after_replacement(
     for ((topic, q), &(min, commit)) in committed {
         let mut got: BTreeMap<u64, MsgId> = BTreeMap::new();
         let mut from = min;
+        let mut failures = 0;
         while from < commit {
             match tiered.get(topic, *q, from, 64).await {
                 Ok(msgs) if msgs.is_empty() => break,
@@ -224,6 +225,11 @@ pub async fn durability_after_replacement(
                             got.insert(m.queue_offset, id);
                         }
                     }
+                }
+                Err(e) if failures < READ_RETRIES && is_transient(&e) => {
+                    // The object store still fails now and then: a reader tries again.
+                    failures += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
                 Err(e) => {
                     out.push(v(TIERED_DURABILITY, format!("{topic}/{q}: read at {from} on a replaced disk failed: {e}"), now_ms));
@@ -251,6 +257,13 @@ pub async fn durability_after_replacement(
         }
     }
     out
+}
+
+/// Reads of one queue a replaced-disk check retries after transient object-store failures.
+const READ_RETRIES: u32 = 20;
+
+fn is_transient(e: &TieredError) -> bool {
+    matches!(e, TieredError::Object(o) if o.is_transient())
 }
 
 /// After a replaced disk a new message of a queue lands after everything tiered: queue

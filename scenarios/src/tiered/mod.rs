@@ -43,6 +43,9 @@ const BROKER_IP: [u8; 4] = [10, 0, 0, 11];
 const BOUND_MS: u64 = 5_000;
 /// Every queue's tiered offset reaches its local maximum within this once faults stop.
 const PROGRESS_BOUND_MS: u64 = 8_000;
+/// A broker on a replaced disk lists and checks every segment (under the background faults)
+/// before it serves: within this.
+const REPLACED_BOOT_BOUND_MS: u64 = 30_000;
 /// Local commit-log files expire after this: consumers of old offsets need the object store.
 const LOCAL_RETENTION_MS: u64 = 4_000;
 
@@ -261,10 +264,9 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
         }
     }
     let handle = madsim::runtime::Handle::current();
-    let mut stopped_cleanly = false;
     if sh.serving().is_some() {
         handle.send_ctrl_c(broker);
-        stopped_cleanly = wait_for(BOUND_MS, || sh.world.life(BROKER) == Some(NodeLife::Stopped)).await;
+        let stopped_cleanly = wait_for(BOUND_MS, || sh.world.life(BROKER) == Some(NodeLife::Stopped)).await;
         if !stopped_cleanly {
             sh.violation(crate::broker::checkers::LIVENESS, format!("a clean shutdown did not end within {BOUND_MS} ms"));
         }
@@ -277,7 +279,8 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
     let boots = sh.boots.load(Ordering::SeqCst);
     handle.restart(broker);
     sh.world.report_up(BROKER);
-    let reopened = wait_for(BOUND_MS * 2, || sh.boots.load(Ordering::SeqCst) > boots && sh.serving().is_some()).await;
+    let reopened =
+        wait_for(REPLACED_BOOT_BOUND_MS, || sh.boots.load(Ordering::SeqCst) > boots && sh.serving().is_some()).await;
     let Some((store, tiered)) = sh.serving().filter(|_| reopened) else {
         sh.violation(checkers::TIERED_DURABILITY, "the broker did not come back on a replaced disk".into());
         return;
@@ -286,11 +289,18 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
         let h = sh.history();
         (h.committed.clone(), h.remote_ids.clone())
     };
-    let found = checkers::durability_after_replacement(&tiered, &committed, &ids, sh.now_ms()).await;
-    sh.history().violations.extend(found);
-    let found = checkers::offsets_continue(&store, &committed, sh.now_ms()).await;
-    sh.history().violations.extend(found);
-    let _ = stopped_cleanly;
+    // On the broker's node: the object store answers its clients by node.
+    let now_ms = sh.now_ms();
+    let node = handle.get_node(broker).expect("the broker node exists");
+    let check = node.spawn(async move {
+        let mut found = checkers::durability_after_replacement(&tiered, &committed, &ids, now_ms).await;
+        found.extend(checkers::offsets_continue(&store, &committed, now_ms).await);
+        found
+    });
+    match check.await {
+        Ok(found) => sh.history().violations.extend(found),
+        Err(e) => sh.violation(checkers::TIERED_DURABILITY, format!("the check on a replaced disk did not finish: {e}")),
+    }
 }
 
 /// The bugs this scenario can switch on.

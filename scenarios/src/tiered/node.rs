@@ -20,7 +20,7 @@ use crate::broker::rpc::{Envelope, PutMsg, Reply, Request, BROKER_PORT, REQUEST_
 /// be out).
 const OPEN_RETRY_MS: u64 = 200;
 /// How long one tiered open keeps listing a failing object store before it starts over.
-const TIERED_OPEN_GIVE_UP_MS: u64 = 2_000;
+const TIERED_OPEN_GIVE_UP_MS: u64 = 10_000;
 
 /// The broker node's `init`: re-run by madsim on every restart.
 pub async fn broker_process(sh: Arc<Shared>) {
