@@ -16,6 +16,7 @@ pub mod java_hash;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 pub mod message;
+pub mod probe;
 pub mod recovery;
 pub mod store;
 
@@ -23,3 +24,6 @@ pub use bugs::{Bug, BugSet};
 pub use config::{FlushMode, StoreConfig};
 pub use error::StoreError;
 pub use store::{PutResult, Store, StoreStats, StoredMessage};
+
+#[doc(hidden)]
+pub use tracing as __tracing;
