@@ -107,7 +107,7 @@ mod tests {
 
     use super::*;
 
-    /// Every `probe!("name")` literal under `dir`.
+    /// Every probe name literal (`probe!` with a string) in the Rust files under `dir`.
     fn probes_in_source(dir: &Path, found: &mut BTreeSet<String>) {
         for entry in std::fs::read_dir(dir).expect("source dir") {
             let path = entry.expect("dir entry").path();
