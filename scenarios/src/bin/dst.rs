@@ -332,7 +332,7 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         let page = scenarios::timeline::render_html(&case, &first);
         std::fs::write(path, &page).with_context(|| format!("cannot write {}", path.display()))?;
         println!(
-            "picture       {} ({} bytes, {} lanes, {} events drawn, written in {:.1} ms)",
+            "picture       {} ({} bytes, {} lanes, {} trace records, written in {:.1} ms)",
             path.display(),
             page.len(),
             page.matches(r#"class="lane""#).count(),
