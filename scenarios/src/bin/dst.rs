@@ -9,7 +9,7 @@
 //!   dst merge     one summary from the `--json` reports of a sweep's shards
 //!   dst list      scenarios, checkers and bugs
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use scenarios::coverage::CoverageReport;
-use scenarios::explore::{explore, Budget, ExploreOptions, ExploreReport, Shard};
+use scenarios::explore::{explore, Budget, ExploreOptions, ExploreReport, SeedResult, Shard};
 use scenarios::scenario::{generated_case, run_case_observed, Observe, DEFAULT_SCENARIO};
 use scenarios::{find_scenario, run_case, Case, ExpectedOutcome, SCENARIOS};
 
@@ -257,11 +257,30 @@ fn progress_bar(opts: &ExploreOptions) -> ProgressBar {
     bar
 }
 
-fn print_report(report: &ExploreReport, jobs: usize) {
-    println!("scenario      {}", report.scenario);
-    if !report.bugs.is_empty() {
-        println!("bugs on       {}", report.bugs.iter().cloned().collect::<Vec<_>>().join(", "));
+fn print_scenario(scenario: &str, bugs: &BTreeSet<String>) {
+    println!("scenario      {scenario}");
+    if !bugs.is_empty() {
+        println!("bugs on       {}", bugs.iter().cloned().collect::<Vec<_>>().join(", "));
     }
+}
+
+fn print_violations<'a>(by_checker: &BTreeMap<String, u64>, failures: impl Iterator<Item = &'a SeedResult>) {
+    if by_checker.is_empty() {
+        println!("violations    none");
+        return;
+    }
+    println!("violations by checker:");
+    for (checker, n) in by_checker {
+        println!("  {checker:<20} {n}");
+    }
+    println!("failing seeds (replay with `cargo dst replay <case>`):");
+    for r in failures.take(20) {
+        println!("  seed {:<8} {}  {}", r.seed, r.case_file.as_deref().unwrap_or("-"), r.violations[0]);
+    }
+}
+
+fn print_report(report: &ExploreReport, jobs: usize) {
+    print_scenario(&report.scenario, &report.bugs);
     println!("shard         {}/{}", report.shard.index, report.shard.count);
     println!("runs          {}", report.runs);
     println!("failed runs   {}", report.failed_runs);
@@ -269,18 +288,7 @@ fn print_report(report: &ExploreReport, jobs: usize) {
     println!("seeds/s       {:.1}", report.seeds_per_second);
     println!("sim s/wall s  {:.0}", report.simulated_seconds_per_wall_second);
     println!("events        {}", report.events);
-    if report.violations_by_checker.is_empty() {
-        println!("violations    none");
-    } else {
-        println!("violations by checker:");
-        for (checker, n) in &report.violations_by_checker {
-            println!("  {checker:<20} {n}");
-        }
-        println!("failing seeds (replay with `cargo dst replay <case>`):");
-        for r in report.failures().take(20) {
-            println!("  seed {:<8} {}  {}", r.seed, r.case_file.as_deref().unwrap_or("-"), r.violations[0]);
-        }
-    }
+    print_violations(&report.violations_by_checker, report.failures());
 }
 
 fn load_replay_case(args: &ReplayArgs) -> Result<Case> {
@@ -483,7 +491,7 @@ fn cmd_coverage(args: CoverageArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&coverage)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let meanings: std::collections::BTreeMap<&str, &str> =
+    let meanings: BTreeMap<&str, &str> =
         scenarios::coverage::catalogue().into_iter().map(|p| (p.name, p.meaning)).collect();
     println!("{:<38} {:>7} {:>9}  meaning", "probe", "runs", "hits");
     for p in &coverage.probes {
@@ -517,10 +525,7 @@ fn cmd_merge(args: MergeArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&merged)?);
     } else {
-        println!("scenario      {}", merged.scenario);
-        if !merged.bugs.is_empty() {
-            println!("bugs on       {}", merged.bugs.iter().cloned().collect::<Vec<_>>().join(", "));
-        }
+        print_scenario(&merged.scenario, &merged.bugs);
         let shards: Vec<String> = merged.shards.iter().map(|s| format!("{}/{}", s.index, s.count)).collect();
         println!("shards        {} ({})", merged.shards.len(), shards.join(", "));
         println!("runs          {}", merged.runs);
@@ -528,18 +533,7 @@ fn cmd_merge(args: MergeArgs) -> Result<ExitCode> {
         println!("wall time     {:.2} s (longest shard)", merged.wall_seconds);
         println!("seeds/s       {:.1} (all shards)", merged.seeds_per_second);
         println!("events        {}", merged.events);
-        if merged.violations_by_checker.is_empty() {
-            println!("violations    none");
-        } else {
-            println!("violations by checker:");
-            for (checker, n) in &merged.violations_by_checker {
-                println!("  {checker:<20} {n}");
-            }
-            println!("failing seeds:");
-            for r in merged.failures.iter().take(20) {
-                println!("  seed {:<8} {}  {}", r.seed, r.case_file.as_deref().unwrap_or("-"), r.violations[0]);
-            }
-        }
+        print_violations(&merged.violations_by_checker, merged.failures.iter());
     }
     Ok(if merged.failed_runs == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
