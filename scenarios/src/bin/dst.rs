@@ -61,15 +61,8 @@ struct ExploreArgs {
     /// Run for this many wall-clock seconds instead of a number of seeds.
     #[arg(long)]
     time: Option<f64>,
-    /// First seed of the range.
-    #[arg(long, default_value_t = 0)]
-    start_seed: u64,
-    /// Switch a catalogued bug back on (repeatable).
-    #[arg(long = "bug")]
-    bugs: Vec<String>,
-    /// Parallel runs (default: all cores).
-    #[arg(long)]
-    jobs: Option<usize>,
+    #[command(flatten)]
+    sweep: SweepArgs,
     /// Run only shard k of n of the seed range, e.g. 3/8.
     #[arg(long, default_value = "1/1")]
     shard: String,
@@ -79,6 +72,20 @@ struct ExploreArgs {
     /// Where failing cases are written.
     #[arg(long, default_value = "target/dst-cases")]
     save_dir: PathBuf,
+}
+
+/// The seed range's start, the bugs switched on and the parallelism of a sweep.
+#[derive(Args)]
+struct SweepArgs {
+    /// First seed of the range.
+    #[arg(long, default_value_t = 0)]
+    start_seed: u64,
+    /// Switch a catalogued bug back on (repeatable).
+    #[arg(long = "bug")]
+    bugs: Vec<String>,
+    /// Parallel runs (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 #[derive(Args)]
@@ -121,13 +128,8 @@ struct CoverageArgs {
     /// Number of seeds, from --start-seed.
     #[arg(long, default_value_t = 2_000)]
     seeds: u64,
-    #[arg(long, default_value_t = 0)]
-    start_seed: u64,
-    /// Switch a catalogued bug back on (repeatable).
-    #[arg(long = "bug")]
-    bugs: Vec<String>,
-    #[arg(long)]
-    jobs: Option<usize>,
+    #[command(flatten)]
+    sweep: SweepArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -205,7 +207,7 @@ fn jobs(requested: Option<usize>) -> Result<usize> {
 
 fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
     let scenario = scenario(&args.scenario)?;
-    let bugs = check_bugs(scenario, &args.bugs)?;
+    let bugs = check_bugs(scenario, &args.sweep.bugs)?;
     let shard = Shard::parse(&args.shard).map_err(anyhow::Error::msg)?;
     let budget = match (args.seeds, args.time) {
         (_, Some(t)) if !(t > 0.0 && t.is_finite()) => bail!("--time must be a positive number of seconds"),
@@ -213,11 +215,11 @@ fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
         (Some(n), None) => Budget::Seeds(n),
         (None, None) => Budget::Seeds(1_000),
     };
-    let jobs = jobs(args.jobs)?;
+    let jobs = jobs(args.sweep.jobs)?;
     let opts = ExploreOptions {
         scenario,
         budget,
-        start_seed: args.start_seed,
+        start_seed: args.sweep.start_seed,
         bugs,
         jobs,
         shard,
@@ -468,16 +470,16 @@ fn cmd_zoo(args: ZooArgs) -> Result<ExitCode> {
 
 fn cmd_coverage(args: CoverageArgs) -> Result<ExitCode> {
     let scenario = scenario(&args.scenario)?;
-    let bugs = check_bugs(scenario, &args.bugs)?;
+    let bugs = check_bugs(scenario, &args.sweep.bugs)?;
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
     let opts = ExploreOptions {
         scenario,
         budget: Budget::Seeds(args.seeds),
-        start_seed: args.start_seed,
+        start_seed: args.sweep.start_seed,
         bugs,
-        jobs: jobs(args.jobs)?,
+        jobs: jobs(args.sweep.jobs)?,
         shard: Shard::WHOLE,
         save_dir: None,
         stop_at_first_failure: false,
