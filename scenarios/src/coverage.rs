@@ -143,6 +143,57 @@ mod tests {
         assert!(catalogue().iter().all(|p| !p.meaning.is_empty()), "every probe says what it means");
     }
 
+    fn sweep(probes_per_run: &[&[&str]]) -> ExploreReport {
+        let results = probes_per_run
+            .iter()
+            .enumerate()
+            .map(|(seed, names)| crate::explore::SeedResult {
+                seed: seed as u64,
+                passed: true,
+                violations: Vec::new(),
+                trace_hash: String::new(),
+                sim_time_ms: 0,
+                events: 0,
+                wall_ms: 0,
+                case_file: None,
+                probes: names.iter().map(|n| (n.to_string(), 2)).collect(),
+            })
+            .collect::<Vec<_>>();
+        ExploreReport {
+            scenario: "broker".into(),
+            bugs: BTreeSet::new(),
+            shard: crate::explore::Shard::WHOLE,
+            runs: results.len() as u64,
+            failed_runs: 0,
+            violations_by_checker: BTreeMap::new(),
+            wall_seconds: 1.0,
+            simulated_seconds: 0.0,
+            seeds_per_second: 0.0,
+            simulated_seconds_per_wall_second: 0.0,
+            events: 0,
+            results,
+        }
+    }
+
+    #[test]
+    fn runs_are_counted_per_probe_and_unreached_must_reach_probes_are_named() {
+        let must = must_reach("broker");
+        let all_but_first: Vec<&str> = must[1..].to_vec();
+        let report = sweep(&[&all_but_first, &["fault.kill", "uncatalogued.probe"], &[]]);
+        let coverage = CoverageReport::of(&report);
+        assert_eq!(coverage.runs, 3);
+        assert_eq!(coverage.missing_must_reach(), vec![must[0]]);
+        assert_eq!(coverage.runs_reaching("fault.kill"), 2);
+        let kill = coverage.probes.iter().find(|p| p.name == "fault.kill").expect("listed");
+        assert_eq!(kill.hits, 4);
+        assert!(coverage.never_hit().contains(&must[0]));
+        assert!(coverage.never_hit().contains(&"fault.object-store-outage"));
+        assert_eq!(coverage.runs_reaching("uncatalogued.probe"), 1, "a probe missing from the catalogue still shows");
+        assert_eq!(coverage.probes.len(), catalogue().len() + 1);
+        let everything = sweep(&[&must]);
+        assert!(CoverageReport::of(&everything).missing_must_reach().is_empty());
+    }
+
     #[test]
     fn must_reach_lists_only_catalogued_probes() {
         let listed: BTreeSet<&str> = catalogue().iter().map(|p| p.name).collect();
