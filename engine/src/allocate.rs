@@ -65,6 +65,7 @@ pub(crate) async fn prepare_wanted_spare(inner: &Inner) -> Result<()> {
     let r = prepare_spare(inner).await;
     if let Err(e) = &r {
         tracing::warn!(error = %e, "preparing a spare commit-log file failed");
+        crate::probe!("allocate.spare-prepare-failed");
     }
     lock(&inner.cl).spare_prepared(r.is_ok());
     r

@@ -498,14 +498,21 @@ impl CommitLog {
         if self.pool.is_some() && buffer.is_none() {
             // RocketMQ falls back to writing the file directly when the pool is empty.
             tracing::warn!("transient pool exhausted; file {from} is written directly");
+            crate::probe!("commit-log.transient-pool-exhausted");
         }
         if matches!(self.spare, Spare::Ready) {
             self.spare = Spare::Wanted;
             let spare = self.queue.dir().join(SPARE_FILE_NAME);
             match self.queue.adopt_spare(storage, from, &spare, &mut buffer) {
-                Ok(_) => return Ok(self.queue.last_mut().expect("just adopted")),
+                Ok(_) => {
+                    crate::probe!("commit-log.spare-adopted");
+                    return Ok(self.queue.last_mut().expect("just adopted"));
+                }
                 // Only slower: the file is created sparse instead.
-                Err(e) => tracing::warn!(error = %e, "taking the spare commit-log file failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking the spare commit-log file failed");
+                    crate::probe!("commit-log.spare-adopt-failed");
+                }
             }
         }
         self.queue.create_file(storage, from, buffer)

@@ -301,11 +301,13 @@ impl ConsumeQueue {
         let current = self.files.max_offset();
         if expected < current {
             tracing::warn!(topic = %self.topic, queue = self.queue_id, expected, current, "unit behind the queue end");
+            crate::probe!("consume-queue.unit-behind");
             return Ok(PutUnit::Behind);
         }
         if expected > current {
             // "[BUG]logic queue order maybe wrong": RocketMQ writes anyway, leaving a hole.
             tracing::error!(topic = %self.topic, queue = self.queue_id, expected, current, "consume queue hole");
+            crate::probe!("consume-queue.hole");
             while self.files.max_offset() < expected {
                 self.append_unit(storage, BLANK_UNIT)?;
             }

@@ -277,10 +277,12 @@ fn dispatch_run(
                     // RocketMQ skips a failed record of known size and stops otherwise.
                     Some(d) if d > 0 && pos + u64::from(d) <= view.readable => {
                         tracing::error!(offset = at, reason = %c.reason, "reput skips a corrupt record");
+                        crate::probe!("dispatch.corrupt-record-skipped");
                         at + u64::from(d)
                     }
                     _ => {
                         tracing::error!(offset = at, reason = %c.reason, "reput stopped at a corrupt record");
+                        crate::probe!("dispatch.stopped-at-corrupt-record");
                         inner.reput_stopped_at.store(at, Ordering::SeqCst);
                         break 'run Ok(RunEnd::Piece(PieceEnd::CaughtUp));
                     }
@@ -323,6 +325,7 @@ pub(crate) fn spawn_reput(inner: &Arc<Inner>) -> tokio::task::JoinHandle<()> {
         while !inner.stopping.load(Ordering::SeqCst) {
             if let Err(e) = dispatch_available(&inner).await {
                 tracing::error!(error = %e, "dispatch failed; retrying");
+                crate::probe!("dispatch.failed-retrying");
                 // Deaf to wake-ups for a while: on a full disk every put woke a retry that
                 // created, failed to size and removed a consume-queue file, ~8,000 times in
                 // one simulated run.

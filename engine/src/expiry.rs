@@ -46,10 +46,14 @@ pub(crate) fn delete_expired(inner: &Inner) -> Result<ExpiryReport> {
         let cutoff_ms = inner.now_ms().saturating_sub(retention_ms as i64);
         loop {
             match expire_head_file(inner, cutoff_ms)? {
-                Head::Deleted => report.commit_log_files_deleted += 1,
+                Head::Deleted => {
+                    crate::probe!("expiry.commit-log-file-deleted");
+                    report.commit_log_files_deleted += 1
+                }
                 Head::Kept => break,
                 Head::Held(name) => {
                     tracing::warn!(file = %name, "an expired commit-log file is held; not deleted");
+                    crate::probe!("expiry.blocked-by-hold");
                     report.blocked_by_hold = Some(name);
                     break;
                 }

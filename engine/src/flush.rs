@@ -20,6 +20,7 @@ use crate::store::{lock, Inner};
 async fn sync_plans(inner: &Inner, plans: &[SyncPlan], what: &str) -> Result<()> {
     for p in plans {
         if let Err(e) = p.file.sync_range(p.sync_from, p.sync_to - p.sync_from).await {
+            crate::probe!("flush.sync-failed");
             if !inner.bug(Bug::RetryFailedSync) {
                 inner.mark_not_writeable(format!("{what} sync failed: {e}"));
             }
@@ -27,6 +28,7 @@ async fn sync_plans(inner: &Inner, plans: &[SyncPlan], what: &str) -> Result<()>
         }
     }
     if let Err(e) = inner.sync_dirs().await {
+        crate::probe!("flush.dir-sync-failed");
         if !inner.bug(Bug::RetryFailedSync) {
             inner.mark_not_writeable(format!("directory sync failed: {e}"));
         }
@@ -37,7 +39,10 @@ async fn sync_plans(inner: &Inner, plans: &[SyncPlan], what: &str) -> Result<()>
 
 fn refuse_if_failed(inner: &Inner) -> Result<()> {
     match inner.not_writeable_error() {
-        Some(e) if !inner.bug(Bug::RetryFailedSync) => Err(e),
+        Some(e) if !inner.bug(Bug::RetryFailedSync) => {
+            crate::probe!("flush.refused-after-failed-sync");
+            Err(e)
+        }
         _ => Ok(()),
     }
 }

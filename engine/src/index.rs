@@ -338,6 +338,7 @@ impl IndexService {
                 _ => {
                     storage.remove_file(&path)?;
                     svc.dirs.mark(&svc.dir);
+                    crate::probe!("recovery.index-file-destroyed");
                     report.destroyed.push(entry.name);
                 }
             }

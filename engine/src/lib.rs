@@ -18,6 +18,7 @@ pub mod java_hash;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 pub mod message;
+pub mod probe;
 pub mod recovery;
 pub mod store;
 pub mod tiered;
@@ -27,3 +28,6 @@ pub use config::{FlushMode, StoreConfig};
 pub use error::StoreError;
 pub use expiry::ExpiryReport;
 pub use store::{PutResult, Store, StoreStats, StoredMessage};
+
+#[doc(hidden)]
+pub use tracing as __tracing;

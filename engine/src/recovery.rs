@@ -327,12 +327,16 @@ fn abnormal_start(inner: &Inner, files: &[FileRef], ckpt: &CheckpointState, inde
     let mut start = 0;
     for i in (0..files.len()).rev() {
         if file_matches(&files[i], min_ts, inner.decode_limit())? {
+            crate::probe!("recovery.checkpoint-matched-start");
             start = i;
             break;
         }
     }
     if let Some(phy) = index_from {
         let by_index = lock(&inner.cl).queue().index_of(phy).unwrap_or(0);
+        if by_index < start {
+            crate::probe!("recovery.start-lowered-for-index")
+        }
         start = start.min(by_index);
     }
     Ok(start)
@@ -364,6 +368,17 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
         load_repairs: loaded.repairs.clone(),
         ..RecoveryReport::default()
     };
+    if loaded.clean {
+        crate::probe!("recovery.normal")
+    } else {
+        crate::probe!("recovery.abnormal")
+    }
+    if report.checkpoint == CheckpointFound::Corrupt {
+        crate::probe!("recovery.checkpoint-corrupt")
+    }
+    if !report.load_repairs.is_empty() {
+        crate::probe!("recovery.files-repaired-on-load")
+    }
     // After a crash the checkpoint's index timestamp may vouch for more than the kept index
     // files hold (destroyed files, or files destroyed by an earlier open that then failed).
     // What is rebuilt in their place, or appended to the last kept file, is unsynced, so the
@@ -379,6 +394,7 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
             lower
         };
         if lowered {
+            crate::probe!("recovery.index-checkpoint-lowered");
             inner.write_checkpoint().await?;
         }
     }
@@ -422,6 +438,18 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     report.stopped_at = scan.stopped.as_ref().map(|(o, r)| (*o, r.to_string()));
     report.skipped_records = scan.skipped.clone();
     report.redispatched_messages = scan.dispatched;
+    if matches!(&scan.stopped, Some((_, r)) if !matches!(r, CorruptReason::BadMagic(0))) {
+        crate::probe!("recovery.truncated-at-invalid-record")
+    }
+    if matches!(scan.stopped, Some((_, CorruptReason::BodyCrcMismatch { .. }))) {
+        crate::probe!("recovery.crc-mismatch-found")
+    }
+    if scan.dispatched > 0 {
+        crate::probe!("recovery.consume-queues-rebuilt")
+    }
+    if !scan.skipped.is_empty() {
+        crate::probe!("recovery.records-skipped")
+    }
     truncate(inner, &mut report, &mut to_sync, cl_end, cq_cut, files.is_empty(), keep_stale)?;
     if !loaded.clean {
         rewrite_unproven(inner, &scan, cl_end)?;
@@ -444,6 +472,9 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     report.reput_from = reput_from;
     inner.reput_offset.store(reput_from, Ordering::SeqCst);
     report.caught_up_messages = crate::dispatch::dispatch_available(inner).await?;
+    if report.caught_up_messages > 0 {
+        crate::probe!("recovery.dispatch-caught-up")
+    }
     rebuild_topic_queue_table(inner)?;
     *lock(&inner.recovery) = report;
     Ok(())
@@ -456,6 +487,7 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
 /// Found by the broker scenario (seed 8065: a failed sync, a kill, a recovery, a power loss).
 fn rewrite_unproven(inner: &Inner, scan: &Scan, cl_end: u64) -> Result<()> {
     if let Some(from) = scan.cl_unproven_from {
+        crate::probe!("recovery.unproven-log-rewritten");
         lock(&inner.cl).queue().rewrite_range(from, cl_end)?;
     }
     if let Some(from) = scan.cq_unproven_from {
@@ -501,6 +533,9 @@ fn truncate(
     let st = inner.storage.as_ref();
     let t = lock(&inner.cl).queue_mut().truncate_dirty(st, cl_end, keep_stale)?;
     report.commit_log_files_removed = t.removed_files;
+    if !report.commit_log_files_removed.is_empty() {
+        crate::probe!("recovery.commit-log-files-removed")
+    }
     to_sync.extend(t.zeroed_tail);
     let off_by_one = inner.bug(Bug::CqTruncateOffByOne);
     let mut cqs = lock(&inner.cqs);
@@ -513,6 +548,9 @@ fn truncate(
             let (n, z) = cq.truncate_dirty(st, cq_cut, off_by_one, keep_stale)?;
             to_sync.extend(z);
             report.cq_truncated_to = Some(cq_cut);
+            if n > 0 {
+                crate::probe!("recovery.consume-queue-truncated")
+            }
             n
         } else {
             0
@@ -523,6 +561,9 @@ fn truncate(
     }
     drop(cqs);
     let dropped = lock(&inner.index).drop_beyond(st, cl_end)?;
+    if !dropped.is_empty() {
+        crate::probe!("recovery.index-dropped-beyond-log-end")
+    }
     report.index_files_destroyed.extend(dropped);
     Ok(())
 }
@@ -541,6 +582,7 @@ fn reput_start(inner: &Inner, cl_end: u64, index_from: Option<u64>, index_destro
         from = from.min(i);
     }
     if index_destroyed > 0 && !inner.bug(Bug::DestroyCurrentIndex) {
+        crate::probe!("recovery.index-rebuilt");
         from = from.min(lock(&inner.index).indexed_up_to()).max(min_cl);
     }
     from

@@ -188,6 +188,7 @@ impl Inner {
     /// store stops accepting writes and never acks what that sync covered.
     pub fn mark_not_writeable(&self, reason: String) {
         tracing::error!(%reason, "store is no longer writeable");
+        crate::probe!("store.not-writeable");
         let mut nw = lock(&self.not_writeable);
         if nw.is_none() {
             *nw = Some(reason.clone());
@@ -689,11 +690,13 @@ impl Store {
         let behind = inner.dispatch_behind_bytes();
         let clean = inner.is_writeable() && (behind == 0 || inner.bug(Bug::AbortDeletedWhileBehind));
         if clean {
+            crate::probe!("shutdown.clean");
             if let Err(e) = remove_abort(inner).await {
                 first_err.get_or_insert(e);
             }
         } else {
             tracing::warn!(behind, writeable = inner.is_writeable(), "shutdown abnormally: abort file kept");
+            crate::probe!("shutdown.abort-file-kept");
         }
         lock(&self.file_lock).take();
         match first_err {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sim::Violation;
 
 use crate::case::{Expectation, ExpectedOutcome};
-use crate::scenario::{generated_case, run_case, Scenario};
+use crate::scenario::{generated_case, run_case_observed, Observe, Scenario};
 
 /// Which part of the seed space this process runs: shard `index` (1-based) of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +71,8 @@ pub struct ExploreOptions {
     pub save_dir: Option<PathBuf>,
     /// Stop at the first failure (used by `zoo`).
     pub stop_at_first_failure: bool,
+    /// Collect each run's coverage probes into its `SeedResult` (`dst coverage`).
+    pub collect_probes: bool,
 }
 
 /// One seed's result.
@@ -85,6 +87,9 @@ pub struct SeedResult {
     pub wall_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub case_file: Option<String>,
+    /// Coverage probes reached, with their hit counts (only when collected).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, u64>,
 }
 
 /// The whole exploration.
@@ -114,7 +119,8 @@ impl ExploreReport {
 fn run_seed(opts: &ExploreOptions, seed: u64) -> SeedResult {
     let started = Instant::now();
     let mut case = generated_case(opts.scenario, seed, &opts.bugs);
-    let outcome = run_case(&case, false).expect("scenario exists");
+    let observe = Observe { keep_trace: false, collect_probes: opts.collect_probes };
+    let outcome = run_case_observed(&case, observe).expect("scenario exists");
     let mut result = SeedResult {
         seed,
         passed: outcome.passed(),
@@ -124,6 +130,7 @@ fn run_seed(opts: &ExploreOptions, seed: u64) -> SeedResult {
         events: outcome.events,
         wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         case_file: None,
+        probes: outcome.probes.clone(),
     };
     if let (false, Some(dir)) = (result.passed, &opts.save_dir) {
         case.expect =

@@ -3,11 +3,14 @@
 
 pub mod broker;
 pub mod case;
+pub mod coverage;
 pub mod disk_log;
 pub mod explore;
+pub mod merge;
 pub mod scenario;
 pub mod shrink;
 pub mod tiered;
+pub mod timeline;
 pub mod zoo;
 
 pub use case::{Case, CaseError, Expectation, ExpectedOutcome};

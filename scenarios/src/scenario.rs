@@ -119,12 +119,27 @@ pub fn check_bugs<'a>(
     Ok(out)
 }
 
+/// What a run keeps besides its verdict and trace hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observe {
+    /// Every trace record (replay's timeline and picture).
+    pub keep_trace: bool,
+    /// The coverage probes reached (`dst coverage`).
+    pub collect_probes: bool,
+}
+
 /// Runs one case on a fresh runtime and thread. An unknown scenario is reported as an error
 /// outcome by the caller, so it is checked here first.
 pub fn run_case(case: &Case, keep_trace: bool) -> Result<Outcome, String> {
+    run_case_observed(case, Observe { keep_trace, collect_probes: false })
+}
+
+/// `run_case`, keeping what `observe` asks for.
+pub fn run_case_observed(case: &Case, observe: Observe) -> Result<Outcome, String> {
     let scenario = find_scenario(&case.scenario).ok_or_else(|| format!("unknown scenario {:?}", case.scenario))?;
     let mut options = RunOptions::new(case.seed);
-    options.keep_trace = keep_trace;
+    options.keep_trace = observe.keep_trace;
+    options.collect_probes = observe.collect_probes;
     options.net.packet_loss_rate = case.plan.background.packet_loss_prob;
     let (seed, plan, bugs, config, run) =
         (case.seed, case.plan.clone(), case.bugs.clone(), case.config.clone(), scenario.run);

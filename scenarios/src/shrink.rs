@@ -84,3 +84,81 @@ fn halve_duration(fault: &mut Fault) -> bool {
     *d /= 2;
     true
 }
+
+/// The case as a ready-to-paste `#[test]` for the scenarios crate's tests: it replays the
+/// case, embedded as TOML, and asserts its expected outcome.
+pub fn as_test(case: &Case) -> String {
+    let toml = case.to_toml();
+    let hashes = (1..).map(|n| "#".repeat(n)).find(|h| !toml.contains(&format!("\"{h}"))).unwrap_or_default();
+    let checker = case.expect.checker.as_deref();
+    let name = format!(
+        "{}_seed_{}_{}",
+        case.scenario.replace('-', "_"),
+        case.seed,
+        checker.map_or("passes".to_string(), |c| format!("fails_{}", c.replace('-', "_")))
+    );
+    let assertion = match (case.expect.outcome, checker) {
+        (crate::case::ExpectedOutcome::Fail, Some(c)) => format!(
+            "    assert!(\n        outcome.violations.iter().any(|v| v.checker == {c:?}),\n        \
+             \"expected a {c} violation, got {{:?}}\",\n        outcome.violations\n    );\n"
+        ),
+        _ => "    assert!(outcome.violations.is_empty(), \"expected no violation, got {:?}\", outcome.violations);\n"
+            .to_string(),
+    };
+    format!(
+        "#[test]\nfn {name}() {{\n    let case = scenarios::Case::parse(\n        r{hashes}\"{toml}\"{hashes},\n        \
+         {name:?},\n    )\n    .expect(\"the case parses\");\n    \
+         let outcome = scenarios::run_case(&case, false).expect(\"the scenario exists\");\n{assertion}}}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Expectation, ExpectedOutcome, FORMAT_VERSION};
+
+    fn case(note: &str) -> Case {
+        Case {
+            format_version: FORMAT_VERSION,
+            scenario: "disk-log".into(),
+            seed: 77,
+            note: note.into(),
+            bugs: ["ack-before-sync".to_string()].into_iter().collect(),
+            config: toml::Table::new(),
+            expect: Expectation { outcome: ExpectedOutcome::Fail, checker: Some("durability".into()) },
+            plan: sim::FaultPlan::default(),
+        }
+    }
+
+    /// The TOML between the raw string's delimiters.
+    fn embedded(test: &str) -> &str {
+        let start = test.find("r#").expect("a raw string");
+        let hashes = test[start + 1..].chars().take_while(|&c| c == '#').count();
+        let open = start + 1 + hashes + 1;
+        let close = test[open..].find(&format!("\"{}", "#".repeat(hashes))).expect("closing delimiter");
+        &test[open..open + close]
+    }
+
+    #[test]
+    fn the_printed_test_embeds_the_case_and_asserts_its_checker() {
+        // A note holding `"#` forces a longer raw-string delimiter.
+        let case = case(r##"tricky "# note"##);
+        let test = as_test(&case);
+        assert!(test.starts_with("#[test]\nfn disk_log_seed_77_fails_durability() {\n"), "{test}");
+        assert!(test.contains("scenarios::run_case(&case, false)"));
+        assert!(test.contains(r#"v.checker == "durability""#));
+        assert_eq!(Case::parse(embedded(&test), "x").expect("embedded case parses"), case);
+        assert_eq!(test.matches('{').count(), test.matches('}').count(), "{test}");
+        assert!(test.ends_with("}\n"));
+    }
+
+    #[test]
+    fn a_passing_case_prints_a_test_asserting_no_violation() {
+        let mut case = case("");
+        case.expect = Expectation { outcome: ExpectedOutcome::Pass, checker: None };
+        let test = as_test(&case);
+        assert!(test.contains("fn disk_log_seed_77_passes()"));
+        assert!(test.contains("outcome.violations.is_empty()"));
+        assert_eq!(Case::parse(embedded(&test), "x").expect("embedded case parses"), case);
+    }
+}

@@ -75,6 +75,7 @@ fn hunt(opts: &ZooOptions<'_>, bug_id: &str) -> ZooEntry {
         shard: Shard::WHOLE,
         save_dir: None,
         stop_at_first_failure: true,
+        collect_probes: false,
     };
     let report = explore(&explore_opts, &|_| {});
     let witness = report.failures().min_by_key(|r| r.seed).cloned();

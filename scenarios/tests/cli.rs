@@ -83,3 +83,59 @@ fn explore_reports_every_seed_as_json_and_a_caught_bug_fails_the_exit_code() {
     assert!(stdout(&o).contains("consume-queue"), "{}", stdout(&o));
     assert!(dir.path().join("broker-0.toml").exists(), "the failing case is saved");
 }
+
+#[test]
+fn merge_joins_shard_reports_and_refuses_overlapping_or_foreign_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = |k: &str| {
+        let o = dst(&["explore", "--seeds", "6", "--jobs", "2", "--shard", k, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let path = dir.path().join(format!("shard-{}.json", k.replace('/', "-")));
+        std::fs::write(&path, o.stdout).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (a, b) = (shard("1/2"), shard("2/2"));
+    let o = dst(&["merge", &a, &b, "--json"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let merged: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("merge --json prints JSON");
+    assert_eq!(merged["runs"], 6);
+    assert_eq!(merged["shards"].as_array().map(Vec::len), Some(2));
+    let o = dst(&["merge", &a, &b]);
+    assert!(stdout(&o).contains("shards        2 (1/2, 2/2)"), "{}", stdout(&o));
+
+    assert_usage_error(&dst(&["merge", &a, &a]), "the shards overlap");
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{\"runs\": 1}").unwrap();
+    assert_usage_error(&dst(&["merge", &a, garbage.to_str().unwrap()]), "is not a `dst explore --json` report");
+    let o = dst(&["explore", "--seeds", "2", "--scenario", "disk-log", "--start-seed", "100", "--json"]);
+    let other = dir.path().join("disk-log.json");
+    std::fs::write(&other, o.stdout).unwrap();
+    assert_usage_error(&dst(&["merge", &a, other.to_str().unwrap()]), "of scenario \"disk-log\"");
+    assert_usage_error(&dst(&["merge"]), "required");
+}
+
+#[test]
+fn replay_draws_the_run_and_shrink_prints_a_test_of_the_case() {
+    let witness = seeds_dir().join("broker-ack-before-sync.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("run.html");
+    let o = dst(&["replay", "--quiet", witness.to_str().unwrap(), "--html", page.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let html = std::fs::read_to_string(&page).expect("the picture was written");
+    assert!(html.contains(r#"data-node="broker""#) && html.contains(r#"id="violation""#));
+    for fetch in [" src=", "href=\"http", "url(http", "@import", "fetch("] {
+        assert!(!html.contains(fetch), "the page must be self-contained, found {fetch:?}");
+    }
+    assert!(stdout(&o).contains("picture "), "{}", stdout(&o));
+
+    let copy = dir.path().join("case.toml");
+    std::fs::copy(&witness, &copy).unwrap();
+    let o = dst(&["shrink", copy.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let shrunk = Case::load(&dir.path().join("case.shrunk.toml")).expect("the shrunk case was written");
+    let test = &out[out.find("#[test]").expect("a #[test] is printed")..];
+    assert!(test.contains(&format!("fn broker_seed_{}_fails_durability()", shrunk.seed)), "{test}");
+    assert!(test.contains(&format!("seed = {}", shrunk.seed)), "{test}");
+    assert!(test.contains(r#"v.checker == "durability""#), "{test}");
+}

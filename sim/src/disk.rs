@@ -777,6 +777,7 @@ impl SimDisk {
                     PageFate::Tear => {
                         let mask = tear_page(&mut st.rng, st.geo, inode, page);
                         report.pages_torn += 1;
+                        engine::probe!("disk.page-torn");
                         let name =
                             names.get(ino).map_or_else(|| format!("<unlinked ino {ino}>"), |p| p.display().to_string());
                         crate::trace!(
@@ -826,6 +827,7 @@ impl SimDisk {
         report.dir_ops_kept = kept as u64;
         report.dir_ops_lost = st.pending.len() as u64;
         for op in std::mem::take(&mut st.pending) {
+            engine::probe!("disk.dir-op-lost");
             crate::trace!(self.trace, &self.node, "disk.dir_op_lost", "{}", op);
         }
     }
@@ -954,12 +956,18 @@ impl SimDisk {
 
     fn eio(&self, st: &mut State, op: IoOp, path: &Path, what: fmt::Arguments<'_>) -> IoError {
         st.stats.eio += 1;
+        match op {
+            IoOp::Read => engine::probe!("disk.eio-read"),
+            IoOp::Sync => engine::probe!("disk.eio-sync"),
+            _ => engine::probe!("disk.eio-write"),
+        }
         crate::trace!(self.trace, &self.node, "disk.eio", "{:?} {} {}", op, path.display(), what);
         IoError::Eio { op, path: path.to_path_buf() }
     }
 
     fn no_space(&self, st: &mut State, op: IoOp, path: &Path, new_len: u64) -> IoError {
         st.stats.enospc += 1;
+        engine::probe!("disk.enospc");
         crate::trace!(self.trace, &self.node, "disk.enospc", "{:?} {} to_len={}", op, path.display(), new_len);
         IoError::NoSpace { op, path: path.to_path_buf() }
     }

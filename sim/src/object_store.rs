@@ -528,13 +528,23 @@ fn count_fault(stats: &mut ObjectStoreStats, fault: Fault) {
     match fault {
         Fault::None => {}
         Fault::Unavailable => stats.unavailable_rejections += 1,
-        Fault::Error => stats.errors_injected += 1,
+        Fault::Error => {
+            engine::probe!("object-store.error");
+            stats.errors_injected += 1;
+        }
         Fault::SizeFail => {
+            engine::probe!("object-store.size-failed");
             stats.errors_injected += 1;
             stats.size_failures += 1;
         }
-        Fault::AckLost => stats.acks_lost += 1,
-        Fault::Partial { .. } => stats.partial_appends += 1,
+        Fault::AckLost => {
+            engine::probe!("object-store.ack-lost");
+            stats.acks_lost += 1;
+        }
+        Fault::Partial { .. } => {
+            engine::probe!("object-store.partial-append");
+            stats.partial_appends += 1;
+        }
     }
 }
 

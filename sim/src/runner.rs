@@ -15,7 +15,9 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tracing::Dispatch;
 
+use crate::probes::{ProbeCollector, ProbeHit};
 use crate::trace::{Trace, TraceRecord};
 
 /// A broken promise found by a checker (or a panic, a deadlock, a time-out).
@@ -54,8 +56,14 @@ pub struct Outcome {
     pub sim_time_ms: u64,
     pub events: u64,
     pub event_counts: BTreeMap<String, u64>,
+    /// Coverage probes reached and how often (empty unless `RunOptions::collect_probes`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub probes: BTreeMap<String, u64>,
     #[serde(skip)]
     pub records: Vec<TraceRecord>,
+    /// Every probe hit with its time (with `keep_trace` and `collect_probes`).
+    #[serde(skip)]
+    pub probe_hits: Vec<ProbeHit>,
 }
 
 impl Outcome {
@@ -70,6 +78,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// Keep every trace record (for replay's timeline); costs memory.
     pub keep_trace: bool,
+    /// Collect the coverage probes the run reaches (`dst coverage`, replay's picture).
+    pub collect_probes: bool,
     /// Simulated time after which the run is stopped and reported.
     pub time_limit: Duration,
     /// Wall-clock time after which the run is abandoned and reported (see `WALL_LIMIT`).
@@ -83,6 +93,7 @@ impl RunOptions {
         RunOptions {
             seed,
             keep_trace: false,
+            collect_probes: false,
             time_limit: Duration::from_secs(3_600),
             // A broker seed takes ~20 ms in release and well under a second in debug.
             wall_limit: Duration::from_secs(120),
@@ -159,7 +170,9 @@ where
         sim_time_ms: 0,
         events: 0,
         event_counts: BTreeMap::new(),
+        probes: BTreeMap::new(),
         records: Vec::new(),
+        probe_hits: Vec::new(),
     };
     match rx.recv_timeout(wall_limit) {
         Ok(outcome) => {
@@ -198,6 +211,11 @@ where
     let mut runtime = madsim::runtime::Runtime::with_seed_and_config(options.seed, config);
     runtime.set_time_limit(options.time_limit);
     let body_trace = trace.clone();
+    let collector = ProbeCollector::new(trace.clone(), options.keep_trace);
+    // The run thread is fresh, so the default in force here is the process's global one.
+    let probe_guard = options.collect_probes.then(|| {
+        tracing::dispatcher::set_default(&collector.dispatch(tracing::dispatcher::get_default(Dispatch::clone)))
+    });
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         runtime.block_on(async move {
             body_trace.start_clock();
@@ -212,6 +230,8 @@ where
     };
     // Dropping a runtime whose tasks panicked can panic again; the outcome is already known.
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(runtime)));
+    drop(probe_guard);
+    let probes = collector.take();
     for v in &violations {
         crate::trace!(trace, "runner", "violation", "{v}");
     }
@@ -222,7 +242,9 @@ where
         sim_time_ms,
         events: trace.len(),
         event_counts: trace.counts(),
+        probes: probes.counts,
         records: trace.records(),
+        probe_hits: probes.hits,
     }
 }
 

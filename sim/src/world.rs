@@ -231,6 +231,7 @@ impl World {
 
     /// Applies one fault now; returns the task that ends it (restart, window close) if any.
     fn apply(self: &Arc<Self>, fault: &Fault) -> Option<tokio::task::JoinHandle<()>> {
+        probe_fault(fault);
         match fault {
             Fault::Kill { node, restart_after_ms } => self.crash(node, CrashKind::ProcessCrash, *restart_after_ms),
             Fault::PowerLoss { node, restart_after_ms } => self.crash(node, CrashKind::PowerLoss, *restart_after_ms),
@@ -343,6 +344,7 @@ impl World {
                 unfinished
             };
             if unfinished {
+                engine::probe!("fault.shutdown-unfinished");
                 crate::trace!(world.trace, &node, "node.shutdown-unfinished", "killing");
                 Handle::current().kill(id);
                 world.disk(&node).crash(CrashKind::ProcessCrash);
@@ -445,6 +447,22 @@ impl World {
             net.unclog_link(idb, ida);
             crate::trace!(trace, "world", "partition.heal", "{a} <-> {b}");
         }))
+    }
+}
+
+/// One coverage probe per fault kind played.
+fn probe_fault(fault: &Fault) {
+    match fault {
+        Fault::Kill { .. } => engine::probe!("fault.kill"),
+        Fault::PowerLoss { .. } => engine::probe!("fault.power-loss"),
+        Fault::CleanShutdown { .. } => engine::probe!("fault.clean-shutdown"),
+        Fault::DiskErrors { .. } => engine::probe!("fault.disk-errors"),
+        Fault::DiskFull { .. } => engine::probe!("fault.disk-full"),
+        Fault::BitFlip { .. } => engine::probe!("fault.bit-flip"),
+        Fault::ObjectStoreErrors { .. } => engine::probe!("fault.object-store-errors"),
+        Fault::ObjectStoreOutage { .. } => engine::probe!("fault.object-store-outage"),
+        Fault::ClockJump { .. } => engine::probe!("fault.clock-jump"),
+        Fault::Partition { .. } => engine::probe!("fault.partition"),
     }
 }
 

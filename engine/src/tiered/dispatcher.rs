@@ -151,6 +151,7 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
         return Ok(Turn::Recovered);
     }
     if f.has_uncommitted() {
+        crate::probe!("tiered.commit-retried");
         commit(inner, f, Vec::new()).await?;
         return Ok(Turn::Moved { messages: 0 });
     }
@@ -164,7 +165,10 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
     if current >= local_max {
         return Ok(Turn::Idle);
     }
-    let Some(first) = select(inner, &q, current)? else { return Ok(Turn::Missing) };
+    let Some(first) = select(inner, &q, current)? else {
+        crate::probe!("tiered.local-message-missing");
+        return Ok(Turn::Missing);
+    };
     let Selected::Message { ref msg, .. } = first else {
         return batch(inner, f, first, local_max).await;
     };
@@ -172,6 +176,7 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
     let age_ms = inner.now_ms().saturating_sub(msg.store_timestamp_ms);
     if !force && pending < inner.cfg.group_commit_count && (age_ms as u64) < inner.cfg.group_commit_timeout_ms {
         inner.counters.holds_branch.fetch_add(1, Ordering::SeqCst);
+        crate::probe!("tiered.hold-branch");
         if inner.bugs.has(Bug::TieredHoldNotReleased) {
             // #8955: `return completedFuture(false)` before `message.release()`.
             if let Selected::Message { msg, .. } = first {
@@ -220,6 +225,7 @@ fn select(inner: &TieredInner, q: &QueueKey, offset: u64) -> Result<Option<Selec
 async fn blank_expired(inner: &TieredInner, f: &mut FlatMessageFile, local_min: u64) -> Result<Turn, TurnError> {
     let from = f.dispatch_queue_offset();
     tracing::warn!(queue = %f.queue, from, to = local_min, "messages expired locally before they were tiered");
+    crate::probe!("tiered.expired-before-tiered");
     if f.consume_queue.segments().is_empty() && f.commit_log.segments().is_empty() {
         // Nothing tiered yet: start at the local minimum instead.
         f.consume_queue.reset_init_offset(local_min * super::TIERED_CQ_UNIT_BYTES);

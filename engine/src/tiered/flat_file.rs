@@ -164,6 +164,7 @@ impl FlatAppendFile {
         let base = last.append_offset();
         self.roll(&mut m, base, now_ms);
         drop(m);
+        crate::probe!("tiered.segment-rolled");
         match self.segments.last_mut().expect("rolled").append(data, store_ts_ms) {
             SegmentAppend::At(at) => Ok(FlatAppend::At(at)),
             SegmentAppend::Full => unreachable!("an empty segment takes any append"),
@@ -348,6 +349,7 @@ impl FlatAppendFile {
         if last.commit_position() % unit == 0 {
             return Ok(());
         }
+        crate::probe!("tiered.partial-unit-sealed");
         if last.commit_position() < unit {
             obj.delete(last.key()).await?;
             let base = last.base_offset();

@@ -254,6 +254,11 @@ impl FileSegment {
             ));
         }
         let applied = size - self.commit_position;
+        if applied == len && len > 0 {
+            crate::probe!("tiered.lost-ack-resolved");
+        } else if applied > 0 {
+            crate::probe!("tiered.partial-append-resolved");
+        }
         if bugs.has(Bug::TieredPartialAllOrNothing) && applied != 0 && applied != len {
             // All-or-nothing: a prefix is taken as nothing, and the whole batch goes again after it.
             self.commit_position = size;

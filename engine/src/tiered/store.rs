@@ -105,6 +105,7 @@ impl TieredInner {
         let listed = lock(&self.listed).get(&flat.queue).cloned().unwrap_or_default();
         let now = self.now_ms();
         flat.recover(self.obj.as_ref(), &self.meta, &listed, now).await?;
+        crate::probe!("tiered.queue-recovered");
         let all_listed_recovered = {
             let mut l = lock(&self.listed);
             l.remove(&flat.queue);
@@ -175,6 +176,7 @@ impl TieredStore {
             counters: Counters::default(),
         });
         if loaded != MetadataLoad::Loaded {
+            crate::probe!("tiered.rebuilt-from-listing");
             let listed = list_with_retries(&inner, give_up_after_ms).await?;
             // Until every listed queue is recovered, a saved table may miss some of them.
             inner.meta.lock().await.set_complete(listed.is_empty());
@@ -221,6 +223,7 @@ impl TieredStore {
         if let Some(mut t) = task {
             if tokio::time::timeout(Duration::from_millis(SHUTDOWN_WAIT_MS), &mut t).await.is_err() {
                 tracing::warn!("tiered dispatcher still uploading at shutdown: aborted");
+                crate::probe!("tiered.shutdown-aborted-upload");
                 t.abort();
                 let _ = t.await;
                 self.inner.dispatcher_alive.store(false, Ordering::SeqCst);
@@ -381,6 +384,7 @@ async fn continue_local_log(inner: &Arc<TieredInner>) -> Result<(), TieredError>
         return Ok(());
     }
     tracing::info!(phy_floor, queues = floors.len(), "empty local log continued above the tiered store");
+    crate::probe!("tiered.local-log-continued");
     inner.source.continue_from(phy_floor, &floors)?;
     Ok(())
 }

@@ -1,22 +1,26 @@
 //! `dst`: the deterministic simulation testbed's command line.
 //!
 //!   dst explore   run many seeds, print a summary, save failures as case files
-//!   dst replay    re-run one case (or seed) with its full timeline; check the trace hash
-//!   dst shrink    the smallest fault plan that still fails the same way
+//!   dst replay    re-run one case (or seed) with its full timeline; check the trace hash;
+//!                 `--html FILE` draws the run as a page
+//!   dst shrink    the smallest fault plan that still fails the same way, and a `#[test]` of it
 //!   dst zoo       every catalogued bug: seeds and time until a checker catches it
+//!   dst coverage  which coverage probes a sweep of seeds reached, and which it never did
+//!   dst merge     one summary from the `--json` reports of a sweep's shards
 //!   dst list      scenarios, checkers and bugs
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use scenarios::explore::{explore, Budget, ExploreOptions, ExploreReport, Shard};
-use scenarios::scenario::{generated_case, DEFAULT_SCENARIO};
+use scenarios::coverage::CoverageReport;
+use scenarios::explore::{explore, Budget, ExploreOptions, ExploreReport, SeedResult, Shard};
+use scenarios::scenario::{generated_case, run_case_observed, Observe, DEFAULT_SCENARIO};
 use scenarios::{find_scenario, run_case, Case, ExpectedOutcome, SCENARIOS};
 
 #[derive(Parser)]
@@ -37,6 +41,11 @@ enum Command {
     /// For every catalogued bug: seeds and time until caught, by which checker, and whether
     /// its witness case passes with the bug off.
     Zoo(ZooArgs),
+    /// Run many seeds and report which coverage probes (fault kinds, recovery branches,
+    /// handled failures) they reached, in how many runs, and which no run reached.
+    Coverage(CoverageArgs),
+    /// Merge the `explore --json` reports of a sweep's shards into one summary.
+    Merge(MergeArgs),
     /// List scenarios, their checkers, and the bug catalogue.
     List,
 }
@@ -52,15 +61,8 @@ struct ExploreArgs {
     /// Run for this many wall-clock seconds instead of a number of seeds.
     #[arg(long)]
     time: Option<f64>,
-    /// First seed of the range.
-    #[arg(long, default_value_t = 0)]
-    start_seed: u64,
-    /// Switch a catalogued bug back on (repeatable).
-    #[arg(long = "bug")]
-    bugs: Vec<String>,
-    /// Parallel runs (default: all cores).
-    #[arg(long)]
-    jobs: Option<usize>,
+    #[command(flatten)]
+    sweep: SweepArgs,
     /// Run only shard k of n of the seed range, e.g. 3/8.
     #[arg(long, default_value = "1/1")]
     shard: String,
@@ -70,6 +72,20 @@ struct ExploreArgs {
     /// Where failing cases are written.
     #[arg(long, default_value = "target/dst-cases")]
     save_dir: PathBuf,
+}
+
+/// The seed range's start, the bugs switched on and the parallelism of a sweep.
+#[derive(Args)]
+struct SweepArgs {
+    /// First seed of the range.
+    #[arg(long, default_value_t = 0)]
+    start_seed: u64,
+    /// Switch a catalogued bug back on (repeatable).
+    #[arg(long = "bug")]
+    bugs: Vec<String>,
+    /// Parallel runs (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 #[derive(Args)]
@@ -90,6 +106,10 @@ struct ReplayArgs {
     /// as a regression case in `seeds/` once its bug is fixed).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Write a picture of the run to FILE: one self-contained HTML page, a lane per node,
+    /// every event and fault window on the simulated time axis, the violation marked.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -99,6 +119,30 @@ struct ShrinkArgs {
     /// Where to write the shrunk case (default: next to it, `.shrunk.toml`).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CoverageArgs {
+    #[arg(long, default_value = DEFAULT_SCENARIO)]
+    scenario: String,
+    /// Number of seeds, from --start-seed.
+    #[arg(long, default_value_t = 2_000)]
+    seeds: u64,
+    #[command(flatten)]
+    sweep: SweepArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The shards' reports (`dst explore --shard k/n --json > FILE`).
+    #[arg(required = true)]
+    reports: Vec<PathBuf>,
+    /// Print the merged summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -138,6 +182,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => cmd_replay(args),
         Command::Shrink(args) => cmd_shrink(args),
         Command::Zoo(args) => cmd_zoo(args),
+        Command::Coverage(args) => cmd_coverage(args),
+        Command::Merge(args) => cmd_merge(args),
         Command::List => cmd_list(),
     }
 }
@@ -161,7 +207,7 @@ fn jobs(requested: Option<usize>) -> Result<usize> {
 
 fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
     let scenario = scenario(&args.scenario)?;
-    let bugs = check_bugs(scenario, &args.bugs)?;
+    let bugs = check_bugs(scenario, &args.sweep.bugs)?;
     let shard = Shard::parse(&args.shard).map_err(anyhow::Error::msg)?;
     let budget = match (args.seeds, args.time) {
         (_, Some(t)) if !(t > 0.0 && t.is_finite()) => bail!("--time must be a positive number of seconds"),
@@ -169,16 +215,17 @@ fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
         (Some(n), None) => Budget::Seeds(n),
         (None, None) => Budget::Seeds(1_000),
     };
-    let jobs = jobs(args.jobs)?;
+    let jobs = jobs(args.sweep.jobs)?;
     let opts = ExploreOptions {
         scenario,
         budget,
-        start_seed: args.start_seed,
+        start_seed: args.sweep.start_seed,
         bugs,
         jobs,
         shard,
         save_dir: Some(args.save_dir),
         stop_at_first_failure: false,
+        collect_probes: false,
     };
     let bar = progress_bar(&opts);
     let report = explore(&opts, &|r| {
@@ -212,11 +259,30 @@ fn progress_bar(opts: &ExploreOptions) -> ProgressBar {
     bar
 }
 
-fn print_report(report: &ExploreReport, jobs: usize) {
-    println!("scenario      {}", report.scenario);
-    if !report.bugs.is_empty() {
-        println!("bugs on       {}", report.bugs.iter().cloned().collect::<Vec<_>>().join(", "));
+fn print_scenario(scenario: &str, bugs: &BTreeSet<String>) {
+    println!("scenario      {scenario}");
+    if !bugs.is_empty() {
+        println!("bugs on       {}", bugs.iter().cloned().collect::<Vec<_>>().join(", "));
     }
+}
+
+fn print_violations<'a>(by_checker: &BTreeMap<String, u64>, failures: impl Iterator<Item = &'a SeedResult>) {
+    if by_checker.is_empty() {
+        println!("violations    none");
+        return;
+    }
+    println!("violations by checker:");
+    for (checker, n) in by_checker {
+        println!("  {checker:<20} {n}");
+    }
+    println!("failing seeds (replay with `cargo dst replay <case>`):");
+    for r in failures.take(20) {
+        println!("  seed {:<8} {}  {}", r.seed, r.case_file.as_deref().unwrap_or("-"), r.violations[0]);
+    }
+}
+
+fn print_report(report: &ExploreReport, jobs: usize) {
+    print_scenario(&report.scenario, &report.bugs);
     println!("shard         {}/{}", report.shard.index, report.shard.count);
     println!("runs          {}", report.runs);
     println!("failed runs   {}", report.failed_runs);
@@ -224,18 +290,7 @@ fn print_report(report: &ExploreReport, jobs: usize) {
     println!("seeds/s       {:.1}", report.seeds_per_second);
     println!("sim s/wall s  {:.0}", report.simulated_seconds_per_wall_second);
     println!("events        {}", report.events);
-    if report.violations_by_checker.is_empty() {
-        println!("violations    none");
-    } else {
-        println!("violations by checker:");
-        for (checker, n) in &report.violations_by_checker {
-            println!("  {checker:<20} {n}");
-        }
-        println!("failing seeds (replay with `cargo dst replay <case>`):");
-        for r in report.failures().take(20) {
-            println!("  seed {:<8} {}  {}", r.seed, r.case_file.as_deref().unwrap_or("-"), r.violations[0]);
-        }
-    }
+    print_violations(&report.violations_by_checker, report.failures());
 }
 
 fn load_replay_case(args: &ReplayArgs) -> Result<Case> {
@@ -265,7 +320,8 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
             .init();
     }
     scenario(&case.scenario)?;
-    let first = run_case(&case, !args.quiet).map_err(anyhow::Error::msg)?;
+    let observe = Observe { keep_trace: !args.quiet || args.html.is_some(), collect_probes: args.html.is_some() };
+    let first = run_case_observed(&case, observe).map_err(anyhow::Error::msg)?;
     if !args.quiet {
         println!("timeline ({} events):", first.events);
         for record in &first.records {
@@ -281,6 +337,19 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         println!("violation     {v}");
     }
     println!("trace hash    {:016x}", first.trace_hash);
+    if let Some(path) = &args.html {
+        let started = Instant::now();
+        let page = scenarios::timeline::render_html(&case, &first);
+        std::fs::write(path, &page).with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "picture       {} ({} bytes, {} lanes, {} trace records, written in {:.1} ms)",
+            path.display(),
+            page.len(),
+            page.matches(r#"class="lane""#).count(),
+            first.records.len(),
+            started.elapsed().as_secs_f64() * 1_000.0
+        );
+    }
     let second = run_case(&case, false).map_err(anyhow::Error::msg)?;
     let deterministic = second.trace_hash == first.trace_hash;
     println!(
@@ -334,6 +403,8 @@ fn cmd_shrink(args: ShrinkArgs) -> Result<ExitCode> {
         shrunk.runs,
         out.display()
     );
+    println!("\nas a test (paste into a file under scenarios/tests/):\n");
+    print!("{}", scenarios::shrink::as_test(&shrunk_case));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -395,4 +466,76 @@ fn cmd_zoo(args: ZooArgs) -> Result<ExitCode> {
     }
     let all_good = entries.iter().all(|e| e.caught() && e.passes_with_bug_off == Some(true));
     Ok(if all_good { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn cmd_coverage(args: CoverageArgs) -> Result<ExitCode> {
+    let scenario = scenario(&args.scenario)?;
+    let bugs = check_bugs(scenario, &args.sweep.bugs)?;
+    if args.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let opts = ExploreOptions {
+        scenario,
+        budget: Budget::Seeds(args.seeds),
+        start_seed: args.sweep.start_seed,
+        bugs,
+        jobs: jobs(args.sweep.jobs)?,
+        shard: Shard::WHOLE,
+        save_dir: None,
+        stop_at_first_failure: false,
+        collect_probes: true,
+    };
+    let bar = progress_bar(&opts);
+    let report = explore(&opts, &|_| bar.inc(1));
+    bar.finish_and_clear();
+    let coverage = CoverageReport::of(&report);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&coverage)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let meanings: BTreeMap<&str, &str> =
+        scenarios::coverage::catalogue().into_iter().map(|p| (p.name, p.meaning)).collect();
+    println!("{:<38} {:>7} {:>9}  meaning", "probe", "runs", "hits");
+    for p in &coverage.probes {
+        let meaning = meanings.get(p.name.as_str()).copied().unwrap_or("(not in coverage/probes.txt)");
+        println!("{:<38} {:>7} {:>9}  {meaning}", p.name, p.runs, p.hits);
+    }
+    let never = coverage.never_hit();
+    println!();
+    println!(
+        "{} seeds of {} in {:.1} s: {} of {} probes hit",
+        report.runs,
+        coverage.scenario,
+        report.wall_seconds,
+        coverage.hit_count(),
+        coverage.probes.len()
+    );
+    println!("never hit ({}): {}", never.len(), if never.is_empty() { "-".to_string() } else { never.join(", ") });
+    let missing = coverage.missing_must_reach();
+    if !missing.is_empty() {
+        println!("must-reach probes not reached: {}", missing.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_merge(args: MergeArgs) -> Result<ExitCode> {
+    let mut reports = Vec::new();
+    for path in &args.reports {
+        reports.push((path.display().to_string(), scenarios::merge::load(path)?));
+    }
+    let merged = scenarios::merge::merge(&reports)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&merged)?);
+    } else {
+        print_scenario(&merged.scenario, &merged.bugs);
+        let shards: Vec<String> = merged.shards.iter().map(|s| format!("{}/{}", s.index, s.count)).collect();
+        println!("shards        {} ({})", merged.shards.len(), shards.join(", "));
+        println!("runs          {}", merged.runs);
+        println!("failed runs   {}", merged.failed_runs);
+        println!("wall time     {:.2} s (longest shard)", merged.wall_seconds);
+        println!("seeds/s       {:.1} (all shards)", merged.seeds_per_second);
+        println!("events        {}", merged.events);
+        print_violations(&merged.violations_by_checker, merged.failures.iter());
+    }
+    Ok(if merged.failed_runs == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

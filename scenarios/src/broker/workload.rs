@@ -71,25 +71,36 @@ pub async fn producer(sh: Arc<Shared>, producer: u32) {
             msgs.iter().for_each(|m| h.record_send(pending(m)));
         }
         let ids: Vec<_> = msgs.iter().map(|m| m.id).collect();
+        let node = super::PRODUCERS[producer as usize - 1];
+        sim::trace!(sh.world.trace(), node, "client.send", "n={} first={:?}", ids.len(), ids[0]);
         let reply = client.call(Request::Put(msgs), PUT_TIMEOUT).await;
-        record_put_reply(&sh, &ids, reply);
+        record_put_reply(&sh, node, &ids, reply);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(20..80))).await;
     }
 }
 
 /// Failures and time-outs as the producer saw them (acks were recorded by the broker).
-fn record_put_reply(sh: &Shared, ids: &[(u32, u64)], reply: Option<Reply>) {
+/// The trace gets one `client.reply` line per batch: acked, failed and unanswered counts.
+fn record_put_reply(sh: &Shared, node: &str, ids: &[(u32, u64)], reply: Option<Reply>) {
+    let (mut acked, mut failed) = (0, 0);
     let mut h = sh.history();
     match reply {
         Some(Reply::Put(results)) => {
             for (id, r) in ids.iter().zip(results) {
-                if let Err(e) = r {
-                    h.record_outcome(*id, SendOutcome::Failed(e));
+                match r {
+                    Ok(_) => acked += 1,
+                    Err(e) => {
+                        failed += 1;
+                        h.record_outcome(*id, SendOutcome::Failed(e));
+                    }
                 }
             }
         }
         _ => ids.iter().for_each(|id| h.record_outcome(*id, SendOutcome::Unknown)),
     }
+    drop(h);
+    let unknown = ids.len() - acked - failed;
+    sim::trace!(sh.world.trace(), node, "client.reply", "acked={acked} failed={failed} unknown={unknown}");
 }
 
 /// The consumer node: reads every queue from where it left off, every 200 ms.
@@ -103,6 +114,10 @@ pub async fn consumer(sh: Arc<Shared>) {
                 let req = Request::Get { topic: topic.to_string(), queue_id: q, offset: *cursor, max: 32 };
                 if let Some(Reply::Get(Ok(msgs))) = client.call(req, GET_TIMEOUT).await {
                     let at_ms = sh.now_ms();
+                    if !msgs.is_empty() {
+                        let n = msgs.len();
+                        sim::trace!(sh.world.trace(), super::CONSUMER, "client.read", "{topic}/{q} n={n}");
+                    }
                     let mut h = sh.history();
                     for m in &msgs {
                         *cursor = (*cursor).max(m.queue_offset + 1);
