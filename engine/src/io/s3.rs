@@ -475,12 +475,14 @@ impl S3ObjectStore {
             Some(end) if end <= size => end,
             _ => return Err(ObjectError::RangeOutOfBounds { key: key.to_string(), offset, len, size }),
         };
-        let mut pieces = Vec::new();
-        for chunk in stored.chunks.iter().filter(|c| c.offset < end && c.end() > offset) {
+        // The pieces are fetched concurrently: a read spanning chunks costs one round trip more
+        // than the list, not one per chunk.
+        let reads = stored.chunks.iter().filter(|c| c.offset < end && c.end() > offset).map(|chunk| {
             let from = offset.max(chunk.offset) - chunk.offset;
             let to = end.min(chunk.end()) - chunk.offset;
-            pieces.push(self.read_chunk(key, chunk, from..to).await?);
-        }
+            self.read_chunk(key, chunk, from..to)
+        });
+        let mut pieces = futures::future::try_join_all(reads).await?;
         Ok(match pieces.len() {
             0 => Bytes::new(),
             1 => pieces.swap_remove(0),
