@@ -113,6 +113,47 @@ async fn s3_server_keys_with_reserved_characters_round_trip() {
 }
 
 #[tokio::test]
+async fn s3_server_remembered_chunks_follow_changes_made_elsewhere() {
+    // Two stores on one prefix: `b` changes what `a` remembers, as another process would.
+    let config = server_config("elsewhere");
+    let a = S3ObjectStore::new(&config).unwrap();
+    let b = S3ObjectStore::new(&config).unwrap();
+    let bytes = |s: &'static str| Bytes::from_static(s.as_bytes());
+    assert_eq!(a.append("k", 0, bytes("abc")).await, Ok(3));
+    assert_eq!(a.append("k", 3, bytes("de")).await, Ok(5));
+    assert_eq!(a.get_range("k", 0, 5).await, Ok(bytes("abcde")));
+    // A put elsewhere replaces chunk 0 and deletes chunk 3: `a` must not read either as it was.
+    b.put("k", bytes("xyz")).await.unwrap();
+    assert_eq!(a.get_range("k", 0, 3).await, Ok(bytes("xyz")), "a replaced chunk is read anew");
+    assert_eq!(
+        a.get_range("k", 0, 5).await,
+        Err(ObjectError::RangeOutOfBounds { key: "k".into(), offset: 0, len: 5, size: 3 })
+    );
+    assert_eq!(
+        a.append("k", 5, bytes("q")).await,
+        Err(ObjectError::OffsetMismatch { key: "k".into(), expected: 5, actual: 3 })
+    );
+    // `a` continues what it remembers; a put elsewhere removes its last chunk: its next append
+    // is refused rather than stored past a gap.
+    assert_eq!(a.append("k", 3, bytes("12")).await, Ok(5));
+    b.put("k", bytes("long enough")).await.unwrap();
+    assert_eq!(
+        a.append("k", 5, bytes("!")).await,
+        Err(ObjectError::OffsetMismatch { key: "k".into(), expected: 5, actual: 11 })
+    );
+    assert_eq!(a.size("k").await, Ok(11));
+    assert_eq!(a.get_range("k", 0, 11).await, Ok(bytes("long enough")));
+    // A delete elsewhere: `a` reads nothing it remembers.
+    b.delete("k").await.unwrap();
+    assert_eq!(a.get_range("k", 0, 4).await, Err(ObjectError::NotFound { key: "k".into() }));
+    assert_eq!(
+        a.append("k", 11, bytes("!")).await,
+        Err(ObjectError::OffsetMismatch { key: "k".into(), expected: 11, actual: 0 })
+    );
+    assert_eq!(stored_names(&config).await, Vec::<String>::new(), "nothing was stored past a gap");
+}
+
+#[tokio::test]
 async fn s3_server_concurrent_appends_at_one_offset_store_one() {
     let config = server_config("race");
     let store = Arc::new(S3ObjectStore::new(&config).unwrap());

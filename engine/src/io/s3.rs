@@ -29,8 +29,9 @@
 //!
 //! The store's futures need a tokio runtime with I/O and time enabled.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -39,7 +40,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::{Path, PathPart};
 use object_store::{
-    ClientOptions, ObjectMeta, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, RetryConfig,
+    ClientOptions, GetOptions, ObjectMeta, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutResult,
+    RetryConfig,
 };
 
 use super::object_store::{validate_key, ObjectError, ObjectStore};
@@ -216,6 +218,8 @@ struct Chunk {
     offset: u64,
     size_bytes: u64,
     path: Path,
+    /// As the server reported it (listing or put); `None` when it reported none.
+    e_tag: Option<String>,
 }
 
 impl Chunk {
@@ -259,6 +263,21 @@ impl Stored {
     /// the object at every step.
     fn chunks_last_first(&self) -> impl Iterator<Item = &Chunk> {
         self.chunks.iter().rev()
+    }
+}
+
+/// The chunks overlapping `[offset, end)`, of chunks sorted by offset.
+fn pieces_of(chunks: &[Chunk], offset: u64, end: u64) -> Vec<Chunk> {
+    chunks.iter().filter(|c| c.offset < end && c.end() > offset).cloned().collect()
+}
+
+/// Whether two ETags name the same content; unknown (`None`) matches anything, and the quotes
+/// and weak prefix servers differ on are ignored.
+fn same_e_tag(a: Option<&str>, b: Option<&str>) -> bool {
+    let bare = |t: &str| t.trim_start_matches("W/").trim_matches('"').to_string();
+    match (a, b) {
+        (Some(a), Some(b)) => bare(a) == bare(b),
+        _ => true,
     }
 }
 
@@ -325,19 +344,39 @@ fn is_already_there(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })
 }
 
+/// The most keys whose chunks a store remembers; past it, one is forgotten for each new one.
+const KNOWN_KEYS_MAX: usize = 1024;
+
 /// An S3 bucket (or an S3-compatible service) used as the object store.
+///
+/// It remembers the chunks it last saw for each key (from a listing whose chunks joined up, or
+/// from its own appends), so that an append or a read need not list the key's chunks every time:
+/// an append that continues the remembered end checks only the last chunk (`HEAD`, same ETag)
+/// before its conditional create, and a read inside the remembered end fetches its chunks with
+/// `If-Match` on their ETags. While an object only grows, the remembered chunks stay a prefix
+/// of it; a put or delete made elsewhere replaces or removes a chunk, which these checks see,
+/// and the store forgets the key and lists it again. `size` always lists.
 #[derive(Debug, Clone)]
 pub struct S3ObjectStore {
     client: Arc<AmazonS3>,
     /// The configured prefix as a path; every stored name starts with it.
     root: Path,
+    /// Key -> its chunks as last seen, joined up from offset 0 (never empty).
+    known: Arc<Mutex<BTreeMap<String, Vec<Chunk>>>>,
+}
+
+/// Why a chunk could not be read.
+enum ReadFailure {
+    /// The chunk is gone or is no longer the one listed: the chunk map is out of date.
+    Changed(String),
+    Failed(ObjectError),
 }
 
 impl S3ObjectStore {
     /// Builds the client; nothing is sent until the first request.
     pub fn new(config: &S3Config) -> Result<S3ObjectStore, S3ConfigError> {
         let client = Arc::new(config.client()?);
-        Ok(S3ObjectStore { client, root: Path::from(config.prefix.as_str()) })
+        Ok(S3ObjectStore { client, root: Path::from(config.prefix.as_str()), known: Arc::default() })
     }
 
     /// From the environment ([`S3Config::from_env`]).
@@ -366,21 +405,72 @@ impl S3ObjectStore {
         Ok(self.root.parts().chain(key.split('/').map(PathPart::from)).collect())
     }
 
-    /// Everything stored for `key` (a list of the objects directly below its directory).
+    fn known_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Chunk>>> {
+        // The map holds no invariant a panic could break half-way: use it as it is.
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last remembered chunk of `key` if the remembered chunks end at `end`.
+    fn known_last_ending_at(&self, key: &str, end: u64) -> Option<Chunk> {
+        self.known_map().get(key).and_then(|chunks| chunks.last()).filter(|last| last.end() == end).cloned()
+    }
+
+    /// The remembered chunks overlapping `[offset, end)`, if the remembered chunks reach `end`.
+    fn known_pieces(&self, key: &str, offset: u64, end: u64) -> Option<Vec<Chunk>> {
+        let map = self.known_map();
+        let chunks = map.get(key)?;
+        (chunks.last()?.end() >= end).then(|| pieces_of(chunks, offset, end))
+    }
+
+    /// Remembers a listing whose chunks join up, or forgets the key.
+    fn remember(&self, key: &str, chunks: Option<&[Chunk]>) {
+        let mut map = self.known_map();
+        match chunks {
+            Some(chunks) if !chunks.is_empty() => {
+                if !map.contains_key(key) && map.len() >= KNOWN_KEYS_MAX {
+                    map.pop_first();
+                }
+                map.insert(key.to_string(), chunks.to_vec());
+            }
+            _ => {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// Adds this store's new chunk if it continues the remembered chunks.
+    fn remember_appended(&self, key: &str, chunk: Chunk) {
+        if let Some(chunks) = self.known_map().get_mut(key) {
+            if chunks.last().is_some_and(|last| last.end() == chunk.offset) {
+                chunks.push(chunk);
+            }
+        }
+    }
+
+    /// Everything stored for `key` (a list of the objects directly below its directory). The
+    /// chunks are remembered when they join up.
     async fn stored(&self, op: &str, key: &str, dir: &Path) -> Result<Stored, ObjectError> {
-        let listing = self.client.list_with_delimiter(Some(dir)).await.map_err(|e| map_err(op, key, e))?;
+        let listing = match self.client.list_with_delimiter(Some(dir)).await {
+            Ok(listing) => listing,
+            Err(e) => {
+                self.remember(key, None);
+                return Err(map_err(op, key, e));
+            }
+        };
         let mut stored = Stored::default();
         for meta in listing.objects {
             let name = meta.location.filename().unwrap_or_default();
             if name == MARKER_NAME {
                 stored.marker = Some(meta.location);
             } else if let Some(offset) = parse_chunk_name(name) {
-                stored.chunks.push(Chunk { offset, size_bytes: meta.size, path: meta.location });
+                stored.chunks.push(Chunk { offset, size_bytes: meta.size, path: meta.location, e_tag: meta.e_tag });
             } else {
+                self.remember(key, None);
                 return Err(layout_err(op, key, format!("stored object {} is not a chunk", meta.location)));
             }
         }
         stored.chunks.sort_by_key(|c| c.offset);
+        self.remember(key, stored.size(key).is_ok().then_some(&stored.chunks[..]));
         Ok(stored)
     }
 
@@ -401,8 +491,8 @@ impl S3ObjectStore {
         }
     }
 
-    async fn write(&self, path: &Path, data: Bytes, mode: PutMode) -> Result<(), object_store::Error> {
-        self.client.put_opts(path, data.into(), PutOptions { mode, ..PutOptions::default() }).await.map(|_| ())
+    async fn write(&self, path: &Path, data: Bytes, mode: PutMode) -> Result<PutResult, object_store::Error> {
+        self.client.put_opts(path, data.into(), PutOptions { mode, ..PutOptions::default() }).await
     }
 
     async fn remove(&self, op: &str, key: &str, path: &Path) -> Result<(), ObjectError> {
@@ -415,6 +505,8 @@ impl S3ObjectStore {
     async fn put_now(&self, key: &str, data: Bytes) -> Result<(), ObjectError> {
         let dir = self.key_dir(key)?;
         let stored = self.stored("put", key, &dir).await?;
+        // Forgotten until the put is through: a failed one leaves the object unknown.
+        self.remember(key, None);
         if data.is_empty() {
             // Mark first: the object exists throughout and shrinks to empty.
             let marker = dir.clone().join(MARKER_NAME);
@@ -428,44 +520,93 @@ impl S3ObjectStore {
             self.remove("put", key, &chunk.path).await?;
         }
         let first = dir.clone().join(chunk_name(0));
-        self.write(&first, data, PutMode::Overwrite).await.map_err(|e| map_err("put", key, e))
+        let size_bytes = data.len() as u64;
+        let put = self.write(&first, data, PutMode::Overwrite).await.map_err(|e| map_err("put", key, e))?;
+        self.remember(key, Some(&[Chunk { offset: 0, size_bytes, path: first, e_tag: put.e_tag }]));
+        Ok(())
     }
 
     async fn append_now(&self, key: &str, expected_offset: u64, data: Bytes) -> Result<u64, ObjectError> {
         let dir = self.key_dir(key)?;
+        let len = data.len() as u64;
+        if len > 0 {
+            if let Some(last) = self.known_last_ending_at(key, expected_offset) {
+                if self.is_unchanged(key, &last).await? {
+                    return self.create_chunk(key, &dir, expected_offset, data).await;
+                }
+            }
+        }
         let stored = self.stored("append", key, &dir).await?;
         let actual = if stored.exists() { stored.size(key)? } else { 0 };
-        let mismatch = |actual| ObjectError::OffsetMismatch { key: key.to_string(), expected: expected_offset, actual };
         if actual != expected_offset {
-            return Err(mismatch(actual));
+            return Err(ObjectError::OffsetMismatch { key: key.to_string(), expected: expected_offset, actual });
         }
-        let len = data.len() as u64;
-        let end = expected_offset.checked_add(len).ok_or_else(|| {
-            layout_err("append", key, format!("{len} bytes at offset {expected_offset} end past 2^64"))
-        })?;
-        // An empty append only has to make the object exist.
-        let target = match (len, stored.exists()) {
-            (0, true) => return Ok(expected_offset),
-            (0, false) => dir.clone().join(MARKER_NAME),
-            _ => dir.clone().join(chunk_name(expected_offset)),
-        };
-        match self.write(&target, data, PutMode::Create).await {
-            Ok(()) => Ok(end),
-            // Another append (or this one, retried inside the client after a lost answer) took
-            // the name first: report where the object ends now.
-            Err(e) if is_already_there(&e) => {
-                let now = self.size_or_zero("append", key, &dir).await?;
-                if len == 0 && now == expected_offset {
-                    return Ok(end);
-                }
-                Err(mismatch(now))
+        match (len, stored.exists()) {
+            (0, true) => Ok(expected_offset),
+            // An empty append only has to make the object exist.
+            (0, false) => self.create_marker(key, &dir).await.map(|()| 0),
+            _ => self.create_chunk(key, &dir, expected_offset, data).await,
+        }
+    }
+
+    /// Whether `chunk` is still stored as it was seen (same size, same ETag when both have one).
+    async fn is_unchanged(&self, key: &str, chunk: &Chunk) -> Result<bool, ObjectError> {
+        match self.client.head(&chunk.path).await {
+            Ok(meta) => Ok(meta.size == chunk.size_bytes && same_e_tag(meta.e_tag.as_deref(), chunk.e_tag.as_deref())),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => {
+                self.remember(key, None);
+                Err(map_err("append", key, e))
             }
+        }
+    }
+
+    /// Creates the chunk at `offset` unless the name is taken (by another append, or by this
+    /// one retried inside the client after a lost answer): then reports where the object ends.
+    async fn create_chunk(&self, key: &str, dir: &Path, offset: u64, data: Bytes) -> Result<u64, ObjectError> {
+        let len = data.len() as u64;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| layout_err("append", key, format!("{len} bytes at offset {offset} end past 2^64")))?;
+        let path = dir.clone().join(chunk_name(offset));
+        match self.write(&path, data, PutMode::Create).await {
+            Ok(put) => {
+                self.remember_appended(key, Chunk { offset, size_bytes: len, path, e_tag: put.e_tag });
+                Ok(end)
+            }
+            Err(e) if is_already_there(&e) => {
+                let actual = self.size_or_zero("append", key, dir).await?;
+                Err(ObjectError::OffsetMismatch { key: key.to_string(), expected: offset, actual })
+            }
+            Err(e) => {
+                self.remember(key, None);
+                Err(map_err("append", key, e))
+            }
+        }
+    }
+
+    /// Makes an empty object exist; another append that made it first is as good.
+    async fn create_marker(&self, key: &str, dir: &Path) -> Result<(), ObjectError> {
+        match self.write(&dir.clone().join(MARKER_NAME), Bytes::new(), PutMode::Create).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_already_there(&e) => match self.size_or_zero("append", key, dir).await? {
+                0 => Ok(()),
+                actual => Err(ObjectError::OffsetMismatch { key: key.to_string(), expected: 0, actual }),
+            },
             Err(e) => Err(map_err("append", key, e)),
         }
     }
 
     async fn get_now(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, ObjectError> {
         let dir = self.key_dir(key)?;
+        if let Some(pieces) = offset.checked_add(len).and_then(|end| self.known_pieces(key, offset, end)) {
+            match self.read_pieces(key, &pieces, offset, len).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(ReadFailure::Failed(e)) => return Err(e),
+                // Out of date: list the chunks again.
+                Err(ReadFailure::Changed(_)) => self.remember(key, None),
+            }
+        }
         let stored = self.stored("get", key, &dir).await?;
         if !stored.exists() {
             return Err(ObjectError::NotFound { key: key.to_string() });
@@ -475,39 +616,58 @@ impl S3ObjectStore {
             Some(end) if end <= size => end,
             _ => return Err(ObjectError::RangeOutOfBounds { key: key.to_string(), offset, len, size }),
         };
-        // The pieces are fetched concurrently: a read spanning chunks costs one round trip more
-        // than the list, not one per chunk.
-        let reads = stored.chunks.iter().filter(|c| c.offset < end && c.end() > offset).map(|chunk| {
+        let pieces = pieces_of(&stored.chunks, offset, end);
+        self.read_pieces(key, &pieces, offset, len).await.map_err(|failure| match failure {
+            ReadFailure::Changed(why) => {
+                self.remember(key, None);
+                layout_err("get", key, format!("{why} while reading (a concurrent put or delete?)"))
+            }
+            ReadFailure::Failed(e) => e,
+        })
+    }
+
+    /// Reads `[offset, offset + len)` from `pieces`, the chunks overlapping it, concurrently: a
+    /// read spanning chunks costs one round trip, not one per chunk.
+    async fn read_pieces(&self, key: &str, pieces: &[Chunk], offset: u64, len: u64) -> Result<Bytes, ReadFailure> {
+        let end = offset + len;
+        let reads = pieces.iter().map(|chunk| {
             let from = offset.max(chunk.offset) - chunk.offset;
             let to = end.min(chunk.end()) - chunk.offset;
             self.read_chunk(key, chunk, from..to)
         });
-        let mut pieces = futures::future::try_join_all(reads).await?;
-        Ok(match pieces.len() {
+        let mut bytes = futures::future::try_join_all(reads).await?;
+        Ok(match bytes.len() {
             0 => Bytes::new(),
-            1 => pieces.swap_remove(0),
+            1 => bytes.swap_remove(0),
             _ => {
                 let mut buf = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
-                pieces.iter().for_each(|p| buf.extend_from_slice(p));
+                bytes.iter().for_each(|b| buf.extend_from_slice(b));
                 buf.freeze()
             }
         })
     }
 
-    /// Reads `range` of one chunk, checking that the chunk still has the listed size.
-    async fn read_chunk(&self, key: &str, chunk: &Chunk, range: std::ops::Range<u64>) -> Result<Bytes, ObjectError> {
+    /// Reads `range` of one chunk, if it is still the chunk seen (its ETag) with the size seen.
+    async fn read_chunk(&self, key: &str, chunk: &Chunk, range: Range<u64>) -> Result<Bytes, ReadFailure> {
         let want = range.end - range.start;
-        let bytes = match self.client.get_range(&chunk.path, range).await {
+        let options = GetOptions::default().with_range(Some(range)).with_if_match(chunk.e_tag.as_deref());
+        let got = match self.client.get_opts(&chunk.path, options).await {
+            Ok(got) => got.bytes().await,
+            Err(e) => Err(e),
+        };
+        let bytes = match got {
             Ok(bytes) => bytes,
             Err(object_store::Error::NotFound { .. }) => {
-                let why = format!("chunk {} vanished while reading (a concurrent put or delete?)", chunk.path);
-                return Err(layout_err("get", key, why));
+                return Err(ReadFailure::Changed(format!("chunk {} vanished", chunk.path)));
             }
-            Err(e) => return Err(map_err("get", key, e)),
+            Err(object_store::Error::Precondition { .. }) => {
+                return Err(ReadFailure::Changed(format!("chunk {} was replaced", chunk.path)));
+            }
+            Err(e) => return Err(ReadFailure::Failed(map_err("get", key, e))),
         };
         if bytes.len() as u64 != want {
             let why = format!("chunk {} returned {} bytes where {want} were asked", chunk.path, bytes.len());
-            return Err(layout_err("get", key, why));
+            return Err(ReadFailure::Changed(why));
         }
         Ok(bytes)
     }
@@ -556,6 +716,7 @@ impl S3ObjectStore {
     async fn delete_now(&self, key: &str) -> Result<(), ObjectError> {
         let dir = self.key_dir(key)?;
         let stored = self.stored("delete", key, &dir).await?;
+        self.remember(key, None);
         for chunk in stored.chunks_last_first() {
             self.remove("delete", key, &chunk.path).await?;
         }
@@ -605,7 +766,7 @@ mod tests {
     use super::*;
 
     fn chunk(offset: u64, size_bytes: u64) -> Chunk {
-        Chunk { offset, size_bytes, path: Path::from(chunk_name(offset)) }
+        Chunk { offset, size_bytes, path: Path::from(chunk_name(offset)), e_tag: None }
     }
 
     fn stored(chunks: &[(u64, u64)]) -> Stored {
