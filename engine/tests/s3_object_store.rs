@@ -78,6 +78,8 @@ async fn s3_server_layout_is_one_chunk_per_append_named_by_offset() {
     assert_eq!(retried, Err(ObjectError::OffsetMismatch { key: "log/x".into(), expected: 3, actual: 5 }));
     assert_eq!(stored_names(&config).await.len(), 2);
     assert_eq!(store.get_range("log/x", 1, 4).await, Ok(Bytes::from_static(b"bcde")), "a read spans chunks");
+    assert_eq!(store.get_range("log/x", 4, 0).await, Ok(Bytes::new()), "an empty range inside a chunk");
+    assert_eq!(S3ObjectStore::new(&config).unwrap().get_range("log/x", 1, 0).await, Ok(Bytes::new()));
     // put replaces every chunk with one; delete leaves nothing stored.
     store.put("log/x", Bytes::from_static(b"xy")).await.unwrap();
     assert_eq!(stored_names(&config).await, vec![format!("{p}/log/x/00000000000000000000")]);

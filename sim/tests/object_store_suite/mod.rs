@@ -64,6 +64,7 @@ async fn put_get_size(s: &dyn ObjectStore) {
     assert_eq!(s.get_range("seg/a", 0, 5).await, Ok(b("hello")));
     assert_eq!(s.get_range("seg/a", 1, 3).await, Ok(b("ell")));
     assert_eq!(s.get_range("seg/a", 5, 0).await, Ok(Bytes::new()), "empty range at the end");
+    assert_eq!(s.get_range("seg/a", 2, 0).await, Ok(Bytes::new()), "empty range inside");
     for (offset, len) in [(4, 2), (6, 0), (0, 6), (u64::MAX, 1), (1, u64::MAX), (u64::MAX, u64::MAX)] {
         assert_eq!(
             s.get_range("seg/a", offset, len).await,
