@@ -22,9 +22,18 @@ no_server() { echo "s3-server: $*" >&2; exit 3; }
 
 python=$(command -v python3 || true)
 [ -n "$python" ] || no_server "no python3 on this machine"
-if ! "$python" -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
+has_moto() { "$1" -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; }
+if ! has_moto "$python"; then
   echo "s3-server: installing moto[server] from PyPI"
-  "$python" -m pip install --quiet 'moto[server]' >&2 || no_server "pip could not install moto[server]"
+  # Into the interpreter's own packages, or, where those are managed by the system (PEP 668),
+  # into a virtual environment beside the build.
+  venv="${CARGO_TARGET_DIR:-target}/moto-venv"
+  if ! "$python" -m pip install --quiet 'moto[server]' >&2; then
+    { "$python" -m venv "$venv" && "$venv/bin/python" -m pip install --quiet 'moto[server]'; } >&2 ||
+      no_server "pip could not install moto[server]"
+    python="$venv/bin/python"
+  fi
+  has_moto "$python" || no_server "moto[server] was installed but does not import"
 fi
 
 port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
