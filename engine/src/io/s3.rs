@@ -442,12 +442,19 @@ impl S3ObjectStore {
         }
     }
 
-    /// Adds this store's new chunk if it continues the remembered chunks.
+    /// Adds this store's new chunk if it continues the remembered chunks, or starts them (a
+    /// chunk at 0 was created on an object checked to be empty).
     fn remember_appended(&self, key: &str, chunk: Chunk) {
-        if let Some(chunks) = self.known_map().get_mut(key) {
+        let mut map = self.known_map();
+        if let Some(chunks) = map.get_mut(key) {
             if chunks.last().is_some_and(|last| last.end() == chunk.offset) {
                 chunks.push(chunk);
             }
+            return;
+        }
+        drop(map);
+        if chunk.offset == 0 {
+            self.remember(key, Some(&[chunk]));
         }
     }
 
