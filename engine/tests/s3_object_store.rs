@@ -94,24 +94,17 @@ async fn s3_server_layout_is_one_chunk_per_append_named_by_offset() {
 }
 
 #[tokio::test]
-async fn s3_server_keys_with_reserved_characters_round_trip() {
+async fn s3_server_keys_are_stored_percent_encoded() {
+    // The conformance suite round-trips keys with reserved characters; here, how they are stored.
     let config = server_config("chars");
     let store = S3ObjectStore::new(&config).unwrap();
-    // Characters S3 and URLs treat specially, and one key that looks already encoded.
-    let keys = ["sp/a%b", "sp/100%25", "sp/tab\there", "sp/q?x=1#f", "sp/{x}[y]", "sp/~^|<>\"`", "sp/é/ü"];
-    for (i, key) in keys.iter().enumerate() {
-        store.put(key, Bytes::from(vec![i as u8; i + 1])).await.unwrap();
+    for key in ["sp/a%b", "sp/100%25", "sp/é"] {
+        store.put(key, Bytes::from_static(b"x")).await.unwrap();
     }
-    let mut sorted: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-    sorted.sort();
-    assert_eq!(store.list("sp/").await, Ok(sorted));
-    for (i, key) in keys.iter().enumerate() {
-        assert_eq!(store.size(key).await, Ok(i as u64 + 1), "{key:?}");
-        assert_eq!(store.get_range(key, 0, i as u64 + 1).await, Ok(Bytes::from(vec![i as u8; i + 1])), "{key:?}");
-    }
+    assert_eq!(store.list("sp/").await, Ok(vec!["sp/100%25".into(), "sp/a%b".into(), "sp/é".into()]));
     let p = &config.prefix;
-    let names = stored_names(&config).await;
-    assert!(names.contains(&format!("{p}/sp/100%2525/00000000000000000000")), "stored percent-encoded: {names:?}");
+    let chunk0 = |name: &str| format!("{p}/sp/{name}/00000000000000000000");
+    assert_eq!(stored_names(&config).await, vec![chunk0("%C3%A9"), chunk0("100%2525"), chunk0("a%25b")]);
 }
 
 #[tokio::test]

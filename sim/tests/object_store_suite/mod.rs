@@ -149,8 +149,23 @@ async fn invalid_keys(s: &dyn ObjectStore) {
 
 async fn key_shapes(s: &dyn ObjectStore) {
     // Dots, unicode, spaces and one key per extension of the same stem (the real backend's
-    // temporary files must not collide or show).
-    let keys = ["k/seg.log", "k/seg.idx", "k/seg", "k/..x", "k/ü ñ", "k/a.b.c"];
+    // temporary files must not collide or show); characters that S3 and URLs treat specially,
+    // and a key that looks percent-encoded already (the S3 backend encodes and decodes keys).
+    let keys = [
+        "k/seg.log",
+        "k/seg.idx",
+        "k/seg",
+        "k/..x",
+        "k/ü ñ",
+        "k/a.b.c",
+        "k/a%b",
+        "k/100%25",
+        "k/tab\there",
+        "k/q?x=1#f",
+        "k/{x}[y]",
+        "k/~^|<>\"`",
+        "k/é/ü",
+    ];
     for (i, key) in keys.iter().enumerate() {
         s.put(key, Bytes::from(vec![i as u8; i + 1])).await.unwrap();
     }
