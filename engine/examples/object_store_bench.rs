@@ -57,7 +57,7 @@ mod real {
             "{backend:<8} {what:<12} {:>9.1} MiB/s {:>9.1} ops/s  ({ops} x {} KiB in {secs:.2} s)",
             bytes as f64 / secs / (1 << 20) as f64,
             ops as f64 / secs,
-            bytes / ops.max(1) >> 10
+            (bytes / ops.max(1)) >> 10
         );
     }
 
