@@ -10,6 +10,8 @@ pub mod clock;
 pub mod holds;
 pub mod object_store;
 pub mod real;
+#[cfg(all(feature = "s3", not(madsim)))]
+pub mod s3;
 pub mod storage;
 
 use std::future::Future;
