@@ -183,7 +183,9 @@ impl Bug {
                 "tiered-full-commit-ignored",
                 "#8409",
                 "a full tiered segment rolls whatever its final commit returned, so its unuploaded tail is lost",
-                "tiered-readable",
+                // Seen first as the hole between the segment and the next (B1); the units
+                // pointing into it (B2, tiered-readable) follow in fewer seeds.
+                "tiered-contiguity",
             ),
             Bug::TieredFullSizeNotSaved => (
                 "tiered-full-size-not-saved",
@@ -225,7 +227,8 @@ impl Bug {
                 "tiered-ack-lost-append-again",
                 "ours",
                 "an append whose acknowledgement was lost is taken as failed and its bytes appended again",
-                "tiered-readable",
+                // The duplicate makes the segment longer than the next one's base says.
+                "tiered-contiguity",
             ),
             Bug::TieredPartialAllOrNothing => (
                 "tiered-partial-all-or-nothing",
