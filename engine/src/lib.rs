@@ -8,6 +8,7 @@ pub mod commit_log;
 pub mod config;
 pub mod consume_queue;
 pub mod dispatch;
+pub mod dledger;
 pub mod error;
 pub mod flush;
 pub mod index;

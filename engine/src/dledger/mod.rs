@@ -1,0 +1,18 @@
+//! DLedger mode (§2.5, §3.7): the commit log replicated by Raft over a group of brokers.
+//! Each replica keeps entries (`entry`: a 48-byte header around one commit-log record) in
+//! data files, an index of 32-byte units (`index_unit`), and a checkpoint with the committed
+//! index (`checkpoint`); `log` appends, reads, truncates and flushes them, `recovery` is the
+//! entry-level recovery that runs when a replica's log is opened.
+
+pub mod checkpoint;
+pub mod entry;
+pub mod error;
+pub mod index_unit;
+pub mod log;
+pub mod recovery;
+
+pub use checkpoint::{CheckpointLoad, DLedgerCheckpoint};
+pub use entry::{DecodedEntry, EntryHeader, ENTRY_HEADER_BYTES};
+pub use error::DLedgerError;
+pub use log::{DLedgerConfig, DLedgerPaths, EntryLog, FlushPlan, LogTail};
+pub use recovery::EntryRecoveryReport;
