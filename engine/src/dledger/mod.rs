@@ -10,6 +10,7 @@ pub mod error;
 pub mod index_unit;
 pub mod log;
 pub mod recovery;
+pub mod store_recovery;
 
 pub use checkpoint::{CheckpointLoad, DLedgerCheckpoint};
 pub use entry::{DecodedEntry, EntryHeader, ENTRY_HEADER_BYTES};
