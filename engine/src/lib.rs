@@ -14,6 +14,7 @@ pub mod flush;
 pub mod index;
 pub mod io;
 pub mod java_hash;
+mod locks;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 pub mod message;
