@@ -28,7 +28,9 @@ pub enum Bug {
     /// ours: recovery does not check the body CRC.
     NoCrcOnRecovery,
     /// #8032 mechanism: abnormal recovery checks DUP_INFO, which no message carries; it stops
-    /// at the first record and truncates every consume queue to that file's start.
+    /// at the first record and truncates every consume queue to that file's start. Imitated
+    /// on the local store's abnormal recovery, and on DLedger mode's, where it lived
+    /// (`dledger::store_recovery`).
     RecoveryCheckFlagMiswired,
     /// ours: consume-queue truncation keeps one unit too many.
     CqTruncateOffByOne,
@@ -41,6 +43,14 @@ pub enum Bug {
     /// RocketMQ's own behaviour: truncation does not zero the stale bytes after the cut, so a
     /// later recovery can resurrect stale records.
     NoZeroOnTruncate,
+    /// #9084: DLedger abnormal recovery counts message sizes without the 48-byte entry header,
+    /// so its end falls short and the consume queues lose their tail.
+    DledgerSizeWithoutHeader,
+    /// ours: a DLedger replica's checkpoint names a committed index whose entries are not yet
+    /// durable on it.
+    DledgerCommitBeforeDurable,
+    /// ours: a DLedger follower drops entries it knows committed.
+    DledgerFollowerTruncatesCommitted,
 }
 
 /// Static facts about a catalogued bug.
@@ -56,7 +66,7 @@ pub struct BugInfo {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 14] = [
         Bug::SkipHalfWrittenRecord,
         Bug::DestroyCurrentIndex,
         Bug::CheckpointAheadOfCq,
@@ -68,7 +78,19 @@ impl Bug {
         Bug::RetryFailedSync,
         Bug::NoDirSync,
         Bug::NoZeroOnTruncate,
+        Bug::DledgerSizeWithoutHeader,
+        Bug::DledgerCommitBeforeDurable,
+        Bug::DledgerFollowerTruncatesCommitted,
     ];
+
+    /// Bugs of DLedger mode's code paths only: a scenario of the local store cannot switch
+    /// them on.
+    pub fn dledger_only(self) -> bool {
+        matches!(
+            self,
+            Bug::DledgerSizeWithoutHeader | Bug::DledgerCommitBeforeDurable | Bug::DledgerFollowerTruncatesCommitted
+        )
+    }
 
     pub fn info(self) -> BugInfo {
         let (id, origin, description, checker) = match self {
@@ -137,6 +159,24 @@ impl Bug {
                 // pointing past the log's end before any stale record is served.
                 "consume-queue",
             ),
+            Bug::DledgerSizeWithoutHeader => (
+                "dledger-size-without-header",
+                "#9084",
+                "DLedger abnormal recovery adds message sizes without the 48-byte entry header and cuts the consume queues' tail",
+                "consume-queue",
+            ),
+            Bug::DledgerCommitBeforeDurable => (
+                "dledger-commit-before-durable",
+                "ours",
+                "a DLedger replica's checkpoint names a committed index before the entries it covers are durable",
+                "committed-prefix",
+            ),
+            Bug::DledgerFollowerTruncatesCommitted => (
+                "dledger-follower-truncates-committed",
+                "ours",
+                "a DLedger follower truncates entries it knows committed",
+                "committed-entries",
+            ),
         };
         BugInfo { bug: self, id, origin, description, checker }
     }
@@ -201,7 +241,9 @@ mod tests {
                 "key-index",
                 "abort-checkpoint",
                 "liveness",
-                "no-leak"
+                "no-leak",
+                "committed-prefix",
+                "committed-entries"
             ]
             .contains(&checker));
         }

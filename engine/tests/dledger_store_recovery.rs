@@ -19,7 +19,12 @@ const N: u64 = 60;
 const T0_MS: i64 = 1_700_000_000_000;
 
 fn cfg() -> DLedgerConfig {
-    DLedgerConfig { data_file_size_bytes: 8 * 1024, index_units_per_file: 64, max_entry_bytes: 2048, os_page_size_bytes: 4096 }
+    DLedgerConfig {
+        data_file_size_bytes: 8 * 1024,
+        index_units_per_file: 64,
+        max_entry_bytes: 2048,
+        os_page_size_bytes: 4096,
+    }
 }
 
 struct Env {
@@ -42,7 +47,13 @@ impl Env {
         self.dir.path()
     }
     fn files(&self) -> QueueFiles<'_> {
-        QueueFiles { storage: self.storage.as_ref(), root: self.root(), units_per_file: 16, holds: &self.holds, dirs: &self.dirs }
+        QueueFiles {
+            storage: self.storage.as_ref(),
+            root: self.root(),
+            units_per_file: 16,
+            holds: &self.holds,
+            dirs: &self.dirs,
+        }
     }
     async fn open_log(&self) -> EntryLog {
         let paths = DLedgerPaths::new(self.root(), "n0");
@@ -52,8 +63,16 @@ impl Env {
     fn load_queues(&self) -> Queues {
         let mut qs = Queues::new();
         for q in 0..2u32 {
-            let (mut cq, _) =
-                ConsumeQueue::load(self.storage.as_ref(), self.root(), "T", q, 16, self.holds.clone(), self.dirs.clone()).unwrap();
+            let (mut cq, _) = ConsumeQueue::load(
+                self.storage.as_ref(),
+                self.root(),
+                "T",
+                q,
+                16,
+                self.holds.clone(),
+                self.dirs.clone(),
+            )
+            .unwrap();
             cq.recover(self.storage.as_ref(), false).unwrap();
             qs.insert(("T".to_string(), q), cq);
         }
@@ -102,7 +121,8 @@ async fn setup() -> (Env, u64) {
 async fn restart(env: &Env, clean: bool, min_ts_ms: i64, bugs: StoreRecoveryBugs) -> (StoreRecoveryReport, Queues) {
     let log = env.open_log().await;
     let mut queues = env.load_queues();
-    let (rep, _) = recover_store(&log, env.files(), &mut queues, clean, min_ts_ms, DecodeOptions::default(), bugs).unwrap();
+    let (rep, _) =
+        recover_store(&log, env.files(), &mut queues, clean, min_ts_ms, DecodeOptions::default(), bugs).unwrap();
     dispatch_committed(&log, env.files(), &mut queues, rep.reput_from, DecodeOptions::default()).unwrap();
     (rep, queues)
 }
@@ -143,7 +163,7 @@ async fn abnormal_recovery_keeps_every_consume_queue_complete() {
 #[tokio::test]
 async fn bug_8032_deletes_every_consume_queue_and_never_rebuilds_them() {
     let (env, end) = setup().await;
-    let bugs = StoreRecoveryBugs { check_flag_miswired: true, ..Default::default() };
+    let bugs = StoreRecoveryBugs::from_bugs(&engine::BugSet::of(&[engine::Bug::RecoveryCheckFlagMiswired]));
     let (rep, queues) = restart(&env, false, 0, bugs).await;
     assert_eq!(rep.scan_start_pos, 0);
     assert_eq!(rep.process_offset, 0, "the first message fails the DUP_INFO check");
@@ -157,7 +177,7 @@ async fn bug_8032_deletes_every_consume_queue_and_never_rebuilds_them() {
 #[tokio::test]
 async fn bug_9084_cuts_the_consume_queues_tail() {
     let (env, end) = setup().await;
-    let bugs = StoreRecoveryBugs { size_without_header: true, ..Default::default() };
+    let bugs = StoreRecoveryBugs::from_bugs(&engine::BugSet::of(&[engine::Bug::DledgerSizeWithoutHeader]));
     let (rep, queues) = restart(&env, false, T0_MS + 50 * 100, bugs).await;
     assert!(rep.process_offset < end, "sizes without the 48-byte header fall short");
     let removed: u64 = rep.cq_units_removed.values().sum();

@@ -73,9 +73,9 @@ pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
 }
 
-/// Every engine bug: for scenarios that run the whole store.
+/// Every engine bug of the local store: for scenarios that run the whole store.
 pub fn all_engine_bugs() -> Vec<&'static str> {
-    engine::Bug::ALL.iter().map(|b| b.id()).collect()
+    engine::Bug::ALL.iter().filter(|b| !b.dledger_only()).map(|b| b.id()).collect()
 }
 
 /// Checks bug ids against the catalogue and the scenario.

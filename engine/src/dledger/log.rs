@@ -402,7 +402,8 @@ impl EntryLog {
     }
 
     /// Drops entries from `from_index` on (a follower's uncommitted suffix that conflicts
-    /// with its leader). Committed entries are never dropped unless `allow_committed`.
+    /// with its leader). Committed entries are never dropped unless `allow_committed` (a new
+    /// leader's own uncommitted suffix in tests, or `Bug::DledgerFollowerTruncatesCommitted`).
     pub fn truncate_from(&mut self, from_index: u64, allow_committed: bool) -> Result<()> {
         if from_index >= self.tail.next_index {
             return Ok(());
@@ -470,7 +471,7 @@ impl EntryLog {
     }
 
     /// The checkpoint to write now: the committed index, never past what is durable here
-    /// unless `ahead_of_durable` (a catalogued bug).
+    /// unless `ahead_of_durable` (`Bug::DledgerCommitBeforeDurable`).
     pub fn checkpoint(&self, ahead_of_durable: bool) -> (DLedgerCheckpointFile, DLedgerCheckpoint) {
         let durable_last = self.durable_next_index.checked_sub(1);
         let committed = if ahead_of_durable { self.committed } else { self.committed.min(durable_last) };

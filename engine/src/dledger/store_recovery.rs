@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::bugs::{Bug, BugSet};
 use crate::consume_queue::{ConsumeQueue, CqUnit};
 use crate::io::{Holds, Storage};
 use crate::java_hash::java_string_hash;
@@ -51,6 +52,15 @@ pub struct StoreRecoveryBugs {
     pub size_without_header: bool,
 }
 
+impl StoreRecoveryBugs {
+    pub fn from_bugs(bugs: &BugSet) -> StoreRecoveryBugs {
+        StoreRecoveryBugs {
+            check_flag_miswired: bugs.has(Bug::RecoveryCheckFlagMiswired),
+            size_without_header: bugs.has(Bug::DledgerSizeWithoutHeader),
+        }
+    }
+}
+
 /// What the store's DLedger recovery did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreRecoveryReport {
@@ -71,14 +81,26 @@ pub struct StoreRecoveryReport {
 }
 
 /// Puts the unit of one message into its queue (creating the queue), as dispatch does.
-pub fn dispatch_unit(files: QueueFiles<'_>, queues: &mut Queues, m: &MessageRef<'_>, size_bytes: u32) -> crate::error::Result<()> {
+pub fn dispatch_unit(
+    files: QueueFiles<'_>,
+    queues: &mut Queues,
+    m: &MessageRef<'_>,
+    size_bytes: u32,
+) -> crate::error::Result<()> {
     if !m.is_dispatchable() {
         return Ok(());
     }
     let key = (m.topic.to_string(), m.queue_id);
     if !queues.contains_key(&key) {
-        let (cq, _) =
-            ConsumeQueue::load(files.storage, files.root, m.topic, m.queue_id, files.units_per_file, files.holds.clone(), files.dirs.clone())?;
+        let (cq, _) = ConsumeQueue::load(
+            files.storage,
+            files.root,
+            m.topic,
+            m.queue_id,
+            files.units_per_file,
+            files.holds.clone(),
+            files.dirs.clone(),
+        )?;
         queues.insert(key.clone(), cq);
     }
     let cq = queues.get_mut(&key).expect("inserted");
@@ -123,7 +145,11 @@ pub fn scan_messages(
         }
         while from + pos < to_pos && pos + BLANK_BYTES <= *size {
             let stop = |why: String| Some((from + pos, why));
-            let eo = EntryDecodeOptions { expected_pos: Some(from + pos), bytes_left_in_file: Some(size - pos), ..entry_opts };
+            let eo = EntryDecodeOptions {
+                expected_pos: Some(from + pos),
+                bytes_left_in_file: Some(size - pos),
+                ..entry_opts
+            };
             let mut head = [0u8; BLANK_BYTES as usize];
             file.read_at(pos, &mut head)?;
             let (magic, size_field) = peek_entry(&head).expect("8 bytes");
@@ -261,7 +287,13 @@ pub fn committed_pos(log: &EntryLog) -> Result<u64> {
 
 /// Dispatches the messages of the committed entries in `[from_pos, committed)` (the reput
 /// service's work in DLedger mode); returns where it got to.
-pub fn dispatch_committed(log: &EntryLog, files: QueueFiles<'_>, queues: &mut Queues, from_pos: u64, opts: DecodeOptions) -> Result<MessageScan> {
+pub fn dispatch_committed(
+    log: &EntryLog,
+    files: QueueFiles<'_>,
+    queues: &mut Queues,
+    from_pos: u64,
+    opts: DecodeOptions,
+) -> Result<MessageScan> {
     let to = committed_pos(log)?;
     scan_messages(log, from_pos, to, opts, false, |m, n| dispatch_unit(files, queues, m, n))
 }
