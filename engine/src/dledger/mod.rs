@@ -9,6 +9,7 @@ pub mod entry;
 pub mod error;
 pub mod index_unit;
 pub mod log;
+pub mod raft;
 pub mod recovery;
 pub mod store_recovery;
 
