@@ -51,6 +51,10 @@ pub enum Bug {
     DledgerCommitBeforeDurable,
     /// ours: a DLedger follower drops entries it knows committed.
     DledgerFollowerTruncatesCommitted,
+    /// ours: a DLedger member grants a second vote in one term.
+    DledgerDoubleVote,
+    /// ours (Raft §5.4.2): a DLedger leader commits an older term's entry by counting replicas.
+    DledgerCommitOlderTermByCount,
 }
 
 /// Static facts about a catalogued bug.
@@ -66,7 +70,7 @@ pub struct BugInfo {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 16] = [
         Bug::SkipHalfWrittenRecord,
         Bug::DestroyCurrentIndex,
         Bug::CheckpointAheadOfCq,
@@ -81,6 +85,8 @@ impl Bug {
         Bug::DledgerSizeWithoutHeader,
         Bug::DledgerCommitBeforeDurable,
         Bug::DledgerFollowerTruncatesCommitted,
+        Bug::DledgerDoubleVote,
+        Bug::DledgerCommitOlderTermByCount,
     ];
 
     /// Bugs of DLedger mode's code paths only: a scenario of the local store cannot switch
@@ -88,7 +94,11 @@ impl Bug {
     pub fn dledger_only(self) -> bool {
         matches!(
             self,
-            Bug::DledgerSizeWithoutHeader | Bug::DledgerCommitBeforeDurable | Bug::DledgerFollowerTruncatesCommitted
+            Bug::DledgerSizeWithoutHeader
+                | Bug::DledgerCommitBeforeDurable
+                | Bug::DledgerFollowerTruncatesCommitted
+                | Bug::DledgerDoubleVote
+                | Bug::DledgerCommitOlderTermByCount
         )
     }
 
@@ -177,6 +187,18 @@ impl Bug {
                 "a DLedger follower truncates entries it knows committed",
                 "committed-entries",
             ),
+            Bug::DledgerDoubleVote => (
+                "dledger-double-vote",
+                "ours",
+                "a DLedger member grants a second vote in one term, so a term can have two leaders",
+                "one-leader-per-term",
+            ),
+            Bug::DledgerCommitOlderTermByCount => (
+                "dledger-commit-older-term-by-count",
+                "ours",
+                "a DLedger leader commits an entry of an older term by counting replicas (Raft §5.4.2)",
+                "committed-entries",
+            ),
         };
         BugInfo { bug: self, id, origin, description, checker }
     }
@@ -243,7 +265,8 @@ mod tests {
                 "liveness",
                 "no-leak",
                 "committed-prefix",
-                "committed-entries"
+                "committed-entries",
+                "one-leader-per-term"
             ]
             .contains(&checker));
         }

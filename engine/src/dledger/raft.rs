@@ -81,6 +81,16 @@ pub struct RaftBugs {
     pub commit_older_term_by_count: bool,
 }
 
+impl RaftBugs {
+    pub fn from_bugs(bugs: &crate::bugs::BugSet) -> RaftBugs {
+        use crate::bugs::Bug;
+        RaftBugs {
+            double_vote: bugs.has(Bug::DledgerDoubleVote),
+            commit_older_term_by_count: bugs.has(Bug::DledgerCommitOlderTermByCount),
+        }
+    }
+}
+
 /// One member's Raft state.
 #[derive(Debug, Clone)]
 pub struct Raft {
@@ -327,7 +337,8 @@ mod tests {
         assert!(!c.on_vote_reply(&yc, &log));
         assert_eq!((a.role, c.role), (Role::Leader, Role::Candidate));
         // With the bug the same voter elects both: two leaders in term 2.
-        let mut buggy = group(2, 1, RaftBugs { double_vote: true, ..RaftBugs::default() });
+        let bugs = RaftBugs::from_bugs(&crate::bugs::BugSet::of(&[crate::bugs::Bug::DledgerDoubleVote]));
+        let mut buggy = group(2, 1, bugs);
         assert!(buggy.on_vote_request(&ra, &log).granted);
         assert!(buggy.on_vote_request(&rc, &log).granted);
     }
@@ -370,7 +381,10 @@ mod tests {
     fn an_older_terms_entry_is_not_committed_by_counting() {
         for (bugs, committed) in [
             (RaftBugs::default(), None),
-            (RaftBugs { commit_older_term_by_count: true, ..RaftBugs::default() }, Some(1)),
+            (
+                RaftBugs::from_bugs(&crate::bugs::BugSet::of(&[crate::bugs::Bug::DledgerCommitOlderTermByCount])),
+                Some(1),
+            ),
         ] {
             let log = Terms(vec![1, 2]);
             let mut l = group(1, 3, bugs);
