@@ -330,3 +330,18 @@ async fn random_damage_never_panics_and_recovers_a_prefix() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_term_and_vote_survive_a_restart_and_garbage_is_an_error() {
+    use engine::dledger::term::{TermFile, TermRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let st = RealStorage::new();
+    let path = dir.path().join("currterm");
+    let (file, rec) = TermFile::open(&st, &path).unwrap();
+    assert_eq!(rec, TermRecord::default());
+    file.write(&TermRecord { term: 7, voted_for: Some(3) }).await.unwrap();
+    let (_, rec) = TermFile::open(&st, &path).unwrap();
+    assert_eq!(rec, TermRecord { term: 7, voted_for: Some(3) });
+    poke(&path, 5, b"xx");
+    assert!(matches!(TermFile::open(&st, &path), Err(DLedgerError::BadRecord { .. })));
+}

@@ -29,6 +29,9 @@ pub enum DLedgerError {
     /// Removing entries the log knows to be committed.
     #[error("truncation from entry {from_index} would remove committed entries (committed up to {committed})")]
     TruncatesCommitted { from_index: u64, committed: u64 },
+    /// A record beside the log (the term file) that cannot be read, and must not be guessed.
+    #[error("{}: {reason}", path.display())]
+    BadRecord { path: std::path::PathBuf, reason: super::record::RecordDecodeError },
     #[error("invalid DLedger configuration: {0}")]
     Config(String),
 }

@@ -72,12 +72,19 @@ pub struct DLedgerPaths {
     pub data: PathBuf,
     pub index: PathBuf,
     pub checkpoint: PathBuf,
+    pub term: PathBuf,
 }
 
 impl DLedgerPaths {
     pub fn new(store_root: &Path, self_id: &str) -> DLedgerPaths {
         let root = store_root.join(format!("dledger-{self_id}"));
-        DLedgerPaths { data: root.join("data"), index: root.join("index"), checkpoint: root.join("checkpoint"), root }
+        DLedgerPaths {
+            data: root.join("data"),
+            index: root.join("index"),
+            checkpoint: root.join("checkpoint"),
+            term: root.join("currterm"),
+            root,
+        }
     }
 }
 

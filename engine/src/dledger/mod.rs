@@ -2,7 +2,10 @@
 //! Each replica keeps entries (`entry`: a 48-byte header around one commit-log record) in
 //! data files, an index of 32-byte units (`index_unit`), and a checkpoint with the committed
 //! index (`checkpoint`); `log` appends, reads, truncates and flushes them, `recovery` is the
-//! entry-level recovery that runs when a replica's log is opened.
+//! entry-level recovery that runs when a replica's log is opened, `store_recovery` the
+//! store's recovery of its consume queues over it. `raft` holds Raft's rules for one member
+//! (no I/O), `term` its persisted term and vote; `record` the small text records beside the
+//! log.
 
 pub mod checkpoint;
 pub mod entry;
@@ -10,8 +13,10 @@ pub mod error;
 pub mod index_unit;
 pub mod log;
 pub mod raft;
+pub mod record;
 pub mod recovery;
 pub mod store_recovery;
+pub mod term;
 
 pub use checkpoint::{CheckpointLoad, DLedgerCheckpoint};
 pub use entry::{DecodedEntry, EntryHeader, ENTRY_HEADER_BYTES};
