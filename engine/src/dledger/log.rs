@@ -14,12 +14,38 @@ use crate::mapped_file_queue::{DirSyncs, MappedFileQueue};
 
 use super::checkpoint::{CheckpointLoad, DLedgerCheckpoint, DLedgerCheckpointFile};
 use super::entry::{
-    chain_crc, decode_entry, encode_blank, seal_entry, DecodedEntry, EntryDecodeOptions, EntryHeader, BLANK_BYTES,
-    ENTRY_HEADER_BYTES,
+    chain_crc, decode_entry, encode_blank, entry_extent, peek_entry, seal_entry, DecodedEntry, EntryCorruptReason,
+    EntryDecodeOptions, EntryHeader, BLANK_BYTES, ENTRY_HEADER_BYTES,
 };
 use super::error::{DLedgerError, Result};
 use super::index_unit::{IndexUnit, INDEX_UNIT_BYTES};
 use super::recovery::{recover_entries, EntryRecoveryReport};
+
+/// Reads and decodes what lies at `pos` of a data file starting at `from` of `size` bytes:
+/// its first 8 bytes say how much more to read. The entry must lie where it says and within
+/// the file.
+pub fn read_entry_at<'b>(
+    file: &dyn StorageFile,
+    from: u64,
+    size: u64,
+    pos: u64,
+    opts: &EntryDecodeOptions,
+    buf: &'b mut Vec<u8>,
+) -> Result<DecodedEntry<'b>> {
+    let left = size.saturating_sub(pos);
+    if left < BLANK_BYTES {
+        return Ok(DecodedEntry::Corrupt(EntryCorruptReason::Truncated { have_bytes: left, need_bytes: BLANK_BYTES }));
+    }
+    let opts = EntryDecodeOptions { expected_pos: Some(from + pos), bytes_left_in_file: Some(left), ..*opts };
+    let mut head = [0u8; BLANK_BYTES as usize];
+    file.read_at(pos, &mut head)?;
+    let (magic, size_field) = peek_entry(&head).expect("8 bytes");
+    let extent = entry_extent(magic, size_field, &opts).unwrap_or(BLANK_BYTES);
+    buf.clear();
+    buf.resize(extent as usize, 0);
+    file.read_at(pos, buf)?;
+    Ok(decode_entry(buf, &opts))
+}
 
 /// Sizes of one replica's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

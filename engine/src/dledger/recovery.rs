@@ -11,13 +11,10 @@ use crate::io::StorageFile;
 use crate::mapped_file::SyncPlan;
 
 use super::checkpoint::CheckpointLoad;
-use super::entry::{
-    chain_crc, decode_entry, entry_extent, peek_entry, DecodedEntry, EntryDecodeOptions, EntryHeader, BLANK_BYTES,
-    BLANK_MAGIC,
-};
+use super::entry::{chain_crc, DecodedEntry, EntryDecodeOptions, EntryHeader};
 use super::error::Result;
 use super::index_unit::{IndexUnit, INDEX_UNIT_BYTES};
-use super::log::{EntryLog, LogTail};
+use super::log::{read_entry_at, EntryLog, LogTail};
 
 /// What entry-level recovery found and did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,24 +54,7 @@ enum At {
 }
 
 fn read_at(file: &FileRef, pos: u64, opts: &EntryDecodeOptions, buf: &mut Vec<u8>) -> Result<At> {
-    let (f, from, size) = file;
-    let left = size - pos;
-    let opts = EntryDecodeOptions { expected_pos: Some(from + pos), bytes_left_in_file: Some(left), ..*opts };
-    if left < BLANK_BYTES {
-        return Ok(At::Bad(format!("{left} bytes left in the file, less than a blank")));
-    }
-    let mut head = [0u8; BLANK_BYTES as usize];
-    f.read_at(pos, &mut head)?;
-    let (magic, size_field) = peek_entry(&head).expect("8 bytes");
-    let extent = match entry_extent(magic, size_field, &opts) {
-        Some(n) => n,
-        None if magic == BLANK_MAGIC || (magic == 0 && size_field == 0) => BLANK_BYTES,
-        None => return Ok(At::Bad(format!("no entry at {}: magic {magic}, size {size_field}", from + pos))),
-    };
-    buf.clear();
-    buf.resize(extent as usize, 0);
-    f.read_at(pos, buf)?;
-    Ok(match decode_entry(buf, &opts) {
+    Ok(match read_entry_at(file.0.as_ref(), file.1, file.2, pos, opts, buf)? {
         DecodedEntry::Entry(e) => At::Entry(e.header),
         DecodedEntry::Blank { .. } => At::Blank,
         DecodedEntry::End => At::End,

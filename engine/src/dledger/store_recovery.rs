@@ -26,9 +26,9 @@ use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
 use crate::message::{decode_ref, DecodeOptions, DecodedRef, MessageRef};
 
-use super::entry::{decode_entry, entry_extent, peek_entry, DecodedEntry, EntryDecodeOptions, BLANK_BYTES};
+use super::entry::{DecodedEntry, EntryDecodeOptions, BLANK_BYTES};
 use super::error::{DLedgerError, Result};
-use super::log::EntryLog;
+use super::log::{read_entry_at, EntryLog};
 
 /// The consume queues by (topic, queue id).
 pub type Queues = BTreeMap<(String, u32), ConsumeQueue>;
@@ -145,19 +145,7 @@ pub fn scan_messages(
         }
         while from + pos < to_pos && pos + BLANK_BYTES <= *size {
             let stop = |why: String| Some((from + pos, why));
-            let eo = EntryDecodeOptions {
-                expected_pos: Some(from + pos),
-                bytes_left_in_file: Some(size - pos),
-                ..entry_opts
-            };
-            let mut head = [0u8; BLANK_BYTES as usize];
-            file.read_at(pos, &mut head)?;
-            let (magic, size_field) = peek_entry(&head).expect("8 bytes");
-            let extent = entry_extent(magic, size_field, &eo).unwrap_or(BLANK_BYTES);
-            buf.clear();
-            buf.resize(extent as usize, 0);
-            file.read_at(pos, &mut buf)?;
-            let e = match decode_entry(&buf, &eo) {
+            let e = match read_entry_at(file.as_ref(), *from, *size, pos, &entry_opts, &mut buf)? {
                 DecodedEntry::Entry(e) => e,
                 DecodedEntry::Blank { .. } => continue 'files,
                 DecodedEntry::End => break 'files,
