@@ -32,6 +32,9 @@ pub enum DLedgerError {
     /// A record beside the log (the term file) that cannot be read, and must not be guessed.
     #[error("{}: {reason}", path.display())]
     BadRecord { path: std::path::PathBuf, reason: super::record::RecordDecodeError },
+    /// A request only the leader serves; `leader` is who the member thinks leads.
+    #[error("not the leader (the leader is {leader:?})")]
+    NotLeader { leader: Option<u32> },
     #[error("invalid DLedger configuration: {0}")]
     Config(String),
 }

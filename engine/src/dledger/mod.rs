@@ -5,13 +5,15 @@
 //! entry-level recovery that runs when a replica's log is opened, `store_recovery` the
 //! store's recovery of its consume queues over it. `raft` holds Raft's rules for one member
 //! (no I/O), `term` its persisted term and vote; `record` the small text records beside the
-//! log.
+//! log; `member` puts a member's Raft state, log and term file together in the order of
+//! durability Raft needs.
 
 pub mod checkpoint;
 pub mod entry;
 pub mod error;
 pub mod index_unit;
 pub mod log;
+pub mod member;
 pub mod raft;
 pub mod record;
 pub mod recovery;
