@@ -142,7 +142,7 @@ async fn one_vote_per_term_survives_a_restart() {
 }
 
 #[tokio::test]
-async fn with_the_bug_a_follower_drops_committed_entries() {
+async fn dledger_follower_truncates_committed() {
     let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut m1 = open(a.path(), 1).await;
     let mut m2 = open(b.path(), 2).await;
