@@ -345,3 +345,21 @@ async fn the_term_and_vote_survive_a_restart_and_garbage_is_an_error() {
     poke(&path, 5, b"xx");
     assert!(matches!(TermFile::open(&st, &path), Err(DLedgerError::BadRecord { .. })));
 }
+
+#[tokio::test]
+async fn a_flush_planned_before_a_truncation_does_not_vouch_for_later_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path()).await;
+    append_n(&mut log, 0, 10, 1);
+    flush(&mut log).await;
+    assert_eq!(log.durable_next_index(), 10);
+    append_n(&mut log, 10, 5, 1);
+    let plan = log.flush_plan();
+    log.truncate_from(12, false).unwrap();
+    append_n(&mut log, 12, 4, 2);
+    EntryLog::run_flush(log.storage(), log.dirs(), &plan).await.unwrap();
+    log.flushed(&plan);
+    assert!(log.durable_next_index() <= 12, "entries 12.. of term 2 were written after the plan");
+    flush(&mut log).await;
+    assert_eq!(log.durable_next_index(), 16);
+}

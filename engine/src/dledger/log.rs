@@ -140,6 +140,8 @@ impl LogTail {
 pub struct FlushPlan {
     pub syncs: Vec<SyncPlan>,
     pub next_index: u64,
+    /// The log's truncation count when the plan was taken.
+    truncations: u64,
 }
 
 /// One replica's log.
@@ -159,6 +161,8 @@ pub struct EntryLog {
     ckpt: DLedgerCheckpointFile,
     /// Zeroed tails left by truncations: synced by the next flush, before anything after them.
     pending_syncs: Vec<SyncPlan>,
+    /// Truncations so far: a flush planned before one says nothing of the entries after it.
+    truncations: u64,
     /// Set by a failed write: what the files hold no longer matches the tail, so no more
     /// appends until recovery.
     failed: Option<String>,
@@ -200,6 +204,7 @@ impl EntryLog {
             committed: None,
             ckpt,
             pending_syncs: Vec::new(),
+            truncations: 0,
             failed: None,
             buf: Vec::new(),
         };
@@ -456,6 +461,7 @@ impl EntryLog {
         self.pending_syncs.extend(t.zeroed_tail);
         self.tail = prev.as_ref().map_or(LogTail { next_index: from_index, ..LogTail::default() }, LogTail::after);
         self.durable_next_index = self.durable_next_index.min(from_index);
+        self.truncations += 1;
         self.committed = self.committed.map(|c| c.min(from_index.saturating_sub(1))).filter(|_| from_index > 0);
         Ok(())
     }
@@ -474,7 +480,7 @@ impl EntryLog {
         let mut syncs = std::mem::take(&mut self.pending_syncs);
         syncs.extend(self.data.sync_plans(0, page));
         syncs.extend(self.index.sync_plans(0, page));
-        FlushPlan { syncs, next_index: self.tail.next_index }
+        FlushPlan { syncs, next_index: self.tail.next_index, truncations: self.truncations }
     }
 
     /// Awaits a plan's syncs (outside the owner's lock) and the directory entries.
@@ -486,8 +492,8 @@ impl EntryLog {
         Ok(())
     }
 
-    /// Records a successful `run_flush` of `plan`. A truncation since the plan was taken
-    /// bounds what it made durable.
+    /// Records a successful `run_flush` of `plan`. After a truncation since the plan was
+    /// taken, the entries appended since are not covered by it: durability does not move.
     pub fn flushed(&mut self, plan: &FlushPlan) {
         for p in &plan.syncs {
             if p.file.path().starts_with(&self.paths.data) {
@@ -496,7 +502,9 @@ impl EntryLog {
                 self.index.mark_flushed(p);
             }
         }
-        self.durable_next_index = self.durable_next_index.max(plan.next_index.min(self.tail.next_index));
+        if plan.truncations == self.truncations {
+            self.durable_next_index = self.durable_next_index.max(plan.next_index.min(self.tail.next_index));
+        }
     }
 
     pub fn dirs(&self) -> &Arc<DirSyncs> {
