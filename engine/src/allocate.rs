@@ -19,28 +19,44 @@
 //! (it then creates the file sparse, as without preallocation). A spare is never data: `load`
 //! removes it.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::FlushMode;
+use crate::commit_log::CommitLog;
 use crate::error::Result;
 use crate::io::Storage;
+use crate::locks::lock;
 use crate::mapped_file_queue::{SPARE_FILE_NAME, SPARE_TMP_FILE_NAME};
-use crate::store::{lock, Inner};
 
 /// How long the service sleeps when nobody wakes it (a put into the second half of a file
 /// without a spare wakes it), and after a failed preparation whatever wakes it.
 const IDLE_INTERVAL_MS: u64 = 1_000;
 
-pub(crate) fn spawn_allocator(inner: &Arc<Inner>) -> JoinHandle<()> {
-    let inner = inner.clone();
+/// What the service works with, handed over by the store that owns it.
+pub(crate) struct Allocator {
+    /// The log whose spare this is (`start_preparing_spare`, `spare_prepared`).
+    pub cl: Arc<Mutex<CommitLog>>,
+    pub storage: Arc<dyn Storage>,
+    /// The commit log's directory, where the spare is made.
+    pub dir: PathBuf,
+    pub file_size_bytes: u64,
+    /// Zero-fill and sync the spare (sync flush); otherwise only allocate its blocks.
+    pub zero_fill: bool,
+    /// Notified when the log wants a spare.
+    pub wake: Arc<Notify>,
+    pub stopping: Arc<AtomicBool>,
+}
+
+pub(crate) fn spawn_allocator(a: Allocator) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while !inner.stopping.load(Ordering::SeqCst) {
-            let failed = prepare_wanted_spare(&inner).await.is_err();
-            if inner.stopping.load(Ordering::SeqCst) {
+        while !a.stopping.load(Ordering::SeqCst) {
+            let failed = prepare_wanted_spare(&a).await.is_err();
+            if a.stopping.load(Ordering::SeqCst) {
                 break;
             }
             let idle = Duration::from_millis(IDLE_INTERVAL_MS);
@@ -50,7 +66,7 @@ pub(crate) fn spawn_allocator(inner: &Arc<Inner>) -> JoinHandle<()> {
                 // ~60 in a second of `failing_file_creation_is_retried_at_a_bounded_rate`).
                 tokio::time::sleep(idle).await;
             } else {
-                let _ = tokio::time::timeout(idle, inner.wake_allocate.notified()).await;
+                let _ = tokio::time::timeout(idle, a.wake.notified()).await;
             }
         }
     })
@@ -58,25 +74,25 @@ pub(crate) fn spawn_allocator(inner: &Arc<Inner>) -> JoinHandle<()> {
 
 /// Prepares the spare if the commit log wants one. A failure (a full disk, an I/O error)
 /// only leaves the log creating sparse files; the next round tries again.
-pub(crate) async fn prepare_wanted_spare(inner: &Inner) -> Result<()> {
-    if !lock(&inner.cl).start_preparing_spare() {
+pub(crate) async fn prepare_wanted_spare(a: &Allocator) -> Result<()> {
+    if !lock(&a.cl).start_preparing_spare() {
         return Ok(());
     }
-    let r = prepare_spare(inner).await;
+    let r = prepare_spare(a).await;
     if let Err(e) = &r {
         tracing::warn!(error = %e, "preparing a spare commit-log file failed");
         crate::probe!("allocate.spare-prepare-failed");
     }
-    lock(&inner.cl).spare_prepared(r.is_ok());
+    lock(&a.cl).spare_prepared(r.is_ok());
     r
 }
 
 /// Prepares `SPARE_TMP_FILE_NAME` (zero-filled and synced under sync flush, its blocks
 /// allocated otherwise) and renames it to `SPARE_FILE_NAME`: a file under that name is always
 /// complete. No directory sync: a spare lost to a power loss is only prepared again.
-async fn prepare_spare(inner: &Inner) -> Result<()> {
-    let st: &dyn Storage = inner.storage.as_ref();
-    let dir = &inner.paths.commit_log;
+async fn prepare_spare(a: &Allocator) -> Result<()> {
+    let st: &dyn Storage = a.storage.as_ref();
+    let dir = &a.dir;
     let (tmp, ready) = (dir.join(SPARE_TMP_FILE_NAME), dir.join(SPARE_FILE_NAME));
     for leftover in [&tmp, &ready] {
         if st.exists(leftover) {
@@ -85,8 +101,8 @@ async fn prepare_spare(inner: &Inner) -> Result<()> {
     }
     // The directory exists: `load` made it.
     let file = st.create(&tmp)?;
-    let filled = match file.set_len(inner.cfg.commit_log_file_size_bytes) {
-        Ok(()) if inner.cfg.flush_mode == FlushMode::Sync => file.preallocate().await,
+    let filled = match file.set_len(a.file_size_bytes) {
+        Ok(()) if a.zero_fill => file.preallocate().await,
         Ok(()) => file.reserve_blocks().await,
         Err(e) => Err(e),
     };

@@ -28,7 +28,9 @@ pub enum Bug {
     /// ours: recovery does not check the body CRC.
     NoCrcOnRecovery,
     /// #8032 mechanism: abnormal recovery checks DUP_INFO, which no message carries; it stops
-    /// at the first record and truncates every consume queue to that file's start.
+    /// at the first record and truncates every consume queue to that file's start. Imitated
+    /// on the local store's abnormal recovery, and on DLedger mode's, where it lived
+    /// (`dledger::store_recovery`).
     RecoveryCheckFlagMiswired,
     /// ours: consume-queue truncation keeps one unit too many.
     CqTruncateOffByOne,
@@ -60,6 +62,18 @@ pub enum Bug {
     TieredAckLostAppendAgain,
     /// ours: a partial append is taken as all-or-nothing and the whole batch sent again.
     TieredPartialAllOrNothing,
+    /// #9084: DLedger abnormal recovery counts message sizes without the 48-byte entry header,
+    /// so its end falls short and the consume queues lose their tail.
+    DledgerSizeWithoutHeader,
+    /// ours: a DLedger replica's checkpoint names a committed index whose entries are not yet
+    /// durable on it.
+    DledgerCommitBeforeDurable,
+    /// ours: a DLedger follower drops entries it knows committed.
+    DledgerFollowerTruncatesCommitted,
+    /// ours: a DLedger member grants a second vote in one term.
+    DledgerDoubleVote,
+    /// ours (Raft §5.4.2): a DLedger leader commits an older term's entry by counting replicas.
+    DledgerCommitOlderTermByCount,
 }
 
 /// Static facts about a catalogued bug.
@@ -75,7 +89,7 @@ pub struct BugInfo {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 25] = [
         Bug::SkipHalfWrittenRecord,
         Bug::DestroyCurrentIndex,
         Bug::CheckpointAheadOfCq,
@@ -96,11 +110,16 @@ impl Bug {
         Bug::TieredCqBeforeCl,
         Bug::TieredAckLostAppendAgain,
         Bug::TieredPartialAllOrNothing,
+        Bug::DledgerSizeWithoutHeader,
+        Bug::DledgerCommitBeforeDurable,
+        Bug::DledgerFollowerTruncatesCommitted,
+        Bug::DledgerDoubleVote,
+        Bug::DledgerCommitOlderTermByCount,
     ];
 
     /// The bugs of the local store (the `broker` scenario's).
     pub fn local() -> Vec<Bug> {
-        Bug::ALL.into_iter().filter(|b| !b.is_tiered()).collect()
+        Bug::ALL.into_iter().filter(|b| !b.is_tiered() && !b.dledger_only()).collect()
     }
 
     /// The bugs of tiered storage (the `tiered` scenario's).
@@ -110,6 +129,19 @@ impl Bug {
 
     pub fn is_tiered(self) -> bool {
         self.id().starts_with("tiered-")
+    }
+
+    /// Bugs of DLedger mode's code paths only: a scenario of the local store cannot switch
+    /// them on.
+    pub fn dledger_only(self) -> bool {
+        matches!(
+            self,
+            Bug::DledgerSizeWithoutHeader
+                | Bug::DledgerCommitBeforeDurable
+                | Bug::DledgerFollowerTruncatesCommitted
+                | Bug::DledgerDoubleVote
+                | Bug::DledgerCommitOlderTermByCount
+        )
     }
 
     pub fn info(self) -> BugInfo {
@@ -236,6 +268,36 @@ impl Bug {
                 "a partially applied append is taken as all-or-nothing and the whole batch sent again",
                 "tiered-readable",
             ),
+            Bug::DledgerSizeWithoutHeader => (
+                "dledger-size-without-header",
+                "#9084",
+                "DLedger abnormal recovery adds message sizes without the 48-byte entry header and cuts the consume queues' tail",
+                "consume-queue",
+            ),
+            Bug::DledgerCommitBeforeDurable => (
+                "dledger-commit-before-durable",
+                "ours",
+                "a DLedger replica's checkpoint names a committed index before the entries it covers are durable",
+                "committed-prefix",
+            ),
+            Bug::DledgerFollowerTruncatesCommitted => (
+                "dledger-follower-truncates-committed",
+                "ours",
+                "a DLedger follower truncates entries it knows committed",
+                "committed-entries",
+            ),
+            Bug::DledgerDoubleVote => (
+                "dledger-double-vote",
+                "ours",
+                "a DLedger member grants a second vote in one term, so a term can have two leaders",
+                "one-leader-per-term",
+            ),
+            Bug::DledgerCommitOlderTermByCount => (
+                "dledger-commit-older-term-by-count",
+                "ours",
+                "a DLedger leader commits an entry of an older term by counting replicas (Raft §5.4.2)",
+                "committed-entries",
+            ),
         };
         BugInfo { bug: self, id, origin, description, checker }
     }
@@ -305,6 +367,9 @@ mod tests {
                 "tiered-readable",
                 "tiered-progress",
                 "tiered-durability",
+                "committed-prefix",
+                "committed-entries",
+                "one-leader-per-term"
             ]
             .contains(&checker));
         }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
@@ -114,7 +114,8 @@ pub(crate) struct Inner {
     pub clock: Arc<dyn Clock>,
     pub holds: Holds,
     pub dirs: Arc<DirSyncs>,
-    pub cl: Mutex<CommitLog>,
+    /// Shared with the allocation service, which prepares the log's spare files.
+    pub cl: Arc<Mutex<CommitLog>>,
     pub cqs: Mutex<CqMap>,
     pub index: Mutex<IndexService>,
     pub ckpt_file: tokio::sync::Mutex<CheckpointFile>,
@@ -130,7 +131,7 @@ pub(crate) struct Inner {
     /// Set once `not_writeable` is: the put path's lock-free check.
     pub writeable_lost: AtomicBool,
     pub shutting_down: AtomicBool,
-    pub stopping: AtomicBool,
+    pub stopping: Arc<AtomicBool>,
     /// Set while the background services run: a producer that waits when they do not (the
     /// store was not started, or is stopping) is answered at once instead.
     pub services_running: AtomicBool,
@@ -139,7 +140,7 @@ pub(crate) struct Inner {
     pub wake_reput: Notify,
     pub wake_group: Notify,
     /// Wakes the allocation service: the last commit-log file is half full and has no spare.
-    pub wake_allocate: Notify,
+    pub wake_allocate: Arc<Notify>,
     pub stop_notify: Notify,
     /// Woken (`notify_waiters`) after each dispatch run: consumers of dispatched messages
     /// (tiered storage) wait on it instead of polling.
@@ -165,13 +166,22 @@ pub struct StoreStats {
     pub group_commit_acks: u64,
 }
 
-/// Locks a std mutex; a poisoned lock means a task panicked mid-update, and a panic inside
-/// the store is already fatal to the run.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::locks::lock;
 
 impl Inner {
+    /// The parts the allocation service works with.
+    pub(crate) fn allocator(&self) -> crate::allocate::Allocator {
+        crate::allocate::Allocator {
+            cl: self.cl.clone(),
+            storage: self.storage.clone(),
+            dir: self.paths.commit_log.clone(),
+            file_size_bytes: self.cfg.commit_log_file_size_bytes,
+            zero_fill: self.cfg.flush_mode == FlushMode::Sync,
+            wake: self.wake_allocate.clone(),
+            stopping: self.stopping.clone(),
+        }
+    }
+
     pub fn bug(&self, b: Bug) -> bool {
         self.cfg.bugs.has(b)
     }
@@ -470,7 +480,7 @@ impl Store {
         if inner.cfg.preallocate_commit_log && lock(&inner.cl).queue().is_empty() {
             // A fresh store's first file is preallocated too (if that fails, it is created
             // sparse: the failure is logged and the service tries again later).
-            let _ = crate::allocate::prepare_wanted_spare(&inner).await;
+            let _ = crate::allocate::prepare_wanted_spare(&inner.allocator()).await;
         }
         Ok(Store {
             inner,
@@ -492,7 +502,7 @@ impl Store {
         tasks.extend(crate::flush::spawn_services(&self.inner));
         tasks.push(crate::dispatch::spawn_reput(&self.inner));
         if self.inner.cfg.preallocate_commit_log {
-            tasks.push(crate::allocate::spawn_allocator(&self.inner));
+            tasks.push(crate::allocate::spawn_allocator(self.inner.allocator()));
         }
         if self.inner.cfg.file_retention_ms.is_some() {
             tasks.push(crate::expiry::spawn_expiry(&self.inner));
@@ -714,7 +724,7 @@ impl Store {
             &self.inner.wake_commit,
             &self.inner.wake_reput,
             &self.inner.wake_group,
-            &self.inner.wake_allocate,
+            &*self.inner.wake_allocate,
         ] {
             n.notify_waiters();
         }

@@ -213,9 +213,71 @@ async fn no_dir_sync() {
     assert_eq!(dir_syncs(&[Bug::NoDirSync]).await, 0);
 }
 
+/// A log of entry terms, for Raft's rules.
+struct Terms(Vec<u64>);
+
+impl engine::dledger::raft::LogView for Terms {
+    fn last(&self) -> Option<(u64, u64)> {
+        self.0.last().map(|&t| (self.0.len() as u64 - 1, t))
+    }
+    fn term_of(&self, index: u64) -> Option<u64> {
+        self.0.get(index as usize).copied()
+    }
+}
+
+fn raft(id: u32, term: u64, bugs: &[Bug]) -> engine::dledger::raft::Raft {
+    use engine::dledger::raft::{Raft, RaftBugs};
+    Raft::new(id, [1, 2, 3].into(), term, None, RaftBugs::from_bugs(&BugSet::of(bugs)))
+}
+
+#[tokio::test]
+async fn dledger_double_vote() {
+    let log = Terms(vec![1]);
+    for (bugs, second) in [(&[][..], false), (&[Bug::DledgerDoubleVote][..], true)] {
+        let mut voter = raft(2, 1, bugs);
+        let (a, c) = (raft(1, 1, &[]).start_election(&log), raft(3, 1, &[]).start_election(&log));
+        assert!(voter.on_vote_request(&a, &log).granted);
+        assert_eq!(voter.on_vote_request(&c, &log).granted, second);
+    }
+}
+
+#[tokio::test]
+async fn dledger_commit_older_term_by_count() {
+    use engine::dledger::raft::{AppendReply, VoteReply};
+    for (bugs, commit) in [(&[][..], None), (&[Bug::DledgerCommitOlderTermByCount][..], Some(1))] {
+        // Leader of term 4 whose last entry (index 1) is of term 2, now held by a majority.
+        let log = Terms(vec![1, 2]);
+        let mut leader = raft(1, 3, bugs);
+        leader.start_election(&log);
+        assert!(leader.on_vote_reply(&VoteReply { term: 4, from: 2, granted: true }, &log));
+        let reply = AppendReply { term: 4, from: 2, matched: Some(1), success: true, next_hint: 0 };
+        assert_eq!(leader.on_append_reply(&reply, &log), commit);
+    }
+}
+
+#[tokio::test]
+async fn dledger_commit_before_durable() {
+    use engine::dledger::{DLedgerConfig, DLedgerPaths, EntryLog};
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn engine::io::Storage> = Arc::new(engine::io::real::RealStorage::new());
+    let paths = DLedgerPaths::new(dir.path(), "n0");
+    let dirs = Arc::new(engine::mapped_file_queue::DirSyncs::new(false));
+    let (mut log, _) =
+        EntryLog::open(storage, paths, DLedgerConfig::small(), engine::io::Holds::new(), dirs).await.unwrap();
+    for _ in 0..3 {
+        log.append(1, 10, |_, out| out.extend([7u8; 10])).unwrap();
+    }
+    log.set_committed(2);
+    assert_eq!(log.checkpoint(false).1.committed_index, None, "nothing is durable yet");
+    assert_eq!(log.checkpoint(true).1.committed_index, Some(2));
+}
+
 #[test]
 fn every_bug_has_a_test_here() {
-    let src = include_str!("bug_switches.rs");
+    // DLedger's bugs that need a replica's files or a group are tested beside them.
+    let src =
+        [include_str!("bug_switches.rs"), include_str!("dledger_store_recovery.rs"), include_str!("dledger_group.rs")]
+            .concat();
     for b in Bug::ALL {
         let name = b.id().replace('-', "_");
         assert!(src.contains(&format!("async fn {name}()")), "no test for {b}");
