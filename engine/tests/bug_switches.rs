@@ -274,9 +274,15 @@ async fn dledger_commit_before_durable() {
 
 #[test]
 fn every_bug_has_a_test_here() {
-    // DLedger's bugs that need a replica's files or a group are tested beside them.
+    // DLedger's bugs that need a replica's files or a group, and tiered storage's, are tested
+    // beside them.
     let src =
-        [include_str!("bug_switches.rs"), include_str!("dledger_store_recovery.rs"), include_str!("dledger_group.rs")]
+        [
+            include_str!("bug_switches.rs"),
+            include_str!("dledger_store_recovery.rs"),
+            include_str!("dledger_group.rs"),
+            include_str!("tiered.rs"),
+        ]
             .concat();
     for b in Bug::ALL {
         let name = b.id().replace('-', "_");

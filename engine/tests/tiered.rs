@@ -25,6 +25,8 @@ enum Script {
     Partial(usize),
     /// Nothing applied, an I/O error.
     Fail,
+    /// Applied after this many milliseconds.
+    Slow(u64),
 }
 
 /// A local object store whose appends follow a script, counting what it was asked.
@@ -69,6 +71,10 @@ impl ObjectStore for Scripted {
                     Err(io())
                 }
                 Some(Script::Fail) => Err(io()),
+                Some(Script::Slow(ms)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    self.real.append(key, expected, data).await
+                }
             }
         })
     }
@@ -181,7 +187,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn put_and_tier(f: &Fixture, store: &Store, tiered: &TieredStore, n: usize, queues: u32) -> Vec<(u32, engine::PutResult)> {
     let puts = put_n(store, &f.clock, n, queues, 300, 10).await;
     wait_dispatched(store).await;
-    for _ in 0..(4 * n) {
+    for _ in 0..(4 * n).max(20) {
         let _ = tiered.dispatch_now().await;
         if tiered.queue_states().await.iter().all(|s| s.commit_queue_offset == store.max_offset("T", s.queue.queue_id)) {
             break;
@@ -249,7 +255,7 @@ async fn a_lost_acknowledgement_or_a_partial_append_never_duplicates_bytes() {
 }
 
 #[tokio::test]
-async fn under_the_bug_a_lost_acknowledgement_duplicates_the_batch() {
+async fn tiered_ack_lost_append_again() {
     let f = Fixture::new();
     let (store, tiered) = f.open(&[Bug::TieredAckLostAppendAgain]).await;
     f.obj.script("/0/commitlog/", Script::AckLost);
@@ -260,7 +266,7 @@ async fn under_the_bug_a_lost_acknowledgement_duplicates_the_batch() {
 }
 
 #[tokio::test]
-async fn under_the_bug_a_partial_append_is_sent_whole_again() {
+async fn tiered_partial_all_or_nothing() {
     let f = Fixture::new();
     let (store, tiered) = f.open(&[Bug::TieredPartialAllOrNothing]).await;
     f.obj.script("/0/commitlog/", Script::Partial(50));
@@ -270,61 +276,175 @@ async fn under_the_bug_a_partial_append_is_sent_whole_again() {
     tiered.shutdown().await.unwrap();
 }
 
+/// Puts 40 messages while the first roll's final commit fails; returns (sealed segments whose
+/// saved size is not the remote one, whether the commit log's segments are contiguous).
+async fn full_segment_case(bugs: &[Bug]) -> (Vec<String>, bool, Fixture, Arc<Store>) {
+    let f = Fixture::new();
+    let (store, tiered) = f.open(bugs).await;
+    for _ in 0..3 {
+        f.obj.script("/0/commitlog/", Script::Fail);
+    }
+    put_and_tier(&f, &store, &tiered, 40, 1).await;
+    tiered.shutdown().await.unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(engine::tiered::store::metadata_path(&f.cfg.root_dir)).unwrap()).unwrap();
+    let objects = f.objects();
+    // Every segment but the last of its flat file is sealed, whatever its metadata says.
+    let segments = meta["segments"].as_object().unwrap();
+    let mut stale = Vec::new();
+    for (i, (key, m)) in segments.iter().enumerate() {
+        let dir = &key[..key.rfind('/').unwrap()];
+        let last = segments.keys().nth(i + 1).is_none_or(|next| !next.starts_with(dir));
+        let remote = objects.get(key).map_or(0, |b| b.len() as u64);
+        if !last && m["size"].as_u64().unwrap() != remote {
+            stale.push(key.clone());
+        }
+    }
+    let contiguous = f.flat_bytes(0, FileKind::CommitLog).is_ok();
+    (stale, contiguous, f, store)
+}
+
 #[tokio::test]
 async fn a_full_segment_rolls_only_after_its_final_commit_and_saved_size() {
-    for bugs in [vec![], vec![Bug::TieredFullCommitIgnored], vec![Bug::TieredFullSizeNotSaved]] {
-        let f = Fixture::new();
-        let (store, tiered) = f.open(&bugs).await;
-        // Every append fails for a while: the first roll's final commit fails.
-        for _ in 0..3 {
-            f.obj.script("/0/commitlog/", Script::Fail);
-        }
-        put_and_tier(&f, &store, &tiered, 40, 1).await;
-        tiered.shutdown().await.unwrap();
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(engine::tiered::store::metadata_path(&f.cfg.root_dir)).unwrap()).unwrap();
-        let objects = f.objects();
-        // Every segment but the last of its flat file is sealed, whatever its metadata says.
-        let segments = meta["segments"].as_object().unwrap();
-        let mut stale = Vec::new();
-        for (i, (key, m)) in segments.iter().enumerate() {
-            let dir = &key[..key.rfind('/').unwrap()];
-            let last = segments.keys().nth(i + 1).is_none_or(|next| !next.starts_with(dir));
-            let remote = objects.get(key).map_or(0, |b| b.len() as u64);
-            if !last && m["size"].as_u64().unwrap() != remote {
-                stale.push(key.clone());
-            }
-        }
-        let contiguous = f.flat_bytes(0, FileKind::CommitLog).is_ok();
-        match bugs.first() {
-            None => {
-                assert!(stale.is_empty() && contiguous, "fixed: metadata matches, segments contiguous");
-                remote_matches_local(&f, &store, 0).unwrap();
-            }
-            Some(Bug::TieredFullCommitIgnored) => assert!(!contiguous, "#8409 leaves a hole in the commit log"),
-            Some(_) => assert!(!stale.is_empty(), "#8532 leaves a sealed segment's size stale"),
-        }
-        store.shutdown().await.unwrap();
-    }
+    let (stale, contiguous, f, store) = full_segment_case(&[]).await;
+    assert!(stale.is_empty() && contiguous, "fixed: metadata matches, segments contiguous");
+    remote_matches_local(&f, &store, 0).unwrap();
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tiered_full_commit_ignored() {
+    let (_, contiguous, _f, _store) = full_segment_case(&[Bug::TieredFullCommitIgnored]).await;
+    assert!(!contiguous, "#8409 leaves a hole in the commit log");
+}
+
+#[tokio::test]
+async fn tiered_full_size_not_saved() {
+    let (stale, _, _f, _store) = full_segment_case(&[Bug::TieredFullSizeNotSaved]).await;
+    assert!(!stale.is_empty(), "#8532 leaves a sealed segment's size stale");
+}
+
+/// Three fresh messages (below the group-commit count and age) are held back; returns the
+/// mapped-file holds outstanding then.
+async fn held_messages_case(bugs: &[Bug]) -> u64 {
+    let f = Fixture::new();
+    let (store, tiered) = f.open(bugs).await;
+    put_n(&store, &f.clock, 3, 1, 100, 1).await;
+    wait_dispatched(&store).await;
+    tiered.start();
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    assert!(tiered.stats().holds_branch > 0, "the hold branch ran");
+    let held = store.holds().count(HoldKind::MappedFile);
+    tiered.shutdown().await.unwrap();
+    store.shutdown().await.unwrap();
+    held
 }
 
 #[tokio::test]
 async fn the_hold_branch_releases_what_it_read() {
-    for bug in [false, true] {
-        let f = Fixture::new();
-        let bugs = if bug { vec![Bug::TieredHoldNotReleased] } else { vec![] };
-        let (store, tiered) = f.open(&bugs).await;
-        put_n(&store, &f.clock, 3, 1, 100, 1).await;
-        wait_dispatched(&store).await;
-        tiered.start();
-        // Three fresh messages are below the group-commit count and age: held back.
-        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
-        assert!(tiered.stats().holds_branch > 0, "the hold branch ran");
-        let held = store.holds().count(HoldKind::MappedFile);
-        assert_eq!(held > 0, bug, "outstanding mapped-file holds: {held}");
-        tiered.shutdown().await.unwrap();
-        store.shutdown().await.unwrap();
+    assert_eq!(held_messages_case(&[]).await, 0);
+}
+
+#[tokio::test]
+async fn tiered_hold_not_released() {
+    assert!(held_messages_case(&[Bug::TieredHoldNotReleased]).await > 0, "#8955 leaks a hold per held round");
+}
+
+/// Units in the object store pointing past the commit-log bytes it holds.
+fn dangling_units(f: &Fixture, queue: u32) -> usize {
+    let cl_len = f.flat_bytes(queue, FileKind::CommitLog).map_or(0, |b| b.len());
+    let cq = f.flat_bytes(queue, FileKind::ConsumeQueue).unwrap_or_default();
+    cq.chunks_exact(20)
+        .filter(|u| {
+            let off = i64::from_be_bytes(u[..8].try_into().unwrap()) as usize;
+            let size = i32::from_be_bytes(u[8..12].try_into().unwrap()) as usize;
+            off + size > cl_len
+        })
+        .count()
+}
+
+/// Every commit-log upload of the queue fails for a while; returns the mapped-file and permit
+/// holds outstanding once the dispatcher went through its failures, the units then pointing
+/// past the uploaded commit log, and whether the tiered copy matches the local queue once the
+/// faults stop.
+async fn failing_commits_case(bugs: &[Bug]) -> (u64, u64, usize, Result<(), String>) {
+    let f = Fixture::new();
+    let (store, tiered) = f.open(bugs).await;
+    put_n(&store, &f.clock, 12, 1, 300, 10).await;
+    wait_dispatched(&store).await;
+    for _ in 0..3 {
+        f.obj.script("/0/commitlog/", Script::Fail);
     }
+    for _ in 0..3 {
+        let _ = tiered.dispatch_now().await;
+    }
+    let holds = store.holds();
+    let (mapped, permits) = (holds.count(HoldKind::MappedFile), holds.count(HoldKind::Permit));
+    let dangling = dangling_units(&f, 0);
+    put_and_tier(&f, &store, &tiered, 0, 1).await;
+    let matches = remote_matches_local(&f, &store, 0);
+    tiered.shutdown().await.unwrap();
+    (mapped, permits, dangling, matches)
+}
+
+#[tokio::test]
+async fn failed_commits_release_everything_and_are_retried() {
+    let (mapped, permits, dangling, matches) = failing_commits_case(&[]).await;
+    assert_eq!((mapped, permits, dangling), (0, 0, 0));
+    matches.unwrap();
+}
+
+#[tokio::test]
+async fn tiered_failed_commit_buffers_kept() {
+    let (mapped, ..) = failing_commits_case(&[Bug::TieredFailedCommitBuffersKept]).await;
+    assert!(mapped > 0, "#9069 keeps a failed batch's buffers");
+}
+
+#[tokio::test]
+async fn tiered_permit_not_returned() {
+    let (_, permits, ..) = failing_commits_case(&[Bug::TieredPermitNotReturned]).await;
+    assert!(permits > 0, "a failed queue keeps its permit");
+}
+
+#[tokio::test]
+async fn tiered_cq_before_cl() {
+    // The consume queue goes first and succeeds while the commit log fails: its units point at
+    // bytes the object store does not have (a crash now would leave them dangling for good).
+    let (_, _, dangling, _) = failing_commits_case(&[Bug::TieredCqBeforeCl]).await;
+    assert!(dangling > 0, "units committed before their commit-log bytes");
+}
+
+/// One local record is damaged (its body CRC fails) after dispatch: the tiered dispatcher
+/// meets a local read error. Returns whether the dispatcher is alive afterwards, and how many
+/// messages it tiered (those before the damaged one).
+async fn local_read_error_case(bugs: &[Bug]) -> (bool, u64) {
+    let f = Fixture::new();
+    let (store, tiered) = f.open(bugs).await;
+    let puts = put_n(&store, &f.clock, 10, 1, 300, 10).await;
+    wait_dispatched(&store).await;
+    let damaged = puts[5].1;
+    poke_cl(&f.cfg, damaged.phy_offset + 100, b"XXXX"); // inside the body: its CRC fails
+    // Old enough for the hold branch to let them go.
+    f.clock.advance(10_000);
+    tiered.start();
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let committed = tiered.queue_states().await.iter().map(|q| q.commit_queue_offset).sum();
+    let r = (tiered.dispatcher_alive(), committed);
+    tiered.shutdown().await.unwrap();
+    r
+}
+
+#[tokio::test]
+async fn a_local_read_error_does_not_end_the_dispatcher() {
+    let (alive, tiered) = local_read_error_case(&[]).await;
+    assert!(alive, "the dispatcher survives a local read error");
+    assert_eq!(tiered, 5, "the messages before the damaged one were tiered ({tiered})");
+}
+
+#[tokio::test]
+async fn tiered_dispatcher_dies() {
+    let (alive, _) = local_read_error_case(&[Bug::TieredDispatcherDies]).await;
+    assert!(!alive, "#8955: an exception from a queue ends the dispatcher task");
 }
 
 #[tokio::test]

@@ -200,7 +200,15 @@ enum Selected {
 /// task's loop, as RocketMQ's NullPointerException did.
 fn select(inner: &TieredInner, q: &QueueKey, offset: u64) -> Result<Option<Selected>, TurnError> {
     let dies = inner.bugs.has(Bug::TieredDispatcherDies);
-    let Some(unit) = inner.source.cq_unit(&q.topic, q.queue_id, offset)? else {
+    // Before #8965 any exception escaped the thread's loop, a local read error as much as a null.
+    let fatal = |e: crate::error::StoreError| -> TurnError {
+        if dies {
+            TurnError::Fatal(format!("reading unit {offset} of {q}: {e}"))
+        } else {
+            e.into()
+        }
+    };
+    let Some(unit) = inner.source.cq_unit(&q.topic, q.queue_id, offset).map_err(fatal)? else {
         if dies {
             return Err(TurnError::Fatal(format!("consume-queue unit {offset} of {q} is null")));
         }
@@ -213,7 +221,7 @@ fn select(inner: &TieredInner, q: &QueueKey, offset: u64) -> Result<Option<Selec
         return Ok(None);
     }
     let size = u32::try_from(unit.size).map_err(|_| TieredError::corrupt(q, format!("unit {offset}: size {}", unit.size)))?;
-    match inner.source.select_message(unit.phy_offset as u64, size)? {
+    match inner.source.select_message(unit.phy_offset as u64, size).map_err(fatal)? {
         Some(msg) => Ok(Some(Selected::Message { msg, tags_code: unit.tags_code })),
         None if dies => Err(TurnError::Fatal(format!("message of unit {offset} of {q} is null"))),
         None => Ok(None),

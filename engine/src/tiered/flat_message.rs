@@ -55,7 +55,9 @@ impl TieredUnit {
     pub fn range(&self) -> Option<(u64, u64)> {
         let start = u64::try_from(self.cl_offset).ok()?;
         let size = u64::try_from(self.size).ok().filter(|s| *s > 0)?;
-        Some((start, start.checked_add(size)?))
+        // Offsets are i64 on the wire: an end past i64::MAX is garbage.
+        let end = start.checked_add(size).filter(|e| *e <= i64::MAX as u64)?;
+        Some((start, end))
     }
 }
 
