@@ -118,7 +118,8 @@ pub fn flush_mode(config: &toml::Table, seed: u64) -> Result<FlushMode, String> 
     Ok(modes[ChaCha8Rng::seed_from_u64(seed ^ 0xf1_5a_00de).gen_range(0..modes.len())])
 }
 
-fn config_violation(message: String) -> Vec<Violation> {
+/// A run that could not start: its configuration is wrong.
+pub(crate) fn config_violation(message: String) -> Vec<Violation> {
     vec![Violation { checker: "config".to_string(), message, at_ms: 0 }]
 }
 
@@ -182,7 +183,7 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
 }
 
 /// Polls `cond` every 10 ms for up to `ms`; true if it held.
-async fn wait_for(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_for(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
     loop {
         if cond() {

@@ -28,7 +28,7 @@ use sim::object_store::ObjectStoreConfig;
 use sim::world::{NodeLife, World, WorldConfig};
 use sim::Violation;
 
-use crate::broker::{flush_mode, parse_bugs};
+use crate::broker::{config_violation, flush_mode, parse_bugs, wait_for};
 use crate::scenario::RunInput;
 use history::History;
 
@@ -138,9 +138,6 @@ impl Shared {
     }
 }
 
-fn config_violation(message: String) -> Vec<Violation> {
-    vec![Violation { checker: "config".to_string(), message, at_ms: 0 }]
-}
 
 /// Runs the scenario in the current simulation; returns the checkers' violations.
 pub async fn run(input: RunInput) -> Vec<Violation> {
@@ -185,19 +182,6 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
     violations
 }
 
-/// Polls `cond` every 10 ms for up to `ms`; true if it held.
-async fn wait_for(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// The end of a queue's durable messages: the local store tiers nothing beyond what survives
 /// a power loss (a store that lost its writeability keeps unsynced messages it never syncs).
