@@ -240,11 +240,13 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
             format!("the broker is not serving {SERVING_BOUND_MS} ms after the faults"),
         );
     }
-    // The faults stop: the object store's background errors too (restored for the replaced
-    // disk's boot below).
+    // The faults stop: the object store's background errors and the network's packet loss too
+    // (restored for the replaced disk's boot below).
     let object_store = sh.world.object_store().expect("object store").clone();
     let background = sim::world::background_object_faults(sh.world.plan());
     object_store.clear_faults();
+    let net = madsim::net::NetSim::current();
+    net.update_config(|c| c.packet_loss_rate = 0.0);
     if let Some((store, tiered)) = sh.serving() {
         let behind = wait_tiered(&store, &tiered, PROGRESS_BOUND_MS).await;
         if !behind.is_empty() {
@@ -272,6 +274,8 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
     node::remote_checks(sh, "after the final shutdown");
     // A replaced container: a new, empty disk; the same object store, failing again.
     object_store.set_faults(background);
+    let loss = sh.world.plan().background.packet_loss_prob;
+    net.update_config(|c| c.packet_loss_rate = loss);
     sh.world.replace_disk(BROKER);
     let boots = sh.boots.load(Ordering::SeqCst);
     handle.restart(broker);
