@@ -579,11 +579,27 @@ impl Store {
         if pos + u64::from(size_bytes) > view.readable {
             return Ok(None);
         }
-        let m = read_message(&view, phy_offset, size_bytes, self.inner.decode_limit())?;
+        // One read: the bytes handed out are the bytes checked.
         let mut bytes = vec![0u8; size_bytes as usize];
         view.file.read_at(pos, &mut bytes)?;
+        let opts = DecodeOptions {
+            check_crc: true,
+            expected_phy_offset: Some(phy_offset),
+            bytes_left_in_file: Some(view.size - pos),
+            max_record_bytes: self.inner.decode_limit(),
+            ..DecodeOptions::default()
+        };
+        let what = || format!("commit log offset {phy_offset}");
+        let store_timestamp_ms = match crate::message::decode_ref(&bytes, &opts) {
+            crate::message::DecodedRef::Valid(m, s) if s == size_bytes => m.store_timestamp_ms,
+            crate::message::DecodedRef::Valid(_, s) => {
+                return Err(StoreError::corrupt(what(), format!("record is {s} bytes, unit says {size_bytes}")))
+            }
+            crate::message::DecodedRef::Blank { .. } => return Err(StoreError::corrupt(what(), "blank record")),
+            crate::message::DecodedRef::Corrupt(c) => return Err(StoreError::corrupt(what(), c.reason.to_string())),
+        };
         let hold = view.hold();
-        Ok(Some(SelectedMessage { phy_offset, bytes, store_timestamp_ms: m.store_timestamp_ms, hold }))
+        Ok(Some(SelectedMessage { phy_offset, bytes, store_timestamp_ms, hold }))
     }
 
     /// Woken after every dispatch run (see `Inner::dispatched`).
