@@ -11,6 +11,7 @@ use std::time::Duration;
 use engine::tiered::{TieredStore, TieredError};
 use engine::Store;
 use madsim::net::Endpoint;
+use sim::world::NodeLife;
 
 use super::checkers;
 use super::{Shared, BROKER, ROOT};
@@ -36,6 +37,12 @@ pub async fn broker_process(sh: Arc<Shared>) {
     tiered.start();
     *sh.serving_slot() = (Arc::downgrade(&store), Arc::downgrade(&tiered));
     sh.boots.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if sh.world.life(BROKER) == Some(NodeLife::ShuttingDown) {
+        // A clean shutdown was asked while the stores were opening (the open of a tiered store
+        // can wait on the object store): honour it now rather than report the node up.
+        stop(&sh, &store, &tiered).await;
+        return park().await;
+    }
     sh.world.report_up(BROKER);
     serve(&sh, &store, &tiered, ctrl_c).await;
     stop(&sh, &store, &tiered).await;
