@@ -174,7 +174,15 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
     };
     let pending = local_max - current;
     let age_ms = inner.now_ms().saturating_sub(msg.store_timestamp_ms);
-    if !force && pending < inner.cfg.group_commit_count && (age_ms as u64) < inner.cfg.group_commit_timeout_ms {
+    // The bytes pending: from this message to the end of the queue's last unit.
+    let pending_bytes = match inner.source.cq_unit(&q.topic, q.queue_id, local_max - 1) {
+        Ok(Some(last)) if !last.is_blank() => last.end().saturating_sub(msg.phy_offset),
+        _ => 0,
+    };
+    let worth_it = pending >= inner.cfg.group_commit_count
+        || pending_bytes >= inner.cfg.batch_max_bytes
+        || (age_ms as u64) >= inner.cfg.group_commit_timeout_ms;
+    if !force && !worth_it {
         inner.counters.holds_branch.fetch_add(1, Ordering::SeqCst);
         crate::probe!("tiered.hold-branch");
         if inner.bugs.has(Bug::TieredHoldNotReleased) {

@@ -82,7 +82,8 @@ pub struct TieredConfig {
     pub commit_log_segment_bytes: u64,
     /// A tiered consume-queue segment rolls at this size (a multiple of 20).
     pub consume_queue_segment_bytes: u64,
-    /// The hold branch dispatches a queue once this many messages are pending...
+    /// The hold branch dispatches a queue once this many messages are pending, or
+    /// `batch_max_bytes` of them...
     pub group_commit_count: u64,
     /// ...or once its oldest pending message is this old (store timestamp).
     pub group_commit_timeout_ms: u64,
