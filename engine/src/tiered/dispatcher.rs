@@ -36,8 +36,8 @@ pub enum Turn {
     Held,
     /// A batch (or a retried commit) reached the object store; more may wait.
     Moved { messages: u64 },
-    /// The local store could not give what its offsets promised (expired, truncated): tried
-    /// again next round.
+    /// The local store could not give what its offsets promised (expired, truncated), or it
+    /// is not durable yet: tried again next round.
     Missing,
 }
 
@@ -165,10 +165,7 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
     if current >= local_max {
         return Ok(Turn::Idle);
     }
-    let Some(first) = select(inner, &q, current)? else {
-        crate::probe!("tiered.local-message-missing");
-        return Ok(Turn::Missing);
-    };
+    let Some(first) = select(inner, &q, current)? else { return Ok(Turn::Missing) };
     let Selected::Message { ref msg, .. } = first else {
         return batch(inner, f, first, local_max).await;
     };
@@ -217,6 +214,7 @@ fn select(inner: &TieredInner, q: &QueueKey, offset: u64) -> Result<Option<Selec
         }
     };
     let Some(unit) = inner.source.cq_unit(&q.topic, q.queue_id, offset).map_err(fatal)? else {
+        crate::probe!("tiered.local-message-missing");
         if dies {
             return Err(TurnError::Fatal(format!("consume-queue unit {offset} of {q} is null")));
         }
@@ -231,8 +229,13 @@ fn select(inner: &TieredInner, q: &QueueKey, offset: u64) -> Result<Option<Selec
     let size = u32::try_from(unit.size).map_err(|_| TieredError::corrupt(q, format!("unit {offset}: size {}", unit.size)))?;
     match inner.source.select_message(unit.phy_offset as u64, size).map_err(fatal)? {
         Some(msg) => Ok(Some(Selected::Message { msg, tags_code: unit.tags_code })),
-        None if dies => Err(TurnError::Fatal(format!("message of unit {offset} of {q} is null"))),
-        None => Ok(None),
+        None => {
+            crate::probe!("tiered.local-message-missing");
+            if dies {
+                return Err(TurnError::Fatal(format!("message of unit {offset} of {q} is null")));
+            }
+            Ok(None)
+        }
     }
 }
 
