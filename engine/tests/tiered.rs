@@ -25,8 +25,6 @@ enum Script {
     Partial(usize),
     /// Nothing applied, an I/O error.
     Fail,
-    /// Applied after this many milliseconds.
-    Slow(u64),
 }
 
 /// A local object store whose appends follow a script, counting what it was asked.
@@ -71,10 +69,6 @@ impl ObjectStore for Scripted {
                     Err(io())
                 }
                 Some(Script::Fail) => Err(io()),
-                Some(Script::Slow(ms)) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                    self.real.append(key, expected, data).await
-                }
             }
         })
     }
