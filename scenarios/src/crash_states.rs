@@ -20,7 +20,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sim::{CrashImage, Fault, Outcome, Violation};
+use sim::{CrashImage, Fault, Outcome, TimedFault, Violation};
 
 use crate::case::{Case, Expectation, ExpectedOutcome};
 use crate::scenario::{run_case_observed, Observe};
@@ -30,6 +30,10 @@ use crate::scenario::{run_case_observed, Observe};
 pub struct CrashStateOptions {
     /// Crash points to try, from the first (`None`: all).
     pub points: Option<usize>,
+    /// Instead of the plan's crash events: power losses added just after this many sync
+    /// boundaries of the run (successful file syncs of the crashed node), evenly spaced over
+    /// those before the plan's first crash (or the run's end).
+    pub at_syncs: Option<usize>,
     /// Images per point: all of them if there are at most this many, else this many sampled.
     pub max_states: u64,
     pub jobs: usize,
@@ -107,6 +111,39 @@ pub fn at_point(case: &Case, event: usize, image: CrashImage) -> Case {
     case
 }
 
+/// How long the node stays down after an added crash point.
+const ADDED_RESTART_AFTER_MS: u64 = 500;
+
+/// Crash points just after `n` sync boundaries of `node`: the case with a power loss added
+/// at the millisecond after each chosen sync, and that event's index.
+pub fn sync_points(case: &Case, node: &str, n: usize) -> Result<Vec<(Case, usize)>, String> {
+    let first_crash = crash_points(case).first().map_or(u64::MAX, |&i| case.plan.events[i].at_ms);
+    let run = run_case_observed(case, Observe { keep_trace: true, collect_probes: false })?;
+    let mut syncs: Vec<u64> = run
+        .records
+        .iter()
+        .filter(|r| r.kind == "disk.sync" && r.node == node)
+        .map(|r| r.time_us / 1_000 + 1)
+        .filter(|&ms| ms < first_crash)
+        .collect();
+    syncs.dedup();
+    if syncs.is_empty() || n == 0 {
+        return Ok(Vec::new());
+    }
+    let chosen: BTreeSet<u64> = (0..n.min(syncs.len())).map(|i| syncs[i * syncs.len() / n.min(syncs.len())]).collect();
+    Ok(chosen
+        .into_iter()
+        .map(|at_ms| {
+            let mut c = case.clone();
+            let fault =
+                Fault::PowerLoss { node: node.to_string(), restart_after_ms: ADDED_RESTART_AFTER_MS, image: None };
+            c.plan.events.push(TimedFault { at_ms, fault });
+            let event = c.plan.events.len() - 1;
+            (c, event)
+        })
+        .collect())
+}
+
 /// The legal-state count the disk traced at the enumerated power loss, if it happened.
 fn legal_states(outcome: &Outcome) -> Option<u128> {
     outcome
@@ -180,8 +217,16 @@ pub fn crash_states(
         states_checked: 0,
         wall_seconds: 0.0,
     };
-    let points = crash_points(case);
-    for (n, &event) in points.iter().take(opts.points.unwrap_or(usize::MAX)).enumerate() {
+    let points: Vec<(Case, usize)> = match opts.at_syncs {
+        Some(n) => {
+            let space = crate::find_scenario(&case.scenario).map(|s| (s.plan_space)()).ok_or("unknown scenario")?;
+            let node = space.nodes.first().ok_or("the scenario has no node to crash")?;
+            sync_points(case, node, n)?
+        }
+        None => crash_points(case).into_iter().map(|e| (case.clone(), e)).collect(),
+    };
+    for (n, (case, event)) in points.iter().take(opts.points.unwrap_or(usize::MAX)).enumerate() {
+        let (case, event) = (case, *event);
         let e = &case.plan.events[event];
         let mut point = PointReport {
             point: n + 1,

@@ -27,7 +27,8 @@ fn crash_points_are_the_crash_events_in_time_order() {
 #[test]
 fn a_recovery_bug_is_caught_at_the_first_crash_point_and_replays() {
     let dir = std::env::temp_dir().join(format!("crash-states-test-{}", std::process::id()));
-    let opts = CrashStateOptions { points: Some(1), max_states: 32, jobs: 1, save_dir: Some(dir.clone()) };
+    let opts =
+        CrashStateOptions { points: Some(1), at_syncs: None, max_states: 32, jobs: 1, save_dir: Some(dir.clone()) };
     let report = crash_states(&witness(), &opts, &|| {}).unwrap();
     let point = report.failing().expect("the bug is caught at the first crash point");
     assert_eq!(point.point, 1);
@@ -44,9 +45,22 @@ fn a_recovery_bug_is_caught_at_the_first_crash_point_and_replays() {
 fn with_the_bug_off_the_first_points_states_pass() {
     let mut case = witness();
     case.bugs.clear();
-    let opts = CrashStateOptions { points: Some(1), max_states: 8, jobs: 1, save_dir: None };
+    let opts = CrashStateOptions { points: Some(1), at_syncs: None, max_states: 8, jobs: 1, save_dir: None };
     let report = crash_states(&case, &opts, &|| {}).unwrap();
     assert!(report.failing().is_none(), "{:?}", report.failing());
     assert_eq!(report.states_checked, 8);
     assert!(report.points[0].legal.is_some_and(|n| n > 8), "a broker power loss has many legal images");
+}
+
+#[test]
+fn crash_points_can_be_added_at_sync_boundaries() {
+    let mut case = witness();
+    case.bugs.clear();
+    let opts = CrashStateOptions { points: None, at_syncs: Some(3), max_states: 2, jobs: 1, save_dir: None };
+    let report = crash_states(&case, &opts, &|| {}).unwrap();
+    assert_eq!(report.points.len(), 3, "three sync boundaries before the first crash");
+    let first_crash = case.plan.events[crash_points(&case)[0]].at_ms;
+    assert!(report.points.iter().all(|p| p.at_ms < first_crash && p.event == case.plan.events.len()));
+    assert!(report.points.iter().all(|p| p.legal.is_some()), "the broker was up at each");
+    assert!(report.failing().is_none());
 }

@@ -154,6 +154,10 @@ struct CrashStatesArgs {
     /// Enumerate only the first N crash points (default: all).
     #[arg(long)]
     points: Option<usize>,
+    /// Crash points at N sync boundaries of the run (evenly spaced before its first crash)
+    /// instead of at the plan's crash events.
+    #[arg(long)]
+    at_syncs: Option<usize>,
     /// Try every image of a point with at most this many, else this many sampled from the seed.
     #[arg(long, default_value_t = 64)]
     max_states: u64,
@@ -330,8 +334,13 @@ fn cmd_crash_states(args: CrashStatesArgs) -> Result<ExitCode> {
     if args.max_states == 0 {
         bail!("--max-states must be at least 1");
     }
-    let opts =
-        CrashStateOptions { points: args.points, max_states: args.max_states, jobs, save_dir: Some(args.save_dir) };
+    let opts = CrashStateOptions {
+        points: args.points,
+        at_syncs: args.at_syncs,
+        max_states: args.max_states,
+        jobs,
+        save_dir: Some(args.save_dir),
+    };
     let bar = ProgressBar::new_spinner();
     if std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::stderr());
