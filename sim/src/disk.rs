@@ -36,6 +36,11 @@
 //! | process crash (`CrashKind::ProcessCrash`) | — | nothing is lost: the kernel's page cache and namespace survive; handles and locks die |
 //! | power loss (`CrashKind::PowerLoss`) | what was durable, plus a legal choice of the above | every unsynced page, length and entry change may be lost |
 //!
+//! Two allowed outcomes are narrowed on purpose: a failed sync always loses its pages (Linux
+//! may have written some before the error; losing them is the outcome that breaks a writer
+//! that retries), and seeded runs lose every unsynced length change (`keep_len_prob` 0, so
+//! that existing seeds keep their traces; crash-state enumeration tries both lengths).
+//!
 //! Reads always see the current state, before and after a process crash; after a power loss
 //! the current state is the surviving durable one. A power loss picks one legal image from
 //! the seed, or, in crash-state enumeration, the image a `CrashImage` names (`ImageSpace`).
