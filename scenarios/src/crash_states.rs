@@ -59,7 +59,8 @@ pub struct PointReport {
     pub event: usize,
     pub at_ms: u64,
     pub node: String,
-    /// Legal images at the point (choices; saturated at u128::MAX), as text for JSON.
+    /// Legal images at the point (choices; saturated at u128::MAX), as text for JSON; `-`
+    /// when the node was not running there.
     pub legal_states: String,
     /// `None`: the node was not running at the point, no image to try.
     #[serde(skip)]
@@ -246,7 +247,7 @@ pub fn crash_states(
         point.checked = 1;
         point.legal = legal_states(&probe);
         let legal = point.legal.unwrap_or(1);
-        point.legal_states = legal.to_string();
+        point.legal_states = point.legal.map_or_else(|| "-".to_string(), |n| n.to_string());
         let mut failure = (!probe.passed()).then(|| (probe_case, probe));
         if failure.is_none() && point.legal.is_some() {
             let (images, exhaustive) = images(legal, opts.max_states, case.seed, event);
