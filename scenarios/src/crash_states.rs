@@ -248,7 +248,7 @@ pub fn crash_states(
         point.legal = legal_states(&probe);
         let legal = point.legal.unwrap_or(1);
         point.legal_states = point.legal.map_or_else(|| "-".to_string(), |n| n.to_string());
-        let mut failure = (!probe.passed()).then(|| (probe_case, probe));
+        let mut failure = (!probe.passed()).then_some((probe_case, probe));
         if failure.is_none() && point.legal.is_some() {
             let (images, exhaustive) = images(legal, opts.max_states, case.seed, event);
             point.exhaustive = exhaustive;
