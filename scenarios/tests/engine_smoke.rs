@@ -56,7 +56,7 @@ fn one_kill_and_restart_recovers_abnormally_and_keeps_acked_messages() {
 
 #[test]
 fn one_power_loss_keeps_synced_messages() {
-    let loss = Fault::PowerLoss { node: "broker".into(), restart_after_ms: 500 };
+    let loss = Fault::PowerLoss { node: "broker".into(), restart_after_ms: 500, image: None };
     assert_crash_recovered(&recoveries(&case(loss, "sync")));
 }
 

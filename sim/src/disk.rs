@@ -9,14 +9,41 @@
 //! - a page that is neither dirty nor "lost" by a failed sync is equal in both images (within
 //!   both lengths);
 //! - stored bytes past an image's length are zero, so extending an image reads zeros;
-//! - the durable length changes only on a successful sync, never at a power loss: an unsynced
-//!   length change (append, truncate) is metadata whose writeback we do not model, so it is
-//!   always lost, and bytes past the durable length never survive.
+//! - the durable length changes on a successful sync of the file, and at a power loss only
+//!   if that file's unsynced length change happens to survive (`keep_len_prob`, off in runs
+//!   by default; crash-state enumeration tries both).
 //!
 //! Namespace: the current tree, the durable tree, and one ordered log of pending namespace
 //! operations between them (a journal). `sync_dir(d)` commits the log up to the last entry
 //! that touches `d`; a power loss commits a random prefix. The durable tree plus the pending
 //! log always replays to the current tree, which is why committing any prefix is infallible.
+//!
+//! # The contract: what each operation makes durable, and what it does not
+//!
+//! "Durable" means: survives a power loss. The model must allow every outcome Linux (ext4,
+//! data=ordered) allows and none it forbids; `sim/tests/disk_contract.rs` holds each row from
+//! both sides, and proves with the test-only `Kindness` switches that a kinder model fails.
+//!
+//! | operation | durable after it returns Ok | not durable (a power loss may undo it) |
+//! |---|---|---|
+//! | `write_at` | nothing | each written page: kept whole, dropped, or torn (each sector old or new) |
+//! | `set_len` | nothing | the new length (a power loss leaves the durable length, or the new one with whatever pages survived) |
+//! | `sync_range(o, n)` | the dirty pages overlapping `[o, o+n)` and the file's current length | dirty pages outside the range; the file's name (see `sync_dir`) |
+//! | `sync_range` failing (EIO) | nothing; the pages it covered are marked clean (fsyncgate): lost at the next power loss unless rewritten, even after a later successful sync | — |
+//! | create, remove, rename, mkdir, rmdir | nothing | the entry change; a power loss keeps a prefix of the pending changes, in order |
+//! | `sync_dir(d)` | every pending entry change up to the last one touching `d`'s entries | file data and lengths (a file's bytes need its own sync) |
+//! | `sync_dir` failing (EIO) | nothing; the changes stay pending (a later power loss may keep or lose them) | — |
+//! | process crash (`CrashKind::ProcessCrash`) | — | nothing is lost: the kernel's page cache and namespace survive; handles and locks die |
+//! | power loss (`CrashKind::PowerLoss`) | what was durable, plus a legal choice of the above | every unsynced page, length and entry change may be lost |
+//!
+//! Two allowed outcomes are narrowed on purpose: a failed sync always loses its pages (Linux
+//! may have written some before the error; losing them is the outcome that breaks a writer
+//! that retries), and seeded runs lose every unsynced length change (`keep_len_prob` 0, so
+//! that existing seeds keep their traces; crash-state enumeration tries both lengths).
+//!
+//! Reads always see the current state, before and after a process crash; after a power loss
+//! the current state is the surviving durable one. A power loss picks one legal image from
+//! the seed, or, in crash-state enumeration, the image a `CrashImage` names (`ImageSpace`).
 //!
 //! The disk lives outside the node's futures (the world holds it), so it survives a kill.
 //! `crash` bumps a generation number: every handle of an older generation is stale.
@@ -102,21 +129,50 @@ pub struct PowerLossModel {
     /// Probability that each next pending namespace operation survives (the first one that
     /// does not ends the surviving prefix).
     pub keep_dir_op_prob: f64,
+    /// Probability that a file's unsynced length change (append past the durable length,
+    /// `set_len`) survives, as ext4 may commit a new size with its journal. 0 by default, so
+    /// that seeded runs keep their traces; crash-state enumeration tries both lengths.
+    pub keep_len_prob: f64,
 }
 
 impl PowerLossModel {
     /// Every unsynced page and namespace operation is lost: the durable image only.
     pub const LOSE_ALL: PowerLossModel =
-        PowerLossModel { keep_page_prob: 0.0, tear_page_prob: 0.0, keep_dir_op_prob: 0.0 };
-    /// Every unsynced page and namespace operation happened to reach the medium.
+        PowerLossModel { keep_page_prob: 0.0, tear_page_prob: 0.0, keep_dir_op_prob: 0.0, keep_len_prob: 0.0 };
+    /// Every unsynced page, length and namespace operation happened to reach the medium.
     pub const KEEP_ALL: PowerLossModel =
-        PowerLossModel { keep_page_prob: 1.0, tear_page_prob: 0.0, keep_dir_op_prob: 1.0 };
+        PowerLossModel { keep_page_prob: 1.0, tear_page_prob: 0.0, keep_dir_op_prob: 1.0, keep_len_prob: 1.0 };
 }
 
 impl Default for PowerLossModel {
     fn default() -> Self {
-        PowerLossModel { keep_page_prob: 0.5, tear_page_prob: 0.2, keep_dir_op_prob: 0.5 }
+        PowerLossModel { keep_page_prob: 0.5, tear_page_prob: 0.2, keep_dir_op_prob: 0.5, keep_len_prob: 0.0 }
     }
+}
+
+/// One way to make the model kinder than Linux, for tests only: each must make a test of the
+/// contract (`sim/tests/disk_contract.rs`) fail, which is what shows those tests bound the
+/// model from the permissive side. Never set outside tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kindness {
+    /// A power loss keeps every unsynced page whole.
+    KeepsUnsyncedPages,
+    /// A power loss never tears a page (a page it would tear survives whole).
+    NeverTears,
+    /// A power loss keeps every pending namespace operation.
+    KeepsUnsyncedDirOps,
+    /// A power loss keeps every unsynced length change.
+    KeepsUnsyncedLength,
+    /// `sync_range` makes the whole file durable, not only the range.
+    SyncRangeSyncsWholeFile,
+    /// A file sync also makes the file's own directory entry durable.
+    FileSyncPersistsName,
+    /// `sync_dir` also makes the data and length of the files in the directory durable.
+    DirSyncPersistsData,
+    /// A failed sync leaves its pages dirty, so a retry persists them (no fsyncgate).
+    FailedSyncKeepsPagesDirty,
+    /// A failed `sync_dir` commits its namespace operations anyway.
+    FailedDirSyncCommits,
 }
 
 /// Probabilities of injected errors per operation. All zero: no faults.
@@ -141,6 +197,9 @@ pub struct DiskConfig {
     pub capacity_bytes: Option<u64>,
     pub sync_latency: LatencyProfile,
     pub power_loss: PowerLossModel,
+    /// Test-only: one way the model is made kinder than Linux (see `Kindness`).
+    #[serde(skip)]
+    pub kindness: Option<Kindness>,
 }
 
 impl Default for DiskConfig {
@@ -151,6 +210,7 @@ impl Default for DiskConfig {
             capacity_bytes: None,
             sync_latency: LatencyProfile::CLOUD_VM,
             power_loss: PowerLossModel::default(),
+            kindness: None,
         }
     }
 }
@@ -172,7 +232,11 @@ impl DiskConfig {
             return Err(format!("sector_size_bytes {sector} must divide page_size_bytes {page}"));
         }
         let pl = &self.power_loss;
-        for (name, p) in [("keep_page_prob", pl.keep_page_prob), ("tear_page_prob", pl.tear_page_prob)] {
+        for (name, p) in [
+            ("keep_page_prob", pl.keep_page_prob),
+            ("tear_page_prob", pl.tear_page_prob),
+            ("keep_len_prob", pl.keep_len_prob),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("power_loss.{name} {p} must be in [0, 1]"));
             }
@@ -422,6 +486,17 @@ impl NsOp {
     }
 }
 
+impl NsOp {
+    /// Whether this operation gave inode `ino` the name `path` (for a test-only kindness).
+    fn names(&self, ino: Ino, path: &Path) -> bool {
+        match self {
+            NsOp::Create { path: p, ino: i } => *i == ino && p == path,
+            NsOp::Rename { to, .. } => to == path,
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for NsOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -516,6 +591,159 @@ impl Namespace {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Crash images: the legal outcomes of one power loss, enumerable
+
+/// Which legal image a power loss leaves, instead of fates drawn from the run's generator
+/// (crash-state enumeration). Written into case files, so a failing image replays exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashImage {
+    /// The image with this number in the point's `ImageSpace` (mixed radix, first choice
+    /// least significant): 0 is the durable image alone.
+    Index(u64),
+    /// Each choice drawn uniformly by a generator seeded with this value (state spaces too
+    /// large to number; see `ImageSpace::sample`).
+    Sample(u64),
+}
+
+impl fmt::Display for CrashImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CrashImage::Index(k) => write!(f, "index:{k}"),
+            CrashImage::Sample(s) => write!(f, "sample:{s}"),
+        }
+    }
+}
+
+/// One independent choice a power loss makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// How many pending namespace operations survive, as a prefix: `0..=pending`.
+    DirOps { pending: usize },
+    /// Whether a file's unsynced length change survives: drop (0) or keep (1).
+    Len { ino: Ino },
+    /// A dirty page: drop (0), keep (1), or (an edge page of a dirty run) keep only its
+    /// first `s` sectors, `s` in `1..sectors` (2..=sectors).
+    Page { ino: Ino, page: u64, tears: u64 },
+}
+
+impl Choice {
+    fn radix(&self) -> u128 {
+        match *self {
+            Choice::DirOps { pending } => pending as u128 + 1,
+            Choice::Len { .. } => 2,
+            Choice::Page { tears, .. } => 2 + u128::from(tears),
+        }
+    }
+}
+
+/// The legal images of a power loss at this instant: every subset of the unsynced pages of
+/// every file, torn sectors (a prefix of the page) at the edges of each run of dirty pages,
+/// each unsynced length change kept or lost, and each prefix of the pending namespace log.
+/// Choices, not images, are counted: two choices may leave the same bytes (a page dirtied
+/// with its durable contents, pages past a length that was lost).
+#[derive(Debug, Clone, Default)]
+pub struct ImageSpace {
+    choices: Vec<Choice>,
+}
+
+/// One decoded choice per `Choice`, in the same order.
+type Decided = Vec<u64>;
+
+impl ImageSpace {
+    fn of(st: &State) -> ImageSpace {
+        let sectors = st.geo.page_bytes / st.geo.sector_bytes;
+        let mut choices = vec![Choice::DirOps { pending: st.pending.len() }];
+        for (&ino, inode) in &st.inodes {
+            if inode.current.len_bytes != inode.durable.len_bytes {
+                choices.push(Choice::Len { ino });
+            }
+            for &page in &inode.dirty {
+                let edge = page == 0 || !inode.dirty.contains(&(page - 1)) || !inode.dirty.contains(&(page + 1));
+                let tears = if edge { sectors - 1 } else { 0 };
+                choices.push(Choice::Page { ino, page, tears });
+            }
+        }
+        ImageSpace { choices }
+    }
+
+    /// The number of legal choices (saturated at `u128::MAX`).
+    pub fn legal_states(&self) -> u128 {
+        self.choices.iter().fold(1u128, |n, c| n.saturating_mul(c.radix()))
+    }
+
+    /// Image number `k` (`k < legal_states()`; higher numbers wrap around each radix).
+    fn decode(&self, mut k: u128) -> Decided {
+        self.choices
+            .iter()
+            .map(|c| {
+                let r = c.radix();
+                let d = k % r;
+                k /= r;
+                d as u64
+            })
+            .collect()
+    }
+
+    /// Each choice uniformly among drop, keep and (if it may) tear, then the tear's sectors.
+    fn sample(&self, seed: u64) -> Decided {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        self.choices
+            .iter()
+            .map(|c| match *c {
+                Choice::DirOps { pending } => rng.gen_range(0..=pending as u64),
+                Choice::Len { .. } => rng.gen_range(0..2),
+                Choice::Page { tears: 0, .. } => rng.gen_range(0..2),
+                Choice::Page { tears, .. } => match rng.gen_range(0..3) {
+                    2 => 2 + rng.gen_range(0..tears),
+                    d => d,
+                },
+            })
+            .collect()
+    }
+
+    fn decide(&self, image: CrashImage) -> Decided {
+        match image {
+            CrashImage::Index(k) => self.decode(u128::from(k)),
+            CrashImage::Sample(seed) => self.sample(seed),
+        }
+    }
+}
+
+/// What one power loss keeps, decided before it is applied (by `ImageSpace`, or drawn).
+#[derive(Debug, Default)]
+struct Fates {
+    dir_ops_kept: usize,
+    kept_len: BTreeSet<Ino>,
+    pages: BTreeMap<(Ino, u64), PageFate>,
+}
+
+impl Fates {
+    fn from_decided(space: &ImageSpace, decided: &[u64]) -> Fates {
+        let mut fates = Fates::default();
+        for (c, &d) in space.choices.iter().zip(decided) {
+            match *c {
+                Choice::DirOps { .. } => fates.dir_ops_kept = d as usize,
+                Choice::Len { ino } => {
+                    if d == 1 {
+                        fates.kept_len.insert(ino);
+                    }
+                }
+                Choice::Page { ino, page, .. } => {
+                    let fate = match d {
+                        0 => PageFate::Drop,
+                        1 => PageFate::Keep,
+                        s => PageFate::TearPrefix(s - 1),
+                    };
+                    fates.pages.insert((ino, page), fate);
+                }
+            }
+        }
+        fates
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The disk
 
 struct State {
@@ -538,6 +766,12 @@ struct State {
     stats: DiskStats,
 }
 
+/// True with probability `p`, drawing nothing when `p` is 0.
+fn draw(rng: &mut ChaCha8Rng, p: f64) -> bool {
+    let p = clamp_prob(p);
+    p > 0.0 && rng.gen_bool(p)
+}
+
 /// A probability as `gen_bool` accepts it: NaN and negatives are 0, above 1 is 1.
 fn clamp_prob(p: f64) -> f64 {
     if p > 0.0 {
@@ -551,8 +785,7 @@ impl State {
     /// True with probability `p`. Draws nothing when `p` is 0, so turning faults off does not
     /// shift the random stream of the rest of the run more than necessary.
     fn draw(&mut self, p: f64) -> bool {
-        let p = clamp_prob(p);
-        p > 0.0 && self.rng.gen_bool(p)
+        draw(&mut self.rng, p)
     }
 
     fn inode(&mut self, ino: Ino, op: IoOp, path: &Path) -> Result<&mut Inode, IoError> {
@@ -608,6 +841,27 @@ impl State {
         self.inodes.retain(|ino, inode| live.contains(ino) || inode.open_handles > 0);
     }
 
+    /// Makes every file directly in `dir` wholly durable (for a test-only kindness).
+    fn persist_files_in(&mut self, dir: &Path) {
+        let geo = self.geo;
+        let inos: Vec<Ino> = self
+            .current_ns
+            .children(dir)
+            .filter_map(|(_, e)| match e {
+                Entry::File(ino) => Some(*ino),
+                Entry::Dir => None,
+            })
+            .collect();
+        for ino in inos {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.durable.set_len(geo, inode.current.len_bytes);
+                for page in std::mem::take(&mut inode.dirty) {
+                    inode.durable.copy_from(geo, &inode.current, page, 0, geo.page_usize());
+                }
+            }
+        }
+    }
+
     /// Commits the first `n` pending operations to the durable tree.
     fn commit_pending(&mut self, n: usize) {
         for op in self.pending.drain(..n) {
@@ -661,10 +915,14 @@ struct LossReport {
     dir_ops_lost: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PageFate {
     Keep,
     Drop,
+    /// Each sector kept or not, drawn from the run's generator.
     Tear,
+    /// The first `n` sectors kept (an enumerated image).
+    TearPrefix(u64),
 }
 
 impl SimDisk {
@@ -730,6 +988,12 @@ impl SimDisk {
 
     /// The node crashed: see `CrashKind`. Every handle and lock from before is dead after it.
     pub fn crash(&self, kind: CrashKind) {
+        self.crash_to(kind, None);
+    }
+
+    /// `crash`; a power loss leaves `image` (crash-state enumeration) if given, else fates
+    /// drawn from the run's generator.
+    pub fn crash_to(&self, kind: CrashKind, image: Option<CrashImage>) {
         let mut guard = self.state();
         let st = &mut *guard;
         st.generation += 1;
@@ -744,58 +1008,83 @@ impl SimDisk {
                 crate::trace!(self.trace, &self.node, "disk.crash", "kind=process generation={}", st.generation);
             }
             CrashKind::PowerLoss => {
-                let report = self.power_loss(st);
+                // Only an enumerated image says how many it was chosen among: seeded runs keep
+                // their traces.
+                let chosen = image.map(|image| {
+                    let space = ImageSpace::of(st);
+                    let fates = Fates::from_decided(&space, &space.decide(image));
+                    (format!(" image={image} legal_states={}", space.legal_states()), fates)
+                });
+                let (suffix, fates) = chosen.map_or((String::new(), None), |(s, f)| (s, Some(f)));
+                let report = self.power_loss(st, fates.as_ref());
                 crate::trace!(
                     self.trace,
                     &self.node,
                     "disk.crash",
-                    "kind=power-loss generation={} pages_kept={} pages_dropped={} pages_torn={} dir_ops_kept={} dir_ops_lost={}",
+                    "kind=power-loss generation={} pages_kept={} pages_dropped={} pages_torn={} dir_ops_kept={} dir_ops_lost={}{}",
                     st.generation,
                     report.pages_kept,
                     report.pages_dropped,
                     report.pages_torn,
                     report.dir_ops_kept,
-                    report.dir_ops_lost
+                    report.dir_ops_lost,
+                    suffix
                 );
             }
         }
     }
 
-    fn power_loss(&self, st: &mut State) -> LossReport {
+    /// The legal images a power loss would choose among now.
+    pub fn image_space(&self) -> ImageSpace {
+        ImageSpace::of(&self.state())
+    }
+
+    fn power_loss(&self, st: &mut State, fates: Option<&Fates>) -> LossReport {
         st.stats.power_losses += 1;
         let mut report = LossReport::default();
         let names: BTreeMap<Ino, PathBuf> = st.current_ns.files().map(|(p, i)| (i, p.clone())).collect();
         let model = st.config.power_loss;
+        let kindness = st.config.kindness;
+        let geo = st.geo;
         for (ino, inode) in st.inodes.iter_mut() {
-            for page in std::mem::take(&mut inode.dirty) {
-                match page_fate(&mut st.rng, &model) {
-                    PageFate::Keep => {
-                        inode.durable.copy_from(st.geo, &inode.current, page, 0, st.geo.page_usize());
-                        report.pages_kept += 1;
-                    }
-                    PageFate::Drop => report.pages_dropped += 1,
-                    PageFate::Tear => {
-                        let mask = tear_page(&mut st.rng, st.geo, inode, page);
-                        report.pages_torn += 1;
-                        engine::probe!("disk.page-torn");
-                        let name =
-                            names.get(ino).map_or_else(|| format!("<unlinked ino {ino}>"), |p| p.display().to_string());
-                        crate::trace!(
-                            self.trace,
-                            &self.node,
-                            "disk.tear",
-                            "{} page={} sectors_kept={}",
-                            name,
-                            page,
-                            mask
-                        );
-                    }
+            let keep_len = match fates {
+                Some(f) => f.kept_len.contains(ino),
+                None => {
+                    inode.current.len_bytes != inode.durable.len_bytes
+                        && (kindness == Some(Kindness::KeepsUnsyncedLength) || draw(&mut st.rng, model.keep_len_prob))
                 }
+            };
+            if keep_len {
+                // Before the pages, so that kept pages land inside the kept length.
+                inode.durable.set_len(geo, inode.current.len_bytes);
+            }
+            for page in std::mem::take(&mut inode.dirty) {
+                let fate = match fates {
+                    Some(f) => f.pages.get(&(*ino, page)).copied().unwrap_or(PageFate::Drop),
+                    None => page_fate(&mut st.rng, &model, kindness),
+                };
+                let mask = match fate {
+                    PageFate::Keep => {
+                        inode.durable.copy_from(geo, &inode.current, page, 0, geo.page_usize());
+                        report.pages_kept += 1;
+                        continue;
+                    }
+                    PageFate::Drop => {
+                        report.pages_dropped += 1;
+                        continue;
+                    }
+                    PageFate::Tear => tear_page(&mut st.rng, geo, inode, page),
+                    PageFate::TearPrefix(n) => tear_prefix(geo, inode, page, n),
+                };
+                report.pages_torn += 1;
+                engine::probe!("disk.page-torn");
+                let name = names.get(ino).map_or_else(|| format!("<unlinked ino {ino}>"), |p| p.display().to_string());
+                crate::trace!(self.trace, &self.node, "disk.tear", "{} page={} sectors_kept={}", name, page, mask);
             }
             debug_assert!(inode.dirty.is_empty());
             inode.current = inode.durable.clone();
         }
-        self.lose_pending_ops(st, &mut report);
+        self.lose_pending_ops(st, &mut report, fates.map(|f| f.dir_ops_kept));
         st.current_ns = st.durable_ns.clone();
         st.collect_garbage();
         for inode in st.inodes.values_mut() {
@@ -816,13 +1105,21 @@ impl SimDisk {
         report
     }
 
-    /// A random prefix of the pending namespace log reaches the medium (journal semantics).
-    fn lose_pending_ops(&self, st: &mut State, report: &mut LossReport) {
-        let keep_prob = st.config.power_loss.keep_dir_op_prob;
-        let mut kept = 0;
-        while kept < st.pending.len() && st.draw(keep_prob) {
-            kept += 1;
-        }
+    /// A prefix of the pending namespace log reaches the medium (journal semantics): `kept`
+    /// operations if decided, else a random prefix.
+    fn lose_pending_ops(&self, st: &mut State, report: &mut LossReport, kept: Option<usize>) {
+        let kept = match kept {
+            Some(n) => n.min(st.pending.len()),
+            None if st.config.kindness == Some(Kindness::KeepsUnsyncedDirOps) => st.pending.len(),
+            None => {
+                let keep_prob = st.config.power_loss.keep_dir_op_prob;
+                let mut kept = 0;
+                while kept < st.pending.len() && st.draw(keep_prob) {
+                    kept += 1;
+                }
+                kept
+            }
+        };
         st.commit_pending(kept);
         report.dir_ops_kept = kept as u64;
         report.dir_ops_lost = st.pending.len() as u64;
@@ -983,11 +1280,17 @@ impl SimDisk {
     fn finish_sync(&self, st: &mut State, ino: Ino, path: &Path, offset: u64, len: u64) -> Result<(), IoError> {
         let fail = st.draw(st.faults.sync_eio_prob);
         let geo = st.geo;
+        let kindness = st.config.kindness;
         let inode = st.inode(ino, IoOp::Sync, path)?;
-        let range = geo.pages_overlapping(offset, offset.saturating_add(len));
+        let range = match kindness {
+            Some(Kindness::SyncRangeSyncsWholeFile) => 0..u64::MAX,
+            _ => geo.pages_overlapping(offset, offset.saturating_add(len)),
+        };
         let pages: Vec<u64> = inode.dirty.range(range).copied().collect();
-        for page in &pages {
-            inode.dirty.remove(page);
+        if !(fail && kindness == Some(Kindness::FailedSyncKeepsPagesDirty)) {
+            for page in &pages {
+                inode.dirty.remove(page);
+            }
         }
         if fail {
             // fsyncgate: the kernel marks the pages clean although they never reached the
@@ -1003,6 +1306,10 @@ impl SimDisk {
         }
         debug_assert_eq!(inode.durable.len_bytes, inode.current.len_bytes, "a sync makes the length durable");
         let durable_len = inode.durable.len_bytes;
+        if kindness == Some(Kindness::FileSyncPersistsName) {
+            let n = st.pending.iter().rposition(|op| op.names(ino, path)).map_or(0, |i| i + 1);
+            st.commit_pending(n);
+        }
         st.stats.syncs += 1;
         crate::trace!(
             self.trace,
@@ -1021,11 +1328,17 @@ impl SimDisk {
     /// The end of a directory sync: commit the pending log up to the last operation that
     /// touched `dir` (everything before it is in the same journal).
     fn finish_sync_dir(&self, st: &mut State, dir: &Path) -> Result<(), IoError> {
+        let n = st.pending.iter().rposition(|op| op.touches(dir)).map_or(0, |i| i + 1);
         if st.draw(st.faults.sync_eio_prob) {
+            if st.config.kindness == Some(Kindness::FailedDirSyncCommits) {
+                st.commit_pending(n);
+            }
             return Err(self.eio(st, IoOp::Sync, dir, format_args!("dir")));
         }
-        let n = st.pending.iter().rposition(|op| op.touches(dir)).map_or(0, |i| i + 1);
         st.commit_pending(n);
+        if st.config.kindness == Some(Kindness::DirSyncPersistsData) {
+            st.persist_files_in(dir);
+        }
         st.collect_garbage();
         st.stats.dir_syncs += 1;
         crate::trace!(self.trace, &self.node, "disk.sync_dir", "{} committed={}", dir.display(), n);
@@ -1033,17 +1346,29 @@ impl SimDisk {
     }
 }
 
-fn page_fate(rng: &mut ChaCha8Rng, model: &PowerLossModel) -> PageFate {
+fn page_fate(rng: &mut ChaCha8Rng, model: &PowerLossModel, kindness: Option<Kindness>) -> PageFate {
     let keep = clamp_prob(model.keep_page_prob);
     let tear = clamp_prob(model.tear_page_prob).min(1.0 - keep);
     let r: f64 = rng.gen();
-    if r < keep {
+    let fate = if r < keep {
         PageFate::Keep
     } else if r < keep + tear {
         PageFate::Tear
     } else {
         PageFate::Drop
+    };
+    match (kindness, fate) {
+        (Some(Kindness::KeepsUnsyncedPages), _) | (Some(Kindness::NeverTears), PageFate::Tear) => PageFate::Keep,
+        _ => fate,
     }
+}
+
+/// Persists the first `n` sectors of a dirty page (an enumerated tear). Returns the mask.
+fn tear_prefix(geo: Geometry, inode: &mut Inode, page: u64, n: u64) -> String {
+    let sectors = geo.page_bytes / geo.sector_bytes;
+    let n = n.min(sectors);
+    inode.durable.copy_from(geo, &inode.current, page, 0, (n * geo.sector_bytes) as usize);
+    (0..sectors).map(|s| if s < n { '1' } else { '0' }).collect()
 }
 
 /// Persists each sector of a dirty page independently with probability 1/2. Returns the

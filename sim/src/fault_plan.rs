@@ -11,14 +11,22 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::disk::CrashImage;
+
 /// One fault, applied at a point of simulated time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "fault", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Fault {
     /// Process crash: the node dies, its page cache survives; restarted after a pause.
     Kill { node: String, restart_after_ms: u64 },
-    /// Power loss: the node dies and unsynced pages are kept, dropped or torn.
-    PowerLoss { node: String, restart_after_ms: u64 },
+    /// Power loss: the node dies and unsynced pages are kept, dropped or torn: as drawn from
+    /// the seed, or as `image` says (a crash state `dst crash-states` enumerated).
+    PowerLoss {
+        node: String,
+        restart_after_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<CrashImage>,
+    },
     /// Graceful stop (racing with whatever is in flight), then a restart. If the stop has not
     /// finished when the restart is due, the node is killed: a crash during shutdown.
     CleanShutdown { node: String, restart_after_ms: u64 },
@@ -329,7 +337,7 @@ fn draw_fault(rng: &mut ChaCha8Rng, kind: FaultKind, space: &PlanSpace) -> Optio
     let restart_after_ms = rng.gen_range(10..2_000);
     Some(match kind {
         FaultKind::Kill => Fault::Kill { node, restart_after_ms },
-        FaultKind::PowerLoss => Fault::PowerLoss { node, restart_after_ms },
+        FaultKind::PowerLoss => Fault::PowerLoss { node, restart_after_ms, image: None },
         FaultKind::CleanShutdown => Fault::CleanShutdown { node, restart_after_ms: rng.gen_range(500..5_000) },
         FaultKind::DiskErrors => Fault::DiskErrors {
             node,

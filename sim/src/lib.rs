@@ -14,7 +14,10 @@ pub mod trace;
 pub mod world;
 
 pub use clock::NodeClock;
-pub use disk::{BitFlip, CrashKind, DiskConfig, DiskFaults, DiskStats, LatencyProfile, PowerLossModel, SimDisk};
+pub use disk::{
+    BitFlip, CrashImage, CrashKind, DiskConfig, DiskFaults, DiskStats, ImageSpace, Kindness, LatencyProfile,
+    PowerLossModel, SimDisk,
+};
 pub use fault_plan::{Background, Fault, FaultKind, FaultPlan, PlanError, PlanSpace, TimedFault};
 pub use object_store::{ObjectStoreConfig, ObjectStoreFaults, ObjectStoreStats, SimObjectStore};
 pub use probes::{ProbeHit, ProbeLog};

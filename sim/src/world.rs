@@ -16,7 +16,7 @@ use madsim::runtime::Handle;
 use madsim::task::NodeId;
 
 use crate::clock::NodeClock;
-use crate::disk::{CrashKind, DiskConfig, DiskFaults, PowerLossModel, SimDisk};
+use crate::disk::{CrashImage, CrashKind, DiskConfig, DiskFaults, PowerLossModel, SimDisk};
 use crate::fault_plan::{Fault, FaultPlan};
 use crate::object_store::{ObjectStoreConfig, ObjectStoreFaults, SimObjectStore};
 use crate::trace::Trace;
@@ -87,6 +87,7 @@ impl World {
             keep_page_prob: b.power_loss_keep_page_prob,
             tear_page_prob: b.power_loss_tear_page_prob,
             keep_dir_op_prob: b.power_loss_keep_dir_op_prob,
+            ..config.disk.power_loss
         };
         let object_store = config.object_store.clone().map(|c| {
             let store = SimObjectStore::start(c, seed, trace.clone());
@@ -233,8 +234,12 @@ impl World {
     fn apply(self: &Arc<Self>, fault: &Fault) -> Option<tokio::task::JoinHandle<()>> {
         probe_fault(fault);
         match fault {
-            Fault::Kill { node, restart_after_ms } => self.crash(node, CrashKind::ProcessCrash, *restart_after_ms),
-            Fault::PowerLoss { node, restart_after_ms } => self.crash(node, CrashKind::PowerLoss, *restart_after_ms),
+            Fault::Kill { node, restart_after_ms } => {
+                self.crash(node, CrashKind::ProcessCrash, *restart_after_ms, None)
+            }
+            Fault::PowerLoss { node, restart_after_ms, image } => {
+                self.crash(node, CrashKind::PowerLoss, *restart_after_ms, *image)
+            }
             Fault::CleanShutdown { node, restart_after_ms } => self.clean_shutdown(node, *restart_after_ms),
             Fault::DiskErrors { node, read_eio_prob, write_eio_prob, sync_eio_prob, duration_ms } => {
                 let faults = DiskFaults {
@@ -281,6 +286,7 @@ impl World {
         node: &str,
         kind: CrashKind,
         restart_after_ms: u64,
+        image: Option<CrashImage>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let (id, token) = {
             let mut nodes = lock(&self.nodes);
@@ -291,7 +297,7 @@ impl World {
         };
         Handle::current().kill(id);
         if let Some(disk) = lock(&self.disks).get(node) {
-            disk.crash(kind);
+            disk.crash_to(kind, image);
         }
         Some(self.restart_later(node, token, restart_after_ms))
     }

@@ -88,8 +88,12 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 fn power_loss_strategy() -> impl Strategy<Value = PowerLossModel> {
-    let model =
-        |keep_page_prob, tear_page_prob| PowerLossModel { keep_page_prob, tear_page_prob, keep_dir_op_prob: 0.5 };
+    let model = |keep_page_prob, tear_page_prob| PowerLossModel {
+        keep_page_prob,
+        tear_page_prob,
+        keep_dir_op_prob: 0.5,
+        keep_len_prob: 0.0,
+    };
     prop_oneof![
         Just(model(0.0, 0.0)),
         Just(model(1.0, 0.0)),
@@ -430,7 +434,8 @@ fn failed_sync_then_process_crash_keeps_new_bytes() {
 #[test]
 fn torn_pages_are_sector_atomic_and_traced() {
     sim::runner::block_on(3, || async {
-        let model = PowerLossModel { keep_page_prob: 0.0, tear_page_prob: 1.0, keep_dir_op_prob: 1.0 };
+        let model =
+            PowerLossModel { keep_page_prob: 0.0, tear_page_prob: 1.0, keep_dir_op_prob: 1.0, keep_len_prob: 0.0 };
         let (disk, trace) = disk_with(quick_config(model), 3);
         let storage = disk.storage();
         store_dir(&storage).await;
@@ -640,7 +645,8 @@ fn rename_is_atomic_across_power_loss() {
     sim::runner::block_on(12, || async {
         let mut outcomes = BTreeSet::new();
         for seed in 0..64 {
-            let model = PowerLossModel { keep_page_prob: 0.5, tear_page_prob: 0.5, keep_dir_op_prob: 0.5 };
+            let model =
+                PowerLossModel { keep_page_prob: 0.5, tear_page_prob: 0.5, keep_dir_op_prob: 0.5, keep_len_prob: 0.0 };
             let (disk, _) = disk_with(quick_config(model), seed);
             let storage = disk.storage();
             store_dir(&storage).await;
@@ -896,7 +902,10 @@ fn config_serde_rejects_unknown_fields_and_defaults() {
     let config = DiskConfig::default();
     assert_eq!((config.page_size_bytes, config.sector_size_bytes, config.capacity_bytes), (4096, 512, None));
     assert_eq!(config.sync_latency, LatencyProfile::CLOUD_VM);
-    assert_eq!(config.power_loss, PowerLossModel { keep_page_prob: 0.5, tear_page_prob: 0.2, keep_dir_op_prob: 0.5 });
+    assert_eq!(
+        config.power_loss,
+        PowerLossModel { keep_page_prob: 0.5, tear_page_prob: 0.2, keep_dir_op_prob: 0.5, keep_len_prob: 0.0 }
+    );
     config.validate().unwrap();
     let json = serde_json::to_string(&config).unwrap();
     assert_eq!(serde_json::from_str::<DiskConfig>(&json).unwrap(), config);

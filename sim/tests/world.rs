@@ -47,7 +47,7 @@ fn crashes_and_clean_shutdowns_restart_the_node() {
         plan(vec![
             (100, Fault::Kill { node: "n".into(), restart_after_ms: 50 }),
             (500, Fault::CleanShutdown { node: "n".into(), restart_after_ms: 200 }),
-            (1_000, Fault::PowerLoss { node: "n".into(), restart_after_ms: 100 }),
+            (1_000, Fault::PowerLoss { node: "n".into(), restart_after_ms: 100, image: None }),
         ]),
         true,
     );
@@ -70,7 +70,7 @@ fn overlapping_crashes_restart_once_after_the_last() {
     let (boots, counts, _) = play(
         plan(vec![
             (100, Fault::Kill { node: "n".into(), restart_after_ms: 1_000 }),
-            (200, Fault::PowerLoss { node: "n".into(), restart_after_ms: 100 }),
+            (200, Fault::PowerLoss { node: "n".into(), restart_after_ms: 100, image: None }),
         ]),
         true,
     );

@@ -5,6 +5,7 @@
 //!                 `--html FILE` draws the run as a page
 //!   dst shrink    the smallest fault plan that still fails the same way, and a `#[test]` of it
 //!   dst zoo       every catalogued bug: seeds and time until a checker catches it
+//!   dst crash-states  every legal disk image at a case's crash points, recovered and checked
 //!   dst coverage  which coverage probes a sweep of seeds reached, and which it never did
 //!   dst merge     one summary from the `--json` reports of a sweep's shards
 //!   dst list      scenarios, checkers and bugs
@@ -41,6 +42,10 @@ enum Command {
     /// For every catalogued bug: seeds and time until caught, by which checker, and whether
     /// its witness case passes with the bug off.
     Zoo(ZooArgs),
+    /// At each crash point of a case (or of many generated cases), try every legal disk image
+    /// a power loss may leave (sampled above --max-states), recover it and run the checkers;
+    /// write the first failing state as a case file.
+    CrashStates(CrashStatesArgs),
     /// Run many seeds and report which coverage probes (fault kinds, recovery branches,
     /// handled failures) they reached, in how many runs, and which no run reached.
     Coverage(CoverageArgs),
@@ -136,6 +141,35 @@ struct CoverageArgs {
 }
 
 #[derive(Args)]
+struct CrashStatesArgs {
+    /// A case file (TOML) whose crash points to enumerate.
+    case: Option<PathBuf>,
+    /// Instead of a case file: sweep the cases explore draws for this many seeds.
+    #[arg(long, conflicts_with = "case")]
+    seeds: Option<u64>,
+    #[arg(long, default_value = DEFAULT_SCENARIO)]
+    scenario: String,
+    #[command(flatten)]
+    sweep: SweepArgs,
+    /// Enumerate only the first N crash points (default: all).
+    #[arg(long)]
+    points: Option<usize>,
+    /// Crash points at N sync boundaries of the run (evenly spaced before its first crash)
+    /// instead of at the plan's crash events.
+    #[arg(long)]
+    at_syncs: Option<usize>,
+    /// Try every image of a point with at most this many, else this many sampled from the seed.
+    #[arg(long, default_value_t = 64)]
+    max_states: u64,
+    /// Where the first failing state is written.
+    #[arg(long, default_value = "target/dst-cases")]
+    save_dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct MergeArgs {
     /// The shards' reports (`dst explore --shard k/n --json > FILE`).
     #[arg(required = true)]
@@ -182,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => cmd_replay(args),
         Command::Shrink(args) => cmd_shrink(args),
         Command::Zoo(args) => cmd_zoo(args),
+        Command::CrashStates(args) => cmd_crash_states(args),
         Command::Coverage(args) => cmd_coverage(args),
         Command::Merge(args) => cmd_merge(args),
         Command::List => cmd_list(),
@@ -291,6 +326,92 @@ fn print_report(report: &ExploreReport, jobs: usize) {
     println!("sim s/wall s  {:.0}", report.simulated_seconds_per_wall_second);
     println!("events        {}", report.events);
     print_violations(&report.violations_by_checker, report.failures());
+}
+
+fn cmd_crash_states(args: CrashStatesArgs) -> Result<ExitCode> {
+    use scenarios::crash_states::{crash_states, crash_sweep, CrashStateOptions};
+    let jobs = jobs(args.sweep.jobs)?;
+    if args.max_states == 0 {
+        bail!("--max-states must be at least 1");
+    }
+    let opts = CrashStateOptions {
+        points: args.points,
+        at_syncs: args.at_syncs,
+        max_states: args.max_states,
+        jobs,
+        save_dir: Some(args.save_dir),
+    };
+    let bar = ProgressBar::new_spinner();
+    if std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Some(seeds) = args.seeds {
+        let scenario = scenario(&args.scenario)?;
+        let bugs = check_bugs(scenario, &args.sweep.bugs)?;
+        let report = crash_sweep(scenario, args.sweep.start_seed, seeds, &bugs, &opts, &|r| {
+            bar.inc(1);
+            if let Some(f) = r.failing().and_then(|p| p.failing.as_ref()) {
+                bar.println(format!("seed {} failed: {}", r.seed, f.violation));
+            }
+        })
+        .map_err(anyhow::Error::msg)?;
+        bar.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_scenario(&report.scenario, &report.bugs);
+            println!("seeds         {} ({} with a crash point)", report.seeds, report.seeds_with_points);
+            println!("crash points  {} ({} enumerated exhaustively)", report.points, report.exhaustive_points);
+            let [lo, mid, hi] = &report.legal_states_min_median_max;
+            println!("legal states  per point: min {lo}, median {mid}, max {hi}");
+            println!("states        {} checked", report.states_checked);
+            println!("wall time     {:.2} s on {jobs} jobs", report.wall_seconds);
+            println!("states/s      {:.1}", report.states_per_second);
+            println!("failed seeds  {}", report.failures.len());
+            for (seed, f) in report.failures.iter().take(20) {
+                println!("  seed {seed:<8} {}  {}", f.case_file.as_deref().unwrap_or("-"), f.violation);
+            }
+        }
+        return Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let Some(path) = args.case else { bail!("crash-states needs a case file or --seeds N") };
+    let case = Case::load(&path)?;
+    scenario(&case.scenario)?;
+    let report = crash_states(&case, &opts, &|| bar.inc(1)).map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("case          {} (scenario {}, seed {})", path.display(), report.scenario, report.seed);
+        println!(
+            "{:>5} {:>6} {:>8} {:<10} {:>12} {:>8}  verdict",
+            "point", "event", "at_ms", "node", "legal", "checked"
+        );
+        for p in &report.points {
+            let verdict = match (&p.failing, p.legal) {
+                (Some(f), _) => format!("FAIL at image {}: {}", f.image, f.violation),
+                (None, None) => "not reached (node down)".to_string(),
+                (None, Some(_)) if p.exhaustive => "pass (all images)".to_string(),
+                (None, Some(_)) => "pass (sampled)".to_string(),
+            };
+            println!(
+                "{:>5} {:>6} {:>8} {:<10} {:>12} {:>8}  {verdict}",
+                p.point, p.event, p.at_ms, p.node, p.legal_states, p.checked
+            );
+        }
+        println!(
+            "states        {} checked in {:.2} s ({:.1}/s)",
+            report.states_checked,
+            report.wall_seconds,
+            report.states_checked as f64 / report.wall_seconds.max(1e-9)
+        );
+        if let Some(f) = report.failing().and_then(|p| p.failing.as_ref()) {
+            println!("failing state {} (replay with `cargo dst replay <case>`)", f.case_file.as_deref().unwrap_or("-"));
+        }
+    }
+    Ok(if report.failing().is_none() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn load_replay_case(args: &ReplayArgs) -> Result<Case> {

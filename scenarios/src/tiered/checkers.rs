@@ -57,7 +57,12 @@ fn extent(kind: FileKind, len: usize) -> u64 {
 }
 
 /// `tiered-contiguity`.
-pub fn contiguity(objects: &BTreeMap<String, Bytes>, metadata: Option<&[u8]>, when: &str, now_ms: u64) -> Vec<Violation> {
+pub fn contiguity(
+    objects: &BTreeMap<String, Bytes>,
+    metadata: Option<&[u8]>,
+    when: &str,
+    now_ms: u64,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     for ((q, kind), segs) in flats(objects) {
         for w in segs.windows(2) {
@@ -65,7 +70,12 @@ pub fn contiguity(objects: &BTreeMap<String, Bytes>, metadata: Option<&[u8]>, wh
             if end != w[1].0 {
                 out.push(v(
                     TIERED_CONTIGUITY,
-                    format!("{when}: {q} {}: segment at {} ends at {end}, the next starts at {}", kind.dir_name(), w[0].0, w[1].0),
+                    format!(
+                        "{when}: {q} {}: segment at {} ends at {end}, the next starts at {}",
+                        kind.dir_name(),
+                        w[0].0,
+                        w[1].0
+                    ),
                     now_ms,
                 ));
             }
@@ -183,16 +193,31 @@ fn check_message(h: &History, topic: &str, queue_id: u32, offset: u64, body: &[u
 }
 
 /// Reads the consumer got: genuine messages of the queue, in order from `from`.
-pub fn check_reads(h: &History, topic: &str, queue_id: u32, from: u64, msgs: &[StoredMessage], now_ms: u64) -> Vec<Violation> {
+pub fn check_reads(
+    h: &History,
+    topic: &str,
+    queue_id: u32,
+    from: u64,
+    msgs: &[StoredMessage],
+    now_ms: u64,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut prev = None;
     for m in msgs {
         if m.queue_offset < from || prev.is_some_and(|p| m.queue_offset <= p) {
-            out.push(v(TIERED_READABLE, format!("read of {topic}/{queue_id} from {from} returned offset {} out of order", m.queue_offset), now_ms));
+            out.push(v(
+                TIERED_READABLE,
+                format!("read of {topic}/{queue_id} from {from} returned offset {} out of order", m.queue_offset),
+                now_ms,
+            ));
         }
         prev = Some(m.queue_offset);
         if m.topic != topic || m.queue_id != queue_id {
-            out.push(v(TIERED_READABLE, format!("read of {topic}/{queue_id} returned a message of {}/{}", m.topic, m.queue_id), now_ms));
+            out.push(v(
+                TIERED_READABLE,
+                format!("read of {topic}/{queue_id} returned a message of {}/{}", m.topic, m.queue_id),
+                now_ms,
+            ));
             continue;
         }
         if let Err(reason) = check_message(h, topic, queue_id, m.queue_offset, &m.body) {
@@ -232,7 +257,11 @@ pub async fn durability_after_replacement(
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
                 Err(e) => {
-                    out.push(v(TIERED_DURABILITY, format!("{topic}/{q}: read at {from} on a replaced disk failed: {e}"), now_ms));
+                    out.push(v(
+                        TIERED_DURABILITY,
+                        format!("{topic}/{q}: read at {from} on a replaced disk failed: {e}"),
+                        now_ms,
+                    ));
                     break;
                 }
             }
@@ -281,7 +310,9 @@ pub async fn offsets_continue(store: &Store, committed: &BTreeMap<Queue, (u64, u
                 format!("{topic}/{q}: a new message got queue offset {}, below the tiered {commit}", r.queue_offset),
                 now_ms,
             )),
-            Err(e) => out.push(v(TIERED_DURABILITY, format!("{topic}/{q}: a put on a replaced disk failed: {e}"), now_ms)),
+            Err(e) => {
+                out.push(v(TIERED_DURABILITY, format!("{topic}/{q}: a put on a replaced disk failed: {e}"), now_ms))
+            }
         }
     }
     out

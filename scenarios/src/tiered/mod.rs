@@ -56,7 +56,8 @@ const LOCAL_RETENTION_MS: u64 = 4_000;
 
 /// The fault kinds of this scenario, within a 10 s window (the workload runs 12 s).
 pub fn plan_space() -> PlanSpace {
-    let mut network_nodes = vec![BROKER.to_string(), CONSUMER.to_string(), sim::object_store::OBJECT_STORE_NODE.to_string()];
+    let mut network_nodes =
+        vec![BROKER.to_string(), CONSUMER.to_string(), sim::object_store::OBJECT_STORE_NODE.to_string()];
     network_nodes.extend(PRODUCERS.iter().map(|p| p.to_string()));
     PlanSpace {
         nodes: vec![BROKER.to_string()],
@@ -138,7 +139,6 @@ impl Shared {
     }
 }
 
-
 /// Runs the scenario in the current simulation; returns the checkers' violations.
 pub async fn run(input: RunInput) -> Vec<Violation> {
     let bugs = match parse_bugs(&input.bugs) {
@@ -181,7 +181,6 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
     sh.world.kill_all();
     violations
 }
-
 
 /// The end of a queue's durable messages: the local store tiers nothing beyond what survives
 /// a power loss (a store that lost its writeability keeps unsynced messages it never syncs).
@@ -267,7 +266,10 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
         handle.send_ctrl_c(broker);
         let stopped_cleanly = wait_for(BOUND_MS, || sh.world.life(BROKER) == Some(NodeLife::Stopped)).await;
         if !stopped_cleanly {
-            sh.violation(crate::broker::checkers::LIVENESS, format!("a clean shutdown did not end within {BOUND_MS} ms"));
+            sh.violation(
+                crate::broker::checkers::LIVENESS,
+                format!("a clean shutdown did not end within {BOUND_MS} ms"),
+            );
         }
     }
     handle.kill(broker);
@@ -300,7 +302,9 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
     });
     match check.await {
         Ok(found) => sh.history().violations.extend(found),
-        Err(e) => sh.violation(checkers::TIERED_DURABILITY, format!("the check on a replaced disk did not finish: {e}")),
+        Err(e) => {
+            sh.violation(checkers::TIERED_DURABILITY, format!("the check on a replaced disk did not finish: {e}"))
+        }
     }
 }
 

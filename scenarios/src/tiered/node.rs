@@ -8,7 +8,7 @@ use std::pin::pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use engine::tiered::{TieredStore, TieredError};
+use engine::tiered::{TieredError, TieredStore};
 use engine::Store;
 use madsim::net::Endpoint;
 use sim::world::NodeLife;
@@ -184,8 +184,12 @@ async fn stop(sh: &Shared, store: &Store, tiered: &TieredStore) {
     let stopped = store.shutdown().await;
     // With both stopped, nothing either took may still be held (a shutdown that failed keeps
     // the active transient-pool buffer, as in `broker`).
-    let leaks =
-        crate::broker::checkers::no_leak(&store.holds().outstanding(), sh.config.flush_mode, stopped.is_err(), sh.now_ms());
+    let leaks = crate::broker::checkers::no_leak(
+        &store.holds().outstanding(),
+        sh.config.flush_mode,
+        stopped.is_err(),
+        sh.now_ms(),
+    );
     sh.history().violations.extend(leaks);
     *sh.serving_slot() = (Weak::new(), Weak::new());
     {
