@@ -81,8 +81,8 @@ impl DirSyncs {
 /// What `load` found wrong and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadRepairs {
-    /// A short last file (its length was not durable) extended with zeros.
-    pub extended_last_file: Option<PathBuf>,
+    /// Short files at the tail (their length was not durable) extended with zeros.
+    pub extended_files: Vec<PathBuf>,
     /// Files after a gap in the offsets, removed (they cannot be part of a valid prefix).
     pub removed_after_gap: Vec<PathBuf>,
 }
@@ -131,8 +131,10 @@ impl MappedFileQueue {
     }
 
     /// Opens every file of `dir` (creating the directory if missing). Files must be
-    /// `file_size` long, except that a short *last* file is extended: after a power loss its
-    /// length may not have been durable, and the missing bytes were never durable either.
+    /// `file_size` long, except that the short files at the tail are extended: after a power
+    /// loss the length of every file written since the last sync may be lost (with small files
+    /// or a long flush interval, several), and the missing bytes were never durable either. A
+    /// short file with a full one after it is refused: that is not a power loss's doing.
     pub fn load(
         storage: &dyn Storage,
         dir: PathBuf,
@@ -159,9 +161,9 @@ impl MappedFileQueue {
             }
         }
         names.sort();
-        let count = names.len();
-        for (i, (off, path)) in names.into_iter().enumerate() {
-            let expected = q.files.last().map_or(off, |f| f.end_offset());
+        let mut opened: Vec<(u64, PathBuf, Arc<dyn crate::io::StorageFile>, u64)> = Vec::with_capacity(names.len());
+        for (off, path) in names {
+            let expected = opened.last().map_or(off, |(prev, ..)| prev + file_size);
             if off != expected {
                 storage.remove_file(&path)?;
                 q.dirs.mark(&q.dir);
@@ -170,13 +172,16 @@ impl MappedFileQueue {
             }
             let file = storage.open(&path)?;
             let len = file.len()?;
+            opened.push((off, path, file, len));
+        }
+        let short_tail_from = opened.iter().rposition(|(.., len)| *len >= file_size).map_or(0, |i| i + 1);
+        for (i, (off, path, file, len)) in opened.into_iter().enumerate() {
             if len != file_size {
-                let is_last = i + 1 == count;
-                if !(is_last && len < file_size) {
+                if !(i >= short_tail_from && len < file_size) {
                     return Err(StoreError::BadFileSize { path, expected_bytes: file_size, actual_bytes: len });
                 }
                 file.set_len(file_size)?;
-                repairs.extended_last_file = Some(path);
+                repairs.extended_files.push(path);
             }
             let name = crate::mapped_file::file_name(off);
             q.files.push(MappedFile::wrap(file, name, off, file_size, q.holds.clone()));

@@ -304,6 +304,34 @@ async fn file_of_the_wrong_size_is_refused_but_a_short_last_file_is_extended() {
 }
 
 #[tokio::test]
+async fn a_tail_of_several_short_files_is_extended() {
+    // Small files and a long flush interval: at a power loss the lengths of several of the
+    // newest files may be lost, not only the last one's.
+    let s = setup().await;
+    let size = s.cfg.commit_log_file_size_bytes;
+    // Cut inside the file before the last one.
+    let before_last = (s.end / size).checked_sub(1).expect("the setup fills several files") * size;
+    let keep = s.puts.iter().map(|p| p.1.phy_offset).find(|&o| o > before_last).expect("a message there");
+    let first_short = keep - keep % size;
+    assert!(s.end - first_short > size, "the test needs at least two files from the cut on");
+    let mut shortened = 0;
+    let mut start = first_short;
+    while start <= s.end {
+        let len = if start == first_short { keep % size } else { 0 };
+        RealStorage::new().open(&cl_file(&s.cfg, start)).unwrap().set_len(len).unwrap();
+        shortened += 1;
+        start += size;
+    }
+    make_abort(&s.cfg);
+    let store = open(&s.cfg, &s.storage, &s.clock).await;
+    let rep = store.last_recovery();
+    let extended = rep.load_repairs.iter().filter(|r| r.starts_with("extended")).count();
+    assert_eq!(extended, shortened, "{:?}", rep.load_repairs);
+    assert_eq!(rep.commit_log_end, keep);
+    assert_queues(&store, &s.puts, keep);
+}
+
+#[tokio::test]
 async fn missing_consume_queue_directory_is_rebuilt() {
     let s = setup().await;
     std::fs::remove_dir_all(s.cfg.root_dir.join("consumequeue")).unwrap();
