@@ -89,6 +89,7 @@ fn halve_duration(fault: &mut Fault) -> bool {
         | Fault::DiskFull { duration_ms, .. }
         | Fault::ObjectStoreErrors { duration_ms, .. }
         | Fault::ObjectStoreOutage { duration_ms }
+        | Fault::ClockFreeze { duration_ms, .. }
         | Fault::Partition { duration_ms, .. } => duration_ms,
         Fault::BitFlip { .. } | Fault::ClockJump { .. } => return false,
     };

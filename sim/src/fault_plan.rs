@@ -40,6 +40,9 @@ pub enum Fault {
     ObjectStoreOutage { duration_ms: u64 },
     /// The node's wall clock jumps by `delta_ms` (negative: backwards).
     ClockJump { node: String, delta_ms: i64 },
+    /// The node's wall clock stands still for a while (every reading repeats), then runs on
+    /// from the real time.
+    ClockFreeze { node: String, duration_ms: u64 },
     /// No traffic between `a` and `b` for a while.
     Partition { a: String, b: String, duration_ms: u64 },
 }
@@ -54,7 +57,8 @@ impl Fault {
             | Fault::DiskErrors { node, .. }
             | Fault::DiskFull { node, .. }
             | Fault::BitFlip { node }
-            | Fault::ClockJump { node, .. } => Some(node),
+            | Fault::ClockJump { node, .. }
+            | Fault::ClockFreeze { node, .. } => Some(node),
             Fault::ObjectStoreErrors { .. } | Fault::ObjectStoreOutage { .. } | Fault::Partition { .. } => None,
         }
     }
@@ -71,6 +75,7 @@ impl Fault {
             Fault::ObjectStoreErrors { .. } => FaultKind::ObjectStoreErrors,
             Fault::ObjectStoreOutage { .. } => FaultKind::ObjectStoreOutage,
             Fault::ClockJump { .. } => FaultKind::ClockJump,
+            Fault::ClockFreeze { .. } => FaultKind::ClockFreeze,
             Fault::Partition { .. } => FaultKind::Partition,
         }
     }
@@ -86,6 +91,7 @@ impl Fault {
             | Fault::DiskFull { duration_ms, .. }
             | Fault::ObjectStoreErrors { duration_ms, .. }
             | Fault::ObjectStoreOutage { duration_ms }
+            | Fault::ClockFreeze { duration_ms, .. }
             | Fault::Partition { duration_ms, .. } => *duration_ms,
             Fault::BitFlip { .. } | Fault::ClockJump { .. } => 0,
         }
@@ -115,10 +121,13 @@ pub enum FaultKind {
     ObjectStoreOutage,
     ClockJump,
     Partition,
+    /// Not in any scenario's independent draw (that would move every saved seed's plan):
+    /// drawn in chained sequences.
+    ClockFreeze,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill,
         FaultKind::PowerLoss,
         FaultKind::CleanShutdown,
@@ -129,6 +138,7 @@ impl FaultKind {
         FaultKind::ObjectStoreOutage,
         FaultKind::ClockJump,
         FaultKind::Partition,
+        FaultKind::ClockFreeze,
     ];
 }
 
@@ -298,7 +308,8 @@ pub fn draw_fault_from_seed(seed: u64, kind: FaultKind, space: &PlanSpace) -> Op
 /// the first half of the fault window (its steps may run past it):
 /// - a failed sync, a crash inside that window, recovery, a clean shutdown (everything
 ///   flushed), then a power loss;
-/// - a clean shutdown, the restart, a backward clock jump around it, then a power loss;
+/// - a clean shutdown, the restart, a backward clock jump around it (or a frozen clock),
+///   then a power loss;
 /// - a power loss, then another one while the store is recovering from it.
 ///
 /// Returned in time order.
@@ -355,11 +366,16 @@ fn chain_clock_back_after_restart(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) 
     let restart_after_ms = rng.gen_range(500..3_000);
     // Just before the restart, or while the store recovers and starts writing again.
     let jump_ms = at_ms + restart_after_ms - rng.gen_range(0..100) + rng.gen_range(0..300);
-    let delta_ms = -rng.gen_range(1..60_000);
     let power_ms = jump_ms + rng.gen_range(10..2_000);
+    let clock = if rng.gen_bool(0.3) {
+        // Standing still until after the power loss: the store's timestamps repeat across it.
+        Fault::ClockFreeze { node: node.clone(), duration_ms: power_ms - jump_ms + rng.gen_range(0..2_000) }
+    } else {
+        Fault::ClockJump { node: node.clone(), delta_ms: -rng.gen_range(1..60_000) }
+    };
     vec![
         TimedFault { at_ms, fault: Fault::CleanShutdown { node: node.clone(), restart_after_ms } },
-        TimedFault { at_ms: jump_ms, fault: Fault::ClockJump { node: node.clone(), delta_ms } },
+        TimedFault { at_ms: jump_ms, fault: clock },
         TimedFault { at_ms: power_ms, fault: Fault::PowerLoss { node, restart_after_ms: rng.gen_range(10..1_000) } },
     ]
 }
@@ -432,6 +448,7 @@ fn draw_fault(rng: &mut ChaCha8Rng, kind: FaultKind, space: &PlanSpace) -> Optio
         },
         FaultKind::ObjectStoreOutage => Fault::ObjectStoreOutage { duration_ms: window_ms },
         FaultKind::ClockJump => Fault::ClockJump { node, delta_ms: rng.gen_range(-120_000..120_000) },
+        FaultKind::ClockFreeze => Fault::ClockFreeze { node, duration_ms: window_ms },
         FaultKind::Partition => {
             let a = pick(rng, &space.network_nodes)?.clone();
             let b = pick(rng, &space.network_nodes)?.clone();
@@ -506,7 +523,14 @@ mod tests {
             plan.validate().unwrap();
             kinds_seen.extend(plan.events.iter().map(|e| e.fault.kind()));
         }
-        for k in [FaultKind::DiskErrors, FaultKind::Kill, FaultKind::CleanShutdown, FaultKind::PowerLoss, FaultKind::ClockJump] {
+        for k in [
+            FaultKind::DiskErrors,
+            FaultKind::Kill,
+            FaultKind::CleanShutdown,
+            FaultKind::PowerLoss,
+            FaultKind::ClockJump,
+            FaultKind::ClockFreeze,
+        ] {
             assert!(kinds_seen.contains(&k), "{k:?} never drawn in a chain");
         }
         let only_power = PlanSpace { kinds: [FaultKind::PowerLoss].into_iter().collect(), ..space() };
