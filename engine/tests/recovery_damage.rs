@@ -283,7 +283,7 @@ async fn garbage_checkpoint_means_no_checkpoint() {
 }
 
 #[tokio::test]
-async fn file_of_the_wrong_size_is_refused_but_a_short_last_file_is_extended() {
+async fn a_longer_file_is_refused_but_a_short_last_file_is_extended() {
     let s = setup().await;
     let size = s.cfg.commit_log_file_size_bytes;
     // A short last file (its length was not durable): extended, data up to its length kept.
@@ -297,14 +297,14 @@ async fn file_of_the_wrong_size_is_refused_but_a_short_last_file_is_extended() {
     assert_queues(&store, &s.puts, keep);
     store.shutdown().await.unwrap();
     drop(store);
-    // A first file of the wrong size: refused.
-    RealStorage::new().open(&cl_file(&s.cfg, 0)).unwrap().set_len(size - 1).unwrap();
+    // A first file longer than the configured size: refused.
+    RealStorage::new().open(&cl_file(&s.cfg, 0)).unwrap().set_len(size + 1).unwrap();
     let err = engine::Store::open(s.cfg.clone(), s.storage.clone(), s.clock.clone()).await.unwrap_err();
-    assert!(matches!(err, StoreError::BadFileSize { actual_bytes, .. } if actual_bytes == size - 1), "{err:?}");
+    assert!(matches!(err, StoreError::BadFileSize { actual_bytes, .. } if actual_bytes == size + 1), "{err:?}");
 }
 
 #[tokio::test]
-async fn a_tail_of_several_short_files_is_extended() {
+async fn the_first_of_several_short_files_ends_the_log() {
     // Small files and a long flush interval: at a power loss the lengths of several of the
     // newest files may be lost, not only the last one's.
     let s = setup().await;
@@ -325,8 +325,10 @@ async fn a_tail_of_several_short_files_is_extended() {
     make_abort(&s.cfg);
     let store = open(&s.cfg, &s.storage, &s.clock).await;
     let rep = store.last_recovery();
+    // The first short file ends the log; the ones after it are removed.
     let extended = rep.load_repairs.iter().filter(|r| r.starts_with("extended")).count();
-    assert_eq!(extended, shortened, "{:?}", rep.load_repairs);
+    let removed = rep.load_repairs.iter().filter(|r| r.starts_with("removed after gap")).count();
+    assert_eq!((extended, removed), (1, shortened - 1), "{:?}", rep.load_repairs);
     assert_eq!(rep.commit_log_end, keep);
     assert_queues(&store, &s.puts, keep);
 }
