@@ -81,9 +81,10 @@ impl DirSyncs {
 /// What `load` found wrong and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadRepairs {
-    /// A short last file (its length was not durable) extended with zeros.
-    pub extended_last_file: Option<PathBuf>,
-    /// Files after a gap in the offsets, removed (they cannot be part of a valid prefix).
+    /// Short files (their length was not durable) extended with zeros.
+    pub extended_files: Vec<PathBuf>,
+    /// Files after a gap in the offsets or after a short file, removed (they cannot be part of
+    /// a valid prefix).
     pub removed_after_gap: Vec<PathBuf>,
 }
 
@@ -131,8 +132,12 @@ impl MappedFileQueue {
     }
 
     /// Opens every file of `dir` (creating the directory if missing). Files must be
-    /// `file_size` long, except that a short *last* file is extended: after a power loss its
-    /// length may not have been durable, and the missing bytes were never durable either.
+    /// `file_size` long, except that a short file is extended with zeros and ends the queue:
+    /// after a power loss the length of every file written since the last sync may be lost
+    /// (with small files or a long flush interval, several), while unsynced pages of a later
+    /// file may happen to survive with theirs. The missing bytes were never durable, so nothing
+    /// after them is part of a valid prefix: the later files are removed, as after a gap. A
+    /// file longer than `file_size` is refused.
     pub fn load(
         storage: &dyn Storage,
         dir: PathBuf,
@@ -159,10 +164,11 @@ impl MappedFileQueue {
             }
         }
         names.sort();
-        let count = names.len();
-        for (i, (off, path)) in names.into_iter().enumerate() {
+        // Set once a short file was extended: it ends the queue.
+        let mut ended = false;
+        for (off, path) in names {
             let expected = q.files.last().map_or(off, |f| f.end_offset());
-            if off != expected {
+            if off != expected || ended {
                 storage.remove_file(&path)?;
                 q.dirs.mark(&q.dir);
                 repairs.removed_after_gap.push(path);
@@ -171,12 +177,12 @@ impl MappedFileQueue {
             let file = storage.open(&path)?;
             let len = file.len()?;
             if len != file_size {
-                let is_last = i + 1 == count;
-                if !(is_last && len < file_size) {
+                if len > file_size {
                     return Err(StoreError::BadFileSize { path, expected_bytes: file_size, actual_bytes: len });
                 }
                 file.set_len(file_size)?;
-                repairs.extended_last_file = Some(path);
+                repairs.extended_files.push(path);
+                ended = true;
             }
             let name = crate::mapped_file::file_name(off);
             q.files.push(MappedFile::wrap(file, name, off, file_size, q.holds.clone()));

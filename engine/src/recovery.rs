@@ -114,7 +114,7 @@ fn load_cqs(
                 holds.clone(),
                 dirs.clone(),
             )?;
-            repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
+            repairs.extend(r.extended_files.iter().map(|p| format!("extended {}", p.display())));
             repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
             map.insert((topic.name.clone(), id), cq);
         }
@@ -160,7 +160,7 @@ pub(crate) fn load(
     if cfg.preallocate_commit_log {
         cl.use_spares();
     }
-    repairs.extend(r.extended_last_file.map(|p| format!("extended {}", p.display())));
+    repairs.extend(r.extended_files.iter().map(|p| format!("extended {}", p.display())));
     repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
     let cqs = load_cqs(st, &cfg, &paths, &holds, &dirs, &mut repairs)?;
     let (ckpt_file, ckpt) = CheckpointFile::open(st, &paths.checkpoint)?;

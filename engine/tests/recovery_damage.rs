@@ -283,7 +283,7 @@ async fn garbage_checkpoint_means_no_checkpoint() {
 }
 
 #[tokio::test]
-async fn file_of_the_wrong_size_is_refused_but_a_short_last_file_is_extended() {
+async fn a_longer_file_is_refused_but_a_short_last_file_is_extended() {
     let s = setup().await;
     let size = s.cfg.commit_log_file_size_bytes;
     // A short last file (its length was not durable): extended, data up to its length kept.
@@ -297,10 +297,40 @@ async fn file_of_the_wrong_size_is_refused_but_a_short_last_file_is_extended() {
     assert_queues(&store, &s.puts, keep);
     store.shutdown().await.unwrap();
     drop(store);
-    // A first file of the wrong size: refused.
-    RealStorage::new().open(&cl_file(&s.cfg, 0)).unwrap().set_len(size - 1).unwrap();
+    // A first file longer than the configured size: refused.
+    RealStorage::new().open(&cl_file(&s.cfg, 0)).unwrap().set_len(size + 1).unwrap();
     let err = engine::Store::open(s.cfg.clone(), s.storage.clone(), s.clock.clone()).await.unwrap_err();
-    assert!(matches!(err, StoreError::BadFileSize { actual_bytes, .. } if actual_bytes == size - 1), "{err:?}");
+    assert!(matches!(err, StoreError::BadFileSize { actual_bytes, .. } if actual_bytes == size + 1), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_first_of_several_short_files_ends_the_log() {
+    // Small files and a long flush interval: at a power loss the lengths of several of the
+    // newest files may be lost, not only the last one's.
+    let s = setup().await;
+    let size = s.cfg.commit_log_file_size_bytes;
+    // Cut inside the file before the last one.
+    let before_last = (s.end / size).checked_sub(1).expect("the setup fills several files") * size;
+    let keep = s.puts.iter().map(|p| p.1.phy_offset).find(|&o| o > before_last).expect("a message there");
+    let first_short = keep - keep % size;
+    assert!(s.end - first_short > size, "the test needs at least two files from the cut on");
+    let mut shortened = 0;
+    let mut start = first_short;
+    while start <= s.end {
+        let len = if start == first_short { keep % size } else { 0 };
+        RealStorage::new().open(&cl_file(&s.cfg, start)).unwrap().set_len(len).unwrap();
+        shortened += 1;
+        start += size;
+    }
+    make_abort(&s.cfg);
+    let store = open(&s.cfg, &s.storage, &s.clock).await;
+    let rep = store.last_recovery();
+    // The first short file ends the log; the ones after it are removed.
+    let extended = rep.load_repairs.iter().filter(|r| r.starts_with("extended")).count();
+    let removed = rep.load_repairs.iter().filter(|r| r.starts_with("removed after gap")).count();
+    assert_eq!((extended, removed), (1, shortened - 1), "{:?}", rep.load_repairs);
+    assert_eq!(rep.commit_log_end, keep);
+    assert_queues(&store, &s.puts, keep);
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sim::Violation;
 
 use crate::case::{Expectation, ExpectedOutcome};
-use crate::scenario::{generated_case, run_case_observed, Observe, Scenario};
+use crate::scenario::{drawn_case, run_case_observed, Observe, Scenario};
 
 /// Which part of the seed space this process runs: shard `index` (1-based) of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +73,8 @@ pub struct ExploreOptions {
     pub stop_at_first_failure: bool,
     /// Collect each run's coverage probes into its `SeedResult` (`dst coverage`).
     pub collect_probes: bool,
+    /// Run the scenario's fixed configuration instead of one drawn from each seed.
+    pub fixed_config: bool,
 }
 
 /// One seed's result.
@@ -118,7 +120,7 @@ impl ExploreReport {
 /// Runs one seed, saving its case if it failed.
 fn run_seed(opts: &ExploreOptions, seed: u64) -> SeedResult {
     let started = Instant::now();
-    let mut case = generated_case(opts.scenario, seed, &opts.bugs);
+    let mut case = drawn_case(opts.scenario, seed, &opts.bugs, !opts.fixed_config);
     let observe = Observe { keep_trace: false, collect_probes: opts.collect_probes };
     let outcome = run_case_observed(&case, observe).expect("scenario exists");
     let mut result = SeedResult {

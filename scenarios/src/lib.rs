@@ -10,6 +10,7 @@ pub mod explore;
 pub mod merge;
 pub mod scenario;
 pub mod shrink;
+pub mod swarm;
 pub mod tiered;
 pub mod timeline;
 pub mod zoo;

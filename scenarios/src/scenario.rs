@@ -146,7 +146,21 @@ pub fn run_case_observed(case: &Case, observe: Observe) -> Result<Outcome, Strin
     Ok(sim::run(options, move |trace| run(RunInput { seed, trace, plan, bugs, config })))
 }
 
-/// The case explore runs for `seed`: the scenario's plan drawn from the seed.
+/// The case explore runs for `seed`: the scenario's plan drawn from the seed, and with
+/// `swarm` its configuration and chained fault sequences too (`crate::swarm`); without, the
+/// scenario's fixed configuration.
+pub fn drawn_case(scenario: &Scenario, seed: u64, bugs: &BTreeSet<String>, swarm: bool) -> Case {
+    let mut case = generated_case(scenario, seed, bugs);
+    if swarm {
+        case.config = crate::swarm::draw(scenario.name, seed);
+        if !case.config.is_empty() {
+            crate::swarm::add_chains(&mut case.plan, seed, &(scenario.plan_space)());
+        }
+    }
+    case
+}
+
+/// The case for `seed` with the scenario's fixed configuration and its plan drawn from the seed.
 pub fn generated_case(scenario: &Scenario, seed: u64, bugs: &BTreeSet<String>) -> Case {
     Case {
         format_version: crate::case::FORMAT_VERSION,

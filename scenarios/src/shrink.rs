@@ -1,6 +1,7 @@
 //! Shrinking: the smallest fault plan that still fails the same way. Greedy and deterministic:
-//! drop whole events, then zero background probabilities, then shorten windows, keeping every
-//! change under which a replay still reports a violation from the same checker.
+//! drop whole events, then zero background probabilities, then shorten windows, then move the
+//! drawn configuration back to the fixed one key by key, keeping every change under which a
+//! replay still reports a violation from the same checker.
 
 use sim::Fault;
 
@@ -53,6 +54,19 @@ pub fn shrink(case: &Case, checker: &str) -> Result<Shrunk, String> {
             best = candidate;
         }
     }
+    // Back toward the fixed configuration: drop one drawn key at a time.
+    let mut i = 0;
+    loop {
+        let candidates = crate::swarm::one_key_fewer(&best.config);
+        let Some(config) = candidates.into_iter().nth(i) else { break };
+        let mut candidate = best.clone();
+        candidate.config = config;
+        if fails_with(&candidate, checker, &mut runs) {
+            best = candidate;
+        } else {
+            i += 1;
+        }
+    }
     best.note = format!("shrunk from {} events in {runs} runs; {}", case.plan.events.len(), case.note);
     Ok(Shrunk { case: best, runs })
 }
@@ -75,6 +89,7 @@ fn halve_duration(fault: &mut Fault) -> bool {
         | Fault::DiskFull { duration_ms, .. }
         | Fault::ObjectStoreErrors { duration_ms, .. }
         | Fault::ObjectStoreOutage { duration_ms }
+        | Fault::ClockFreeze { duration_ms, .. }
         | Fault::Partition { duration_ms, .. } => duration_ms,
         Fault::BitFlip { .. } | Fault::ClockJump { .. } => return false,
     };

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::case::{Case, Expectation, ExpectedOutcome};
 use crate::explore::{explore, Budget, ExploreOptions, Shard};
-use crate::scenario::{generated_case, run_case, Scenario};
+use crate::scenario::{drawn_case, run_case, Scenario};
 
 /// One bug's result.
 #[derive(Debug, Clone, Serialize)]
@@ -46,6 +46,8 @@ pub struct ZooOptions<'a> {
     pub save_dir: Option<&'a Path>,
     /// Only these bugs (empty: all the scenario supports).
     pub only: BTreeSet<String>,
+    /// Hunt with the scenario's fixed configuration instead of one drawn from each seed.
+    pub fixed_config: bool,
 }
 
 /// Hunts every bug in turn.
@@ -76,6 +78,7 @@ fn hunt(opts: &ZooOptions<'_>, bug_id: &str) -> ZooEntry {
         save_dir: None,
         stop_at_first_failure: true,
         collect_probes: false,
+        fixed_config: opts.fixed_config,
     };
     let report = explore(&explore_opts, &|_| {});
     let witness = report.failures().min_by_key(|r| r.seed).cloned();
@@ -92,7 +95,7 @@ fn hunt(opts: &ZooOptions<'_>, bug_id: &str) -> ZooEntry {
         case_file: None,
     };
     if let Some(w) = witness {
-        let mut case = generated_case(opts.scenario, w.seed, &bugs);
+        let mut case = drawn_case(opts.scenario, w.seed, &bugs, !opts.fixed_config);
         let checker = if entry.expected_checker_fired { expected.to_string() } else { w.violations[0].checker.clone() };
         case.expect = Expectation { outcome: ExpectedOutcome::Fail, checker: Some(checker) };
         case.note = format!("bug zoo witness for {bug_id} ({origin}): {}", w.violations[0]);

@@ -25,6 +25,7 @@ fn a_broker_sweep_reaches_every_must_reach_probe() {
         save_dir: None,
         stop_at_first_failure: false,
         collect_probes: true,
+        fixed_config: true,
     };
     let report = explore(&opts, &|_| {});
     assert_eq!(report.runs, SEEDS);

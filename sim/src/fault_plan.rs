@@ -48,6 +48,9 @@ pub enum Fault {
     ObjectStoreOutage { duration_ms: u64 },
     /// The node's wall clock jumps by `delta_ms` (negative: backwards).
     ClockJump { node: String, delta_ms: i64 },
+    /// The node's wall clock stands still for a while (every reading repeats), then runs on
+    /// from the real time.
+    ClockFreeze { node: String, duration_ms: u64 },
     /// No traffic between `a` and `b` for a while.
     Partition { a: String, b: String, duration_ms: u64 },
 }
@@ -62,7 +65,8 @@ impl Fault {
             | Fault::DiskErrors { node, .. }
             | Fault::DiskFull { node, .. }
             | Fault::BitFlip { node }
-            | Fault::ClockJump { node, .. } => Some(node),
+            | Fault::ClockJump { node, .. }
+            | Fault::ClockFreeze { node, .. } => Some(node),
             Fault::ObjectStoreErrors { .. } | Fault::ObjectStoreOutage { .. } | Fault::Partition { .. } => None,
         }
     }
@@ -79,6 +83,7 @@ impl Fault {
             Fault::ObjectStoreErrors { .. } => FaultKind::ObjectStoreErrors,
             Fault::ObjectStoreOutage { .. } => FaultKind::ObjectStoreOutage,
             Fault::ClockJump { .. } => FaultKind::ClockJump,
+            Fault::ClockFreeze { .. } => FaultKind::ClockFreeze,
             Fault::Partition { .. } => FaultKind::Partition,
         }
     }
@@ -94,6 +99,7 @@ impl Fault {
             | Fault::DiskFull { duration_ms, .. }
             | Fault::ObjectStoreErrors { duration_ms, .. }
             | Fault::ObjectStoreOutage { duration_ms }
+            | Fault::ClockFreeze { duration_ms, .. }
             | Fault::Partition { duration_ms, .. } => *duration_ms,
             Fault::BitFlip { .. } | Fault::ClockJump { .. } => 0,
         }
@@ -123,10 +129,13 @@ pub enum FaultKind {
     ObjectStoreOutage,
     ClockJump,
     Partition,
+    /// Not in any scenario's independent draw (that would move every saved seed's plan):
+    /// drawn in chained sequences.
+    ClockFreeze,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill,
         FaultKind::PowerLoss,
         FaultKind::CleanShutdown,
@@ -137,6 +146,7 @@ impl FaultKind {
         FaultKind::ObjectStoreOutage,
         FaultKind::ClockJump,
         FaultKind::Partition,
+        FaultKind::ClockFreeze,
     ];
 }
 
@@ -301,6 +311,95 @@ pub fn draw_fault_from_seed(seed: u64, kind: FaultKind, space: &PlanSpace) -> Op
     draw_fault(&mut ChaCha8Rng::seed_from_u64(seed), kind, space)
 }
 
+/// Chained fault sequences: faults whose order and spacing matter, which independent timed
+/// events reach only by chance. `count` chains of the kinds `space` allows, each starting in
+/// the first half of the fault window (its steps may run past it):
+/// - a failed sync, a crash inside that window, recovery, a clean shutdown (everything
+///   flushed), then a power loss;
+/// - a clean shutdown, the restart, a backward clock jump around it (or a frozen clock),
+///   then a power loss;
+/// - a power loss, then another one while the store is recovering from it.
+///
+/// Returned in time order.
+pub fn draw_chains(rng: &mut ChaCha8Rng, space: &PlanSpace, count: usize) -> Vec<TimedFault> {
+    use FaultKind as K;
+    let has = |kinds: &[FaultKind]| kinds.iter().all(|k| space.kinds.contains(k));
+    let mut chains: Vec<fn(&mut ChaCha8Rng, &str, u64) -> Vec<TimedFault>> = Vec::new();
+    if has(&[K::DiskErrors, K::Kill, K::CleanShutdown, K::PowerLoss]) {
+        chains.push(chain_failed_sync);
+    }
+    if has(&[K::CleanShutdown, K::ClockJump, K::PowerLoss]) {
+        chains.push(chain_clock_back_after_restart);
+    }
+    if has(&[K::PowerLoss]) {
+        chains.push(chain_power_loss_in_recovery);
+    }
+    let mut events = Vec::new();
+    if chains.is_empty() || space.fault_window_ms < 2 {
+        return events;
+    }
+    for _ in 0..count {
+        let Some(node) = pick(rng, &space.nodes).cloned() else { return events };
+        let start_ms = rng.gen_range(0..space.fault_window_ms / 2);
+        let chain = chains[rng.gen_range(0..chains.len())];
+        events.extend(chain(rng, &node, start_ms));
+    }
+    events.sort_by_key(|e| e.at_ms);
+    events
+}
+
+fn chain_failed_sync(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) -> Vec<TimedFault> {
+    let node = node.to_string();
+    let window_ms = rng.gen_range(50..500);
+    let kill_ms = at_ms + rng.gen_range(0..window_ms);
+    let restart_ms = rng.gen_range(10..300);
+    let shutdown_ms = kill_ms + restart_ms + rng.gen_range(50..1_500);
+    let shutdown_restart_ms = rng.gen_range(500..3_000);
+    let power_ms = shutdown_ms + shutdown_restart_ms + rng.gen_range(20..1_500);
+    let sync_failure =
+        Fault::DiskErrors { node: node.clone(), read_eio_prob: 0.0, write_eio_prob: 0.0, sync_eio_prob: 1.0, duration_ms: window_ms };
+    vec![
+        TimedFault { at_ms, fault: sync_failure },
+        TimedFault { at_ms: kill_ms, fault: Fault::Kill { node: node.clone(), restart_after_ms: restart_ms } },
+        TimedFault {
+            at_ms: shutdown_ms,
+            fault: Fault::CleanShutdown { node: node.clone(), restart_after_ms: shutdown_restart_ms },
+        },
+        TimedFault { at_ms: power_ms, fault: Fault::PowerLoss { node, restart_after_ms: rng.gen_range(10..1_000), image: None } },
+    ]
+}
+
+fn chain_clock_back_after_restart(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) -> Vec<TimedFault> {
+    let node = node.to_string();
+    let restart_after_ms = rng.gen_range(500..3_000);
+    // Just before the restart, or while the store recovers and starts writing again.
+    let jump_ms = at_ms + restart_after_ms - rng.gen_range(0..100) + rng.gen_range(0..300);
+    let power_ms = jump_ms + rng.gen_range(10..2_000);
+    let clock = if rng.gen_bool(0.3) {
+        // Standing still until after the power loss: the store's timestamps repeat across it.
+        Fault::ClockFreeze { node: node.clone(), duration_ms: power_ms - jump_ms + rng.gen_range(0..2_000) }
+    } else {
+        Fault::ClockJump { node: node.clone(), delta_ms: -rng.gen_range(1..60_000) }
+    };
+    vec![
+        TimedFault { at_ms, fault: Fault::CleanShutdown { node: node.clone(), restart_after_ms } },
+        TimedFault { at_ms: jump_ms, fault: clock },
+        TimedFault { at_ms: power_ms, fault: Fault::PowerLoss { node, restart_after_ms: rng.gen_range(10..1_000), image: None } },
+    ]
+}
+
+fn chain_power_loss_in_recovery(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) -> Vec<TimedFault> {
+    let mut events = Vec::new();
+    let mut t = at_ms;
+    for _ in 0..rng.gen_range(2..=3) {
+        let restart_after_ms = rng.gen_range(10..500);
+        events.push(TimedFault { at_ms: t, fault: Fault::PowerLoss { node: node.to_string(), restart_after_ms, image: None } });
+        // Recovery takes a few sync latencies: land inside it.
+        t += restart_after_ms + rng.gen_range(0..40);
+    }
+    events
+}
+
 fn check_prob(p: f64) -> Result<(), String> {
     if (0.0..=1.0).contains(&p) {
         Ok(())
@@ -357,6 +456,7 @@ fn draw_fault(rng: &mut ChaCha8Rng, kind: FaultKind, space: &PlanSpace) -> Optio
         },
         FaultKind::ObjectStoreOutage => Fault::ObjectStoreOutage { duration_ms: window_ms },
         FaultKind::ClockJump => Fault::ClockJump { node, delta_ms: rng.gen_range(-120_000..120_000) },
+        FaultKind::ClockFreeze => Fault::ClockFreeze { node, duration_ms: window_ms },
         FaultKind::Partition => {
             let a = pick(rng, &space.network_nodes)?.clone();
             let b = pick(rng, &space.network_nodes)?.clone();
@@ -419,6 +519,33 @@ mod tests {
             let err = FaultPlan::parse(text).expect_err(text);
             assert!(!err.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn chains_keep_their_order_and_validate() {
+        let mut kinds_seen = BTreeSet::new();
+        for seed in 0..200 {
+            let events = draw_chains(&mut ChaCha8Rng::seed_from_u64(seed), &space(), 2);
+            assert!(events.len() >= 4, "two chains have at least two steps each");
+            let plan = FaultPlan { events, background: Background::default() };
+            plan.validate().unwrap();
+            kinds_seen.extend(plan.events.iter().map(|e| e.fault.kind()));
+        }
+        for k in [
+            FaultKind::DiskErrors,
+            FaultKind::Kill,
+            FaultKind::CleanShutdown,
+            FaultKind::PowerLoss,
+            FaultKind::ClockJump,
+            FaultKind::ClockFreeze,
+        ] {
+            assert!(kinds_seen.contains(&k), "{k:?} never drawn in a chain");
+        }
+        let only_power = PlanSpace { kinds: [FaultKind::PowerLoss].into_iter().collect(), ..space() };
+        let events = draw_chains(&mut ChaCha8Rng::seed_from_u64(1), &only_power, 1);
+        assert!(events.iter().all(|e| e.fault.kind() == FaultKind::PowerLoss) && events.len() >= 2);
+        let none = PlanSpace { kinds: [FaultKind::BitFlip].into_iter().collect(), ..space() };
+        assert!(draw_chains(&mut ChaCha8Rng::seed_from_u64(1), &none, 2).is_empty());
     }
 
     #[test]

@@ -275,6 +275,15 @@ impl World {
                 self.clock(node).jump(*delta_ms);
                 None
             }
+            Fault::ClockFreeze { node, duration_ms } => {
+                let clock = self.clock(node);
+                let token = clock.freeze();
+                let duration = Duration::from_millis(*duration_ms);
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(duration).await;
+                    clock.thaw(token);
+                }))
+            }
             Fault::Partition { a, b, duration_ms } => self.partition(a, b, *duration_ms),
         }
     }
@@ -468,6 +477,7 @@ fn probe_fault(fault: &Fault) {
         Fault::ObjectStoreErrors { .. } => engine::probe!("fault.object-store-errors"),
         Fault::ObjectStoreOutage { .. } => engine::probe!("fault.object-store-outage"),
         Fault::ClockJump { .. } => engine::probe!("fault.clock-jump"),
+        Fault::ClockFreeze { .. } => engine::probe!("fault.clock-freeze"),
         Fault::Partition { .. } => engine::probe!("fault.partition"),
     }
 }

@@ -111,3 +111,29 @@ fn disk_fault_windows_close_and_plays_are_deterministic() {
     let (_, _, h2) = play(faulty, true);
     assert_eq!(h1, h2);
 }
+
+#[test]
+fn a_frozen_clock_repeats_its_reading_then_runs_on() {
+    use engine::io::Clock;
+    let frozen = plan(vec![(100, Fault::ClockFreeze { node: "n".into(), duration_ms: 300 })]);
+    let readings = sim::runner::block_on(5, move || async move {
+        let trace = Trace::new(false);
+        let world = World::new(5, trace, frozen, WorldConfig::default());
+        world.add_node("n", || async {});
+        let clock = world.clock("n");
+        let w = world.clone();
+        let play = tokio::spawn(async move { w.play_faults().await });
+        let mut readings = Vec::new();
+        for _ in 0..5 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            readings.push(clock.now_ms());
+        }
+        let _ = play.await;
+        readings
+    });
+    // At 200 and 300 ms the clock stands at its 100 ms reading (the freeze's own instants, 100
+    // and 400 ms, race with the reads); at 500 ms it has thawed and reads the running time.
+    assert_eq!(readings[1], readings[0], "{readings:?}");
+    assert_eq!(readings[2], readings[0], "{readings:?}");
+    assert!(readings[4] >= readings[0] + 390, "{readings:?}");
+}

@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use scenarios::coverage::CoverageReport;
 use scenarios::explore::{explore, Budget, ExploreOptions, ExploreReport, SeedResult, Shard};
-use scenarios::scenario::{generated_case, run_case_observed, Observe, DEFAULT_SCENARIO};
+use scenarios::scenario::{drawn_case, run_case_observed, Observe, DEFAULT_SCENARIO};
 use scenarios::{find_scenario, run_case, Case, ExpectedOutcome, SCENARIOS};
 
 #[derive(Parser)]
@@ -91,6 +91,10 @@ struct SweepArgs {
     /// Parallel runs (default: all cores).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Run the scenario's fixed configuration; by default each seed also draws the store's
+    /// sizes and intervals, the disk, the workload and chained fault sequences (the swarm).
+    #[arg(long)]
+    fixed_config: bool,
 }
 
 #[derive(Args)]
@@ -104,6 +108,9 @@ struct ReplayArgs {
     scenario: String,
     #[arg(long = "bug")]
     bugs: Vec<String>,
+    /// With --seed: the scenario's fixed configuration instead of the one the seed draws.
+    #[arg(long, requires = "seed")]
+    fixed_config: bool,
     /// Do not print the event timeline.
     #[arg(long)]
     quiet: bool,
@@ -191,6 +198,9 @@ struct ZooArgs {
     bugs: Vec<String>,
     #[arg(long)]
     jobs: Option<usize>,
+    /// Hunt with the scenario's fixed configuration instead of the swarm's.
+    #[arg(long)]
+    fixed_config: bool,
     /// Write each bug's witness case to DIR/<scenario>-<bug>.toml (e.g. `seeds`).
     #[arg(long)]
     save_to: Option<PathBuf>,
@@ -261,6 +271,7 @@ fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
         save_dir: Some(args.save_dir),
         stop_at_first_failure: false,
         collect_probes: false,
+        fixed_config: args.sweep.fixed_config,
     };
     let bar = progress_bar(&opts);
     let report = explore(&opts, &|r| {
@@ -273,7 +284,7 @@ fn cmd_explore(args: ExploreArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report, jobs);
+        print_report(&report, jobs, opts.fixed_config);
     }
     Ok(if report.failed_runs == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -316,8 +327,9 @@ fn print_violations<'a>(by_checker: &BTreeMap<String, u64>, failures: impl Itera
     }
 }
 
-fn print_report(report: &ExploreReport, jobs: usize) {
+fn print_report(report: &ExploreReport, jobs: usize, fixed_config: bool) {
     print_scenario(&report.scenario, &report.bugs);
+    println!("config        {}", if fixed_config { "fixed (--fixed-config)" } else { "drawn from each seed (swarm)" });
     println!("shard         {}/{}", report.shard.index, report.shard.count);
     println!("runs          {}", report.runs);
     println!("failed runs   {}", report.failed_runs);
@@ -420,7 +432,7 @@ fn load_replay_case(args: &ReplayArgs) -> Result<Case> {
         (None, Some(seed)) => {
             let scenario = scenario(&args.scenario)?;
             let bugs = check_bugs(scenario, &args.bugs)?;
-            Ok(generated_case(scenario, seed, &bugs))
+            Ok(drawn_case(scenario, seed, &bugs, !args.fixed_config))
         }
         (None, None) => bail!("replay needs a case file or --seed N"),
     }
@@ -450,6 +462,7 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
         }
     }
     println!("scenario      {}  seed {}", case.scenario, case.seed);
+    print_config(&case.config);
     println!("simulated     {:.3} s, {} events", first.sim_time_ms as f64 / 1_000.0, first.events);
     if first.violations.is_empty() {
         println!("violations    none");
@@ -498,6 +511,17 @@ fn cmd_replay(args: ReplayArgs) -> Result<ExitCode> {
     Ok(if deterministic && expected { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// The case's configuration: drawn by the swarm, or the scenario's fixed one.
+fn print_config(config: &toml::Table) {
+    let lines = scenarios::swarm::describe(config);
+    if lines.is_empty() {
+        println!("config        fixed (the scenario's own)");
+    }
+    for line in lines {
+        println!("config        {line}");
+    }
+}
+
 fn cmd_shrink(args: ShrinkArgs) -> Result<ExitCode> {
     let case = Case::load(&args.case)?;
     scenario(&case.scenario)?;
@@ -518,9 +542,11 @@ fn cmd_shrink(args: ShrinkArgs) -> Result<ExitCode> {
     shrunk_case.expect.outcome = ExpectedOutcome::Fail;
     shrunk_case.save(&out)?;
     println!(
-        "shrunk {} -> {} events in {} runs; written to {}",
+        "shrunk {} -> {} events, {} -> {} configuration keys in {} runs; written to {}",
         case.plan.events.len(),
         shrunk_case.plan.events.len(),
+        scenarios::swarm::key_count(&case.config),
+        scenarios::swarm::key_count(&shrunk_case.config),
         shrunk.runs,
         out.display()
     );
@@ -557,6 +583,7 @@ fn cmd_zoo(args: ZooArgs) -> Result<ExitCode> {
         jobs: jobs(args.jobs)?,
         save_dir: args.save_to.as_deref(),
         only,
+        fixed_config: args.fixed_config,
     };
     if !args.json {
         println!(
@@ -605,6 +632,7 @@ fn cmd_coverage(args: CoverageArgs) -> Result<ExitCode> {
         save_dir: None,
         stop_at_first_failure: false,
         collect_probes: true,
+        fixed_config: args.sweep.fixed_config,
     };
     let bar = progress_bar(&opts);
     let report = explore(&opts, &|_| bar.inc(1));

@@ -15,13 +15,24 @@ pub type MsgId = (u32, u64);
 
 /// Marks a body as one of ours.
 const BODY_MAGIC: &[u8; 8] = b"BRKMSG01";
-const BODY_HEADER_BYTES: usize = 8 + 4 + 8;
+pub const BODY_HEADER_BYTES: usize = 8 + 4 + 8;
 
 /// The body of message `id`: a header naming it, then filler derived from it, so that a
 /// checker can tell a genuine message from garbage that happens to checksum.
 pub fn body_for(id: MsgId) -> Vec<u8> {
-    let mut x = (u64::from(id.0) << 40 ^ id.1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let len = BODY_HEADER_BYTES + 24 + (x % 200) as usize;
+    let x = (u64::from(id.0) << 40 ^ id.1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    body_from(id, x, BODY_HEADER_BYTES + 24 + (x % 200) as usize)
+}
+
+/// A body of message `id` of `len` bytes (at least the header), for the swarm's message
+/// sizes. Its filler depends on the length too, so a body cut short is not a shorter body of
+/// the same message.
+pub fn body_sized(id: MsgId, len: usize) -> Vec<u8> {
+    let x = (u64::from(id.0) << 40 ^ id.1 ^ (len as u64) << 20).wrapping_mul(0xd6e8_feb8_6659_fd93) | 1;
+    body_from(id, x, len.max(BODY_HEADER_BYTES))
+}
+
+fn body_from(id: MsgId, mut x: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(BODY_MAGIC);
     out.extend_from_slice(&id.0.to_be_bytes());
@@ -42,7 +53,8 @@ pub fn id_of_body(body: &[u8]) -> Option<MsgId> {
     }
     let producer = u32::from_be_bytes(body[8..12].try_into().ok()?);
     let seq = u64::from_be_bytes(body[12..20].try_into().ok()?);
-    (body_for((producer, seq)) == body).then_some((producer, seq))
+    let id = (producer, seq);
+    (body_for(id) == body || body_sized(id, body.len()) == body).then_some(id)
 }
 
 /// What the broker answered for one put.
@@ -256,5 +268,18 @@ mod tests {
         *forged.last_mut().unwrap() ^= 1;
         assert_eq!(id_of_body(&forged), None);
         assert_eq!(id_of_body(b"short"), None);
+    }
+
+    #[test]
+    fn sized_bodies_name_their_id_and_a_cut_one_is_rejected() {
+        for len in [BODY_HEADER_BYTES, 21, 300, 60_000] {
+            let b = body_sized((1, 9), len);
+            assert_eq!(b.len(), len);
+            assert_eq!(id_of_body(&b), Some((1, 9)), "len {len}");
+        }
+        let long = body_sized((1, 9), 5_000);
+        assert_eq!(id_of_body(&long[..4_000]), None);
+        let fixed = body_for((1, 9));
+        assert_eq!(id_of_body(&fixed[..fixed.len() - 1]), None);
     }
 }

@@ -30,6 +30,7 @@ use sim::world::{NodeLife, World, WorldConfig};
 use sim::Violation;
 
 use crate::scenario::RunInput;
+use crate::swarm;
 use history::History;
 
 pub const BROKER: &str = "broker";
@@ -72,6 +73,8 @@ pub struct Shared {
     pub world: Arc<World>,
     pub seed: u64,
     pub config: StoreConfig,
+    /// The clients' knobs (drawn by the swarm, or the fixed workload).
+    pub workload: swarm::Workload,
     pub broker_addr: SocketAddr,
     history: Mutex<History>,
     /// The serving broker's store (weak: a killed node's store dies with it).
@@ -118,6 +121,14 @@ pub fn flush_mode(config: &toml::Table, seed: u64) -> Result<FlushMode, String> 
     Ok(modes[ChaCha8Rng::seed_from_u64(seed ^ 0xf1_5a_00de).gen_range(0..modes.len())])
 }
 
+/// The drawn configuration, one trace line per section (nothing for the fixed one, so its
+/// traces stay as they were).
+pub(crate) fn trace_config(trace: &sim::Trace, config: &toml::Table) {
+    for line in swarm::describe(config) {
+        sim::trace!(trace, "world", "swarm.config", "{line}");
+    }
+}
+
 /// A run that could not start: its configuration is wrong.
 pub(crate) fn config_violation(message: String) -> Vec<Violation> {
     vec![Violation { checker: "config".to_string(), message, at_ms: 0 }]
@@ -136,20 +147,26 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
         Ok(m) => m,
         Err(e) => return config_violation(e),
     };
-    let mut config = StoreConfig::small(ROOT);
+    let mut fixed = StoreConfig::small(ROOT);
     // An index file spans several commit-log files, as in production (20M items there against
     // 1 GiB log files); with `small`'s 256 items one covered half a 64 KiB log file, and #8007
     // (an index file destroyed although it holds keys older than the log files recovery
     // re-dispatches) needed a rare schedule: 1 seed in ~700 caught it, now 1 in ~180.
-    config.index_max_items = BROKER_INDEX_ITEMS;
-    config.flush_mode = mode;
-    config.bugs = bugs;
-    let world = World::new(input.seed, input.trace.clone(), input.plan, WorldConfig::default());
+    fixed.index_max_items = BROKER_INDEX_ITEMS;
+    fixed.flush_mode = mode;
+    fixed.bugs = bugs;
+    let swarm::Applied { store: config, disk, workload } = match swarm::apply(&input.config, &fixed, &[]) {
+        Ok(a) => a,
+        Err(e) => return config_violation(e),
+    };
+    let world = World::new(input.seed, input.trace.clone(), input.plan, WorldConfig { disk, ..WorldConfig::default() });
     sim::trace!(input.trace, "world", "broker.config", "flush_mode={mode:?} bugs={:?}", input.bugs);
+    trace_config(&input.trace, &input.config);
     let sh = Arc::new(Shared {
         world: world.clone(),
         seed: input.seed,
         config,
+        workload,
         broker_addr: SocketAddr::from((BROKER_IP, rpc::BROKER_PORT)),
         history: Mutex::new(History::new(mode)),
         store: Mutex::new(Weak::new()),

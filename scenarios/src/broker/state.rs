@@ -155,6 +155,8 @@ pub struct StoreView {
     pub recovery_scan_start: u64,
 }
 
+/// How many messages a key query asks for at least.
+const KEY_QUERY_MAX: usize = 8;
 /// How many messages one `get` asks for while capturing.
 const GET_CHUNK: usize = 64;
 
@@ -166,11 +168,22 @@ impl StoreView {
         let mut names: std::collections::BTreeSet<(String, u32)> = store.queues().into_iter().collect();
         names.extend(log.msgs.values().map(|m| (m.topic.clone(), m.queue_id)));
         let queues = names.into_iter().map(|k| (k.clone(), capture_queue(store, &k.0, k.1))).collect();
+        // A key the swarm's workload shares between messages is asked for all of them.
+        let mut per_key: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for m in log.msgs.values() {
+            for key in &m.keys {
+                *per_key.entry((&m.topic, key)).or_default() += 1;
+            }
+        }
         let mut key_hits = BTreeMap::new();
         for m in log.msgs.values() {
             for key in &m.keys {
+                if key_hits.contains_key(&(m.topic.clone(), key.clone())) {
+                    continue;
+                }
+                let max = per_key[&(m.topic.as_str(), key.as_str())].max(KEY_QUERY_MAX);
                 let hits = store
-                    .query_by_key(&m.topic, key, i64::MIN / 2, i64::MAX / 2, 8)
+                    .query_by_key(&m.topic, key, i64::MIN / 2, i64::MAX / 2, max)
                     .map(|v| v.iter().map(LogMsg::from_stored).collect())
                     .map_err(|e| e.to_string());
                 key_hits.insert((m.topic.clone(), key.clone()), hits);

@@ -9,36 +9,74 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::history::{body_for, Read, Send, SendOutcome, Tracking};
+use super::history::{body_for, body_sized, Read, Send, SendOutcome, Tracking, BODY_HEADER_BYTES};
 use super::rpc::{Client, PutMsg, Reply, Request};
 use super::state::LogMsg;
 use super::Shared;
+use crate::swarm::Workload;
 
-pub const TOPICS: [&str; 3] = ["TopicA", "TopicB", "TopicC"];
+/// The topics a run may write; the fixed workload writes the first `TOPICS`.
+pub const TOPIC_NAMES: [&str; 6] = ["TopicA", "TopicB", "TopicC", "TopicD", "TopicE", "TopicF"];
+pub const TOPICS: usize = 3;
 pub const QUEUES_PER_TOPIC: u32 = 4;
+const MAX_BATCH: u32 = 4;
 /// The clients stop after this much simulated time.
 pub const WORKLOAD_MS: u64 = 12_000;
 const PUT_TIMEOUT: Duration = Duration::from_millis(3_000);
 const GET_TIMEOUT: Duration = Duration::from_millis(1_000);
 const CONSUMER_CLIENT: u64 = 100;
 
-fn make_msg(rng: &mut ChaCha8Rng, producer: u32, seq: u64) -> PutMsg {
+/// The topics and queues a run's clients use.
+fn topics(w: &Workload) -> &'static [&'static str] {
+    &TOPIC_NAMES[..w.topics.unwrap_or(TOPICS).clamp(1, TOPIC_NAMES.len())]
+}
+
+fn queues(w: &Workload) -> u32 {
+    w.queues_per_topic.unwrap_or(QUEUES_PER_TOPIC).max(1)
+}
+
+/// One message. The swarm's knobs draw only when set, so the fixed workload draws exactly
+/// what it always did.
+fn make_msg(rng: &mut ChaCha8Rng, w: &Workload, producer: u32, seq: u64) -> PutMsg {
     let id = (producer, seq);
     let mut keys = Vec::new();
     if rng.gen_bool(0.7) {
-        keys.push(format!("k{producer}-{seq}"));
+        let shared = w.key_reuse_prob.is_some_and(|p| rng.gen_bool(p));
+        keys.push(if shared {
+            format!("r{}", rng.gen_range(0..w.key_pool.unwrap_or(1).max(1)))
+        } else {
+            format!("k{producer}-{seq}")
+        });
         if rng.gen_bool(0.2) {
             keys.push(format!("x{producer}-{seq}"));
         }
     }
+    let topics = topics(w);
     PutMsg {
         id,
-        topic: TOPICS[rng.gen_range(0..TOPICS.len())].to_string(),
-        queue_id: rng.gen_range(0..QUEUES_PER_TOPIC),
-        body: body_for(id),
+        topic: topics[rng.gen_range(0..topics.len())].to_string(),
+        queue_id: rng.gen_range(0..queues(w)),
+        body: match (w.sized_body_prob, w.body_max_bytes) {
+            (Some(p), Some(max)) if rng.gen_bool(p) => {
+                let min = BODY_HEADER_BYTES as u64;
+                body_sized(id, rng.gen_range(min..=max.max(min)) as usize)
+            }
+            _ => body_for(id),
+        },
         tags: rng.gen_bool(0.5).then(|| format!("tag{}", seq % 3)),
         keys,
     }
+}
+
+/// The pause before a producer's next batch: 20–80 ms, or a burst (none) or an idle gap.
+fn pause_ms(rng: &mut ChaCha8Rng, w: &Workload) -> u64 {
+    if w.burst_prob.is_some_and(|p| rng.gen_bool(p)) {
+        return 0;
+    }
+    if w.idle_prob.is_some_and(|p| rng.gen_bool(p)) {
+        return w.idle_ms.unwrap_or(1_000);
+    }
+    rng.gen_range(20..80)
 }
 
 fn pending(m: &PutMsg) -> Send {
@@ -53,17 +91,19 @@ fn pending(m: &PutMsg) -> Send {
     }
 }
 
-/// A producer node: batches of 1–4 messages every 20–80 ms until `WORKLOAD_MS`.
+/// A producer node: batches of 1–4 messages every 20–80 ms until `WORKLOAD_MS` (the
+/// swarm's knobs change the batch sizes and pauses).
 pub async fn producer(sh: Arc<Shared>, producer: u32) {
     let mut rng = ChaCha8Rng::seed_from_u64(sh.seed ^ (0x9d0d_0000 + u64::from(producer)));
     let Ok(mut client) = Client::new(u64::from(producer), sh.broker_addr).await else { return };
     let mut seq = 0u64;
     while sh.now_ms() < WORKLOAD_MS {
-        let n = rng.gen_range(1..=4);
+        let w = &sh.workload;
+        let n = rng.gen_range(1..=w.max_batch.unwrap_or(MAX_BATCH).max(1));
         let msgs: Vec<PutMsg> = (0..n)
             .map(|_| {
                 seq += 1;
-                make_msg(&mut rng, producer, seq)
+                make_msg(&mut rng, w, producer, seq)
             })
             .collect();
         {
@@ -75,7 +115,7 @@ pub async fn producer(sh: Arc<Shared>, producer: u32) {
         sim::trace!(sh.world.trace(), node, "client.send", "n={} first={:?}", ids.len(), ids[0]);
         let reply = client.call(Request::Put(msgs), PUT_TIMEOUT).await;
         record_put_reply(&sh, node, &ids, reply);
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..80))).await;
+        tokio::time::sleep(Duration::from_millis(pause_ms(&mut rng, &sh.workload))).await;
     }
 }
 
@@ -108,8 +148,8 @@ pub async fn consumer(sh: Arc<Shared>) {
     let Ok(mut client) = Client::new(CONSUMER_CLIENT, sh.broker_addr).await else { return };
     let mut cursors: BTreeMap<(String, u32), u64> = BTreeMap::new();
     while sh.now_ms() < WORKLOAD_MS {
-        for topic in TOPICS {
-            for q in 0..QUEUES_PER_TOPIC {
+        for &topic in topics(&sh.workload) {
+            for q in 0..queues(&sh.workload) {
                 let cursor = cursors.entry((topic.to_string(), q)).or_insert(0);
                 let req = Request::Get { topic: topic.to_string(), queue_id: q, offset: *cursor, max: 32 };
                 if let Some(Reply::Get(Ok(msgs))) = client.call(req, GET_TIMEOUT).await {

@@ -28,8 +28,9 @@ use sim::object_store::ObjectStoreConfig;
 use sim::world::{NodeLife, World, WorldConfig};
 use sim::Violation;
 
-use crate::broker::{config_violation, flush_mode, parse_bugs, wait_for};
+use crate::broker::{config_violation, flush_mode, parse_bugs, trace_config, wait_for};
 use crate::scenario::RunInput;
+use crate::swarm;
 use history::History;
 
 pub const BROKER: &str = "broker";
@@ -149,14 +150,21 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
         Ok(m) => m,
         Err(e) => return config_violation(e),
     };
-    let world_config = WorldConfig { object_store: Some(ObjectStoreConfig::default()), ..WorldConfig::default() };
+    let drawn = swarm::apply(&input.config, &store_config(mode, bugs), &[swarm::TIERED])
+        .and_then(|a| Ok((a, swarm::section(&input.config, swarm::TIERED, &tiered_config())?)));
+    let (swarm::Applied { store: config, disk, .. }, tiered) = match drawn {
+        Ok(d) => d,
+        Err(e) => return config_violation(e),
+    };
+    let world_config = WorldConfig { disk, object_store: Some(ObjectStoreConfig::default()) };
     let world = World::new(input.seed, input.trace.clone(), input.plan, world_config);
     sim::trace!(input.trace, "world", "tiered.config", "flush_mode={mode:?} bugs={:?}", input.bugs);
+    trace_config(&input.trace, &input.config);
     let sh = Arc::new(Shared {
         world: world.clone(),
         seed: input.seed,
-        config: store_config(mode, bugs),
-        tiered: tiered_config(),
+        config,
+        tiered,
         broker_addr: SocketAddr::from((BROKER_IP, crate::broker::rpc::BROKER_PORT)),
         history: Mutex::new(History::default()),
         serving: Mutex::new((Weak::new(), Weak::new())),
