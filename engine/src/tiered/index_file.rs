@@ -406,7 +406,12 @@ impl LocalIndexFile {
 /// Writes the compacted form of `local` into the scratch directory and returns it.
 pub fn compact_to_scratch(storage: &dyn Storage, scratch: &Path, local: &LocalIndexFile, bugs: &BugSet) -> Result<Bytes, TieredError> {
     let bytes = compact(local.header(), &local.items()?, bugs);
-    let f = storage.create(&scratch.join(file_name(local.id())))?;
+    let path = scratch.join(file_name(local.id()));
+    if storage.exists(&path) {
+        // Left by an earlier attempt.
+        storage.remove_file(&path)?;
+    }
+    let f = storage.create(&path)?;
     f.write_at(0, &bytes)?;
     Ok(Bytes::from(bytes))
 }

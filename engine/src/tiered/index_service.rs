@@ -114,7 +114,7 @@ pub struct IndexService {
     /// The next file's id is at least this (ids only grow, whatever the clock does).
     next_id: u64,
     dir_ready: bool,
-    /// When the upload loop last ran.
+    /// When the upload loop last ran (its first turn comes one interval after the start).
     last_upload: Option<tokio::time::Instant>,
 }
 
@@ -150,7 +150,7 @@ impl IndexService {
             files: BTreeMap::new(),
             next_id: 1,
             dir_ready: false,
-            last_upload: None,
+            last_upload: Some(tokio::time::Instant::now()),
         };
         let scratch = scratch_dir(&dir);
         if storage.exists(&scratch) {
