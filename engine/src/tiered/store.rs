@@ -275,7 +275,11 @@ impl TieredStore {
         let mut left = IndexLeft::default();
         for (q, flat) in inner.all_flats() {
             let mut f = flat.lock().await;
-            if !f.recovered {
+            if !f.recovered || f.has_uncommitted() {
+                // Not checked against the object store since the start, or a batch whose
+                // upload's outcome is unknown: what the object store holds of the queue, and
+                // so whether its keys are all indexed, is not known.
+                left.queues.push(q.clone());
                 continue;
             }
             while f.indexed_queue_offset < f.commit_queue_offset() {

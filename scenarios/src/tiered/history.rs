@@ -29,6 +29,8 @@ pub struct History {
     pub index_uploaded: bool,
     /// The next boot comes on a replaced disk (a clean stop that left nothing drew it).
     pub replace_at_boot: bool,
+    /// A boot on a replaced disk is under way (it lists and checks every segment first).
+    pub replaced_boot_running: bool,
     /// What the checker decoded from the object store at its last look: per queue offset the
     /// message id, `None` for a blank unit.
     pub remote_ids: BTreeMap<(Queue, u64), Option<MsgId>>,

@@ -239,12 +239,11 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
     if sh.now_ms() < quiet_ms {
         tokio::time::sleep(Duration::from_millis(quiet_ms - sh.now_ms())).await;
     }
-    let serving = wait_for(SERVING_BOUND_MS, || sh.serving().is_some()).await;
+    // A boot on a replaced disk lists and checks every segment before it serves.
+    let bound_ms = if sh.history().replaced_boot_running { REPLACED_BOOT_BOUND_MS } else { SERVING_BOUND_MS };
+    let serving = wait_for(bound_ms, || sh.serving().is_some()).await;
     if !serving {
-        sh.violation(
-            crate::broker::checkers::LIVENESS,
-            format!("the broker is not serving {SERVING_BOUND_MS} ms after the faults"),
-        );
+        sh.violation(crate::broker::checkers::LIVENESS, format!("the broker is not serving {bound_ms} ms after the faults"));
     }
     // The faults stop: the object store's background errors and the network's packet loss too
     // (restored for the replaced disk's boot below).

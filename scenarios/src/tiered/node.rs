@@ -38,25 +38,27 @@ pub async fn broker_process(sh: Arc<Shared>) {
     if replaced {
         // A replaced container after a clean stop that uploaded everything: a new, empty disk.
         sh.world.replace_disk(BROKER);
+        sh.history().replaced_boot_running = true;
     }
     remote_checks(&sh, "at boot");
-    let expected = if replaced { checkers::expected_keys(&sh.history(), EXPECTED_KEYS) } else { Vec::new() };
+    let (expected, committed) = {
+        let h = sh.history();
+        (if replaced { checkers::expected_keys(&h, EXPECTED_KEYS) } else { Vec::new() }, h.committed.clone())
+    };
     let store = Arc::new(open_store(&sh).await);
     let tiered = Arc::new(open_tiered(&sh, &store).await);
-    if replaced {
-        // Before anything is put: the local log is empty.
-        let committed = sh.history().committed.clone();
-        let found = checkers::routing(&store, &tiered, &committed, "on a replaced disk", sh.now_ms()).await;
-        sh.history().violations.extend(found);
-    }
     if store.start().is_err() {
         return park().await;
     }
     tiered.start();
-    if !expected.is_empty() {
-        let (s, t) = (sh.clone(), tiered.clone());
+    if replaced {
+        // Routing first, while the local log is still empty (the check skips itself once a
+        // producer's put has landed).
+        let (s, st, t) = (sh.clone(), store.clone(), tiered.clone());
         tokio::spawn(async move {
-            let found = checkers::index_complete(&t, &expected, "on a replaced disk", s.now_ms()).await;
+            let when = "on a replaced disk";
+            let mut found = checkers::routing(&st, &t, &committed, when, s.now_ms()).await;
+            found.extend(checkers::index_complete(&t, &expected, when, s.now_ms()).await);
             s.history().violations.extend(found);
         });
     }
@@ -69,6 +71,7 @@ pub async fn broker_process(sh: Arc<Shared>) {
         return park().await;
     }
     sh.world.report_up(BROKER);
+    sh.history().replaced_boot_running = false;
     serve(&sh, &store, &tiered, ctrl_c).await;
     stop(&sh, &store, &tiered).await;
     park().await
