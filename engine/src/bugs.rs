@@ -62,6 +62,21 @@ pub enum Bug {
     TieredAckLostAppendAgain,
     /// ours: a partial append is taken as all-or-nothing and the whole batch sent again.
     TieredPartialAllOrNothing,
+    /// #8653: the tiered index service uploads only sealed files and shutdown forgets the rest,
+    /// so the newest index file is never uploaded.
+    TieredIndexNewestNotUploaded,
+    /// #8654: with an empty local log (min offset -1) reads and key queries go to the local
+    /// store instead of the tiered one.
+    TieredFetcherLocalWhenEmpty,
+    /// #8493: the forced upload at shutdown handles only the file being written; sealed files
+    /// still waiting for the upload loop are left behind.
+    TieredIndexForceUploadWrongFile,
+    /// #9838: shutdown waits for the index uploads without a bound.
+    TieredShutdownUnbounded,
+    /// ours: compacting an index file drops the items of its last non-empty bucket.
+    TieredIndexCompactionDropsLastBucket,
+    /// ours: a local index file is removed before its upload's outcome is known.
+    TieredIndexRemovedBeforeUpload,
     /// #9084: DLedger abnormal recovery counts message sizes without the 48-byte entry header,
     /// so its end falls short and the consume queues lose their tail.
     DledgerSizeWithoutHeader,
@@ -89,7 +104,7 @@ pub struct BugInfo {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 25] = [
+    pub const ALL: [Bug; 31] = [
         Bug::SkipHalfWrittenRecord,
         Bug::DestroyCurrentIndex,
         Bug::CheckpointAheadOfCq,
@@ -110,6 +125,12 @@ impl Bug {
         Bug::TieredCqBeforeCl,
         Bug::TieredAckLostAppendAgain,
         Bug::TieredPartialAllOrNothing,
+        Bug::TieredIndexNewestNotUploaded,
+        Bug::TieredFetcherLocalWhenEmpty,
+        Bug::TieredIndexForceUploadWrongFile,
+        Bug::TieredShutdownUnbounded,
+        Bug::TieredIndexCompactionDropsLastBucket,
+        Bug::TieredIndexRemovedBeforeUpload,
         Bug::DledgerSizeWithoutHeader,
         Bug::DledgerCommitBeforeDurable,
         Bug::DledgerFollowerTruncatesCommitted,
@@ -268,6 +289,42 @@ impl Bug {
                 "a partially applied append is taken as all-or-nothing and the whole batch sent again",
                 "tiered-readable",
             ),
+            Bug::TieredIndexNewestNotUploaded => (
+                "tiered-index-newest-not-uploaded",
+                "#8653",
+                "the tiered index uploads only sealed files and shutdown forgets the newest one",
+                "index-complete",
+            ),
+            Bug::TieredFetcherLocalWhenEmpty => (
+                "tiered-fetcher-local-when-empty",
+                "#8654",
+                "with an empty local log, reads and key queries go to the local store, not the tiered one",
+                "routing",
+            ),
+            Bug::TieredIndexForceUploadWrongFile => (
+                "tiered-index-force-upload-wrong-file",
+                "#8493",
+                "the forced index upload at shutdown handles only the file being written, not the sealed ones waiting",
+                "index-complete",
+            ),
+            Bug::TieredShutdownUnbounded => (
+                "tiered-shutdown-unbounded",
+                "#9838",
+                "shutdown waits for the tiered index uploads without a bound",
+                "liveness",
+            ),
+            Bug::TieredIndexCompactionDropsLastBucket => (
+                "tiered-index-compaction-drops-last-bucket",
+                "ours",
+                "compacting a tiered index file drops the items of its last non-empty bucket",
+                "index-complete",
+            ),
+            Bug::TieredIndexRemovedBeforeUpload => (
+                "tiered-index-removed-before-upload",
+                "ours",
+                "a local tiered index file is removed before its upload's outcome is known",
+                "index-complete",
+            ),
             Bug::DledgerSizeWithoutHeader => (
                 "dledger-size-without-header",
                 "#9084",
@@ -367,6 +424,8 @@ mod tests {
                 "tiered-readable",
                 "tiered-progress",
                 "tiered-durability",
+                "index-complete",
+                "routing",
                 "committed-prefix",
                 "committed-entries",
                 "one-leader-per-term"

@@ -34,11 +34,30 @@ struct Scripted {
     /// Scripts for the appends to keys containing the first string, in order.
     scripts: Mutex<Vec<(String, Script)>>,
     appends: Mutex<u64>,
+    /// Scripts for the next puts, in order.
+    put_scripts: Mutex<Vec<Script>>,
+    /// Every request fails (an outage).
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Scripted {
     fn new(dir: &Path) -> Arc<Scripted> {
-        Arc::new(Scripted { real: LocalObjectStore::new(dir).unwrap(), scripts: Mutex::new(Vec::new()), appends: Mutex::new(0) })
+        Arc::new(Scripted {
+            real: LocalObjectStore::new(dir).unwrap(),
+            scripts: Mutex::new(Vec::new()),
+            appends: Mutex::new(0),
+            put_scripts: Mutex::new(Vec::new()),
+            down: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn check_up(&self, op: &str, key: &str) -> Result<(), ObjectError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ObjectError::Unavailable { op: op.into(), key: key.into() });
+        }
+        Ok(())
     }
     fn script(&self, key_part: &str, s: Script) {
         self.scripts.lock().unwrap().push((key_part.to_string(), s));
@@ -52,10 +71,22 @@ impl Scripted {
 
 impl ObjectStore for Scripted {
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), ObjectError>> {
-        self.real.put(key, data)
+        Box::pin(async move {
+            self.check_up("put", key)?;
+            let script = { let mut s = self.put_scripts.lock().unwrap(); (!s.is_empty()).then(|| s.remove(0)) };
+            match script {
+                None => self.real.put(key, data).await,
+                Some(Script::AckLost) => {
+                    self.real.put(key, data).await?;
+                    Err(ObjectError::TimedOutOutcomeUnknown { op: "put".into(), key: key.into() })
+                }
+                Some(_) => Err(ObjectError::Io { op: "put".into(), key: key.into(), message: "scripted".into() }),
+            }
+        })
     }
     fn append<'a>(&'a self, key: &'a str, expected: u64, data: Bytes) -> BoxFuture<'a, Result<u64, ObjectError>> {
         Box::pin(async move {
+            self.check_up("append", key)?;
             *self.appends.lock().unwrap() += 1;
             let io = || ObjectError::Io { op: "append".into(), key: key.into(), message: "scripted".into() };
             match self.take_script(key) {
@@ -73,10 +104,16 @@ impl ObjectStore for Scripted {
         })
     }
     fn get_range<'a>(&'a self, key: &'a str, offset: u64, len: u64) -> BoxFuture<'a, Result<Bytes, ObjectError>> {
-        self.real.get_range(key, offset, len)
+        Box::pin(async move {
+            self.check_up("get", key)?;
+            self.real.get_range(key, offset, len).await
+        })
     }
     fn size<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64, ObjectError>> {
-        self.real.size(key)
+        Box::pin(async move {
+            self.check_up("size", key)?;
+            self.real.size(key).await
+        })
     }
     fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, ObjectError>> {
         self.real.list(prefix)
@@ -113,12 +150,16 @@ impl Fixture {
     }
 
     async fn open(&self, bugs: &[Bug]) -> (Arc<Store>, TieredStore) {
+        self.open_with(bugs, Self::tiered_cfg()).await
+    }
+
+    async fn open_with(&self, bugs: &[Bug], tiered_cfg: TieredConfig) -> (Arc<Store>, TieredStore) {
         let mut cfg = self.cfg.clone();
         cfg.bugs = BugSet::of(bugs);
         let store = Arc::new(Store::open(cfg.clone(), Arc::new(RealStorage::new()), self.clock.clone()).await.unwrap());
         store.start().unwrap();
         let tiered = TieredStore::open(
-            Self::tiered_cfg(),
+            tiered_cfg,
             cfg.bugs.clone(),
             store.clone(),
             self.obj.clone(),
@@ -561,4 +602,231 @@ async fn remote_segments_expire_by_their_own_retention() {
     }
     tiered.shutdown().await.unwrap();
     store.shutdown().await.unwrap();
+}
+
+// ---- The tiered index (class A) ----
+
+/// Small index files (16 keys each) the upload loop never reaches on its own.
+fn index_cfg() -> TieredConfig {
+    let mut t = Fixture::tiered_cfg();
+    t.index_slots = 8;
+    t.index_max_items = 16;
+    t.index_upload_interval_ms = 3_600_000;
+    t
+}
+
+/// For each put `k{i}`: whether a query finds exactly that message. Panics on a wrong message.
+async fn keys_found(tiered: &TieredStore, puts: &[(u32, engine::PutResult)]) -> Vec<bool> {
+    let mut found = Vec::new();
+    for (i, (q, r)) in puts.iter().enumerate() {
+        let key = format!("k{i}");
+        let got = tiered.query_by_key("T", &key, 0, i64::MAX, 10).await.unwrap_or_default();
+        for m in &got {
+            assert!(m.topic == "T" && m.keys.contains(&key), "a query for {key} returned {m:?}");
+        }
+        found.push(got.iter().any(|m| m.queue_id == *q && m.queue_offset == r.queue_offset));
+    }
+    found
+}
+
+/// Puts and tiers 60 keyed messages, shuts down cleanly, replaces the disk and counts the keys
+/// a query no longer finds; also returns what shutdown reported it left.
+async fn keys_lost_after_replacement(bugs: &[Bug], failed_puts: usize) -> (usize, engine::tiered::IndexLeft) {
+    let f = Fixture::new();
+    let (store, tiered) = f.open_with(bugs, index_cfg()).await;
+    let puts = put_and_tier(&f, &store, &tiered, 60, 2).await;
+    assert!(keys_found(&tiered, &puts).await.iter().all(|b| *b), "every key is found before the shutdown");
+    for _ in 0..failed_puts {
+        f.obj.put_scripts.lock().unwrap().push(Script::Fail);
+    }
+    let left = tiered.shutdown().await.unwrap();
+    store.shutdown().await.unwrap();
+    drop((store, tiered));
+    std::fs::remove_dir_all(&f.cfg.root_dir).unwrap();
+    let (store, tiered) = f.open_with(&[], index_cfg()).await;
+    let lost = keys_found(&tiered, &puts).await.iter().filter(|b| !**b).count();
+    tiered.shutdown().await.unwrap();
+    store.shutdown().await.unwrap();
+    (lost, left)
+}
+
+#[tokio::test]
+async fn every_key_is_found_after_a_clean_shutdown_and_a_replaced_disk() {
+    let (lost, left) = keys_lost_after_replacement(&[], 2).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(lost, 0);
+}
+
+#[tokio::test]
+async fn tiered_index_newest_not_uploaded() {
+    let (lost, left) = keys_lost_after_replacement(&[Bug::TieredIndexNewestNotUploaded], 0).await;
+    assert!(left.is_empty(), "the shutdown believes it left nothing");
+    assert!(lost > 0, "#8653: the newest file's keys are gone with the disk");
+}
+
+#[tokio::test]
+async fn tiered_index_force_upload_wrong_file() {
+    let (lost, left) = keys_lost_after_replacement(&[Bug::TieredIndexForceUploadWrongFile], 0).await;
+    assert!(left.is_empty());
+    assert!(lost > 0, "#8493: the sealed files waiting for the loop are gone with the disk");
+}
+
+#[tokio::test]
+async fn tiered_index_compaction_drops_last_bucket() {
+    let (lost, _) = keys_lost_after_replacement(&[Bug::TieredIndexCompactionDropsLastBucket], 0).await;
+    assert!(lost > 0);
+}
+
+#[tokio::test]
+async fn tiered_index_removed_before_upload() {
+    let (lost, _) = keys_lost_after_replacement(&[Bug::TieredIndexRemovedBeforeUpload], 2).await;
+    assert!(lost > 0, "a failed upload's local file is already gone");
+}
+
+#[tokio::test]
+async fn a_lost_put_acknowledgement_is_resolved_by_the_remote_size() {
+    let f = Fixture::new();
+    let (store, tiered) = f.open_with(&[], index_cfg()).await;
+    let puts = put_and_tier(&f, &store, &tiered, 40, 2).await;
+    f.obj.put_scripts.lock().unwrap().push(Script::AckLost);
+    assert!(tiered.shutdown().await.unwrap().is_empty());
+    let statuses = tiered.index_statuses().await;
+    assert!(statuses.iter().all(|(_, s)| *s == engine::tiered::IndexStatus::Uploaded), "{statuses:?}");
+    store.shutdown().await.unwrap();
+    drop((store, tiered));
+    std::fs::remove_dir_all(&f.cfg.root_dir).unwrap();
+    let (_store, tiered) = f.open_with(&[], index_cfg()).await;
+    assert!(keys_found(&tiered, &puts).await.iter().all(|b| *b));
+}
+
+/// Shuts down while the object store is out: how long it took and what it left.
+async fn shutdown_during_outage(bugs: &[Bug]) -> Option<(std::time::Duration, engine::tiered::IndexLeft, Fixture, Vec<(u32, engine::PutResult)>)> {
+    let f = Fixture::new();
+    let (store, tiered) = f.open_with(bugs, index_cfg()).await;
+    let puts = put_and_tier(&f, &store, &tiered, 60, 2).await;
+    f.obj.set_down(true);
+    let start = tokio::time::Instant::now();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(60), tiered.shutdown()).await.ok()?;
+    let took = start.elapsed();
+    store.shutdown().await.unwrap();
+    drop((store, tiered));
+    f.obj.set_down(false);
+    Some((took, r.unwrap(), f, puts))
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_while_the_object_store_is_out_and_the_next_start_uploads_the_rest() {
+    let (took, left, f, puts) = shutdown_during_outage(&[]).await.expect("shutdown returns");
+    let bound = std::time::Duration::from_millis(index_cfg().shutdown_upload_bound_ms + 1_000);
+    assert!(took <= bound + std::time::Duration::from_millis(500), "shutdown took {took:?}");
+    assert!(!left.files.is_empty(), "it says what it left: {left:?}");
+    // The next start (same disk) uploads the files left, from the local disk.
+    let (store, tiered) = f.open_with(&[], index_cfg()).await;
+    tiered.dispatch_now().await.unwrap();
+    assert!(tiered.shutdown().await.unwrap().is_empty());
+    store.shutdown().await.unwrap();
+    drop((store, tiered));
+    std::fs::remove_dir_all(&f.cfg.root_dir).unwrap();
+    let (_store, tiered) = f.open_with(&[], index_cfg()).await;
+    assert!(keys_found(&tiered, &puts).await.iter().all(|b| *b), "every key after a replaced disk");
+}
+
+#[tokio::test]
+async fn tiered_shutdown_unbounded() {
+    assert!(shutdown_during_outage(&[Bug::TieredShutdownUnbounded]).await.is_none(), "#9838: shutdown hangs");
+}
+
+/// With an empty local log (a replaced disk): what reads and a key query return.
+async fn reads_on_an_empty_log(bugs: &[Bug]) -> (usize, usize) {
+    let f = Fixture::new();
+    let (store, tiered) = f.open_with(&[], index_cfg()).await;
+    put_and_tier(&f, &store, &tiered, 20, 1).await;
+    tiered.shutdown().await.unwrap();
+    store.shutdown().await.unwrap();
+    drop((store, tiered));
+    std::fs::remove_dir_all(&f.cfg.root_dir).unwrap();
+    let (store, tiered) = f.open_with(bugs, index_cfg()).await;
+    assert_eq!(store.min_phy_offset(), store.max_phy_offset(), "the local log is empty");
+    let read = tiered.get("T", 0, 0, 100).await.unwrap().len();
+    let queried = tiered.query_by_key("T", "k3", 0, i64::MAX, 10).await.unwrap().len();
+    (read, queried)
+}
+
+#[tokio::test]
+async fn an_empty_local_log_routes_reads_and_queries_to_the_tiered_store() {
+    assert_eq!(reads_on_an_empty_log(&[]).await, (20, 1));
+}
+
+#[tokio::test]
+async fn tiered_fetcher_local_when_empty() {
+    assert_eq!(reads_on_an_empty_log(&[Bug::TieredFetcherLocalWhenEmpty]).await, (0, 0));
+}
+
+#[tokio::test]
+async fn index_recovery_removes_the_scratch_and_a_local_file_already_uploaded() {
+    let f = Fixture::new();
+    let (store, tiered) = f.open_with(&[], index_cfg()).await;
+    let puts = put_and_tier(&f, &store, &tiered, 30, 1).await;
+    let dir = engine::tiered::index_service::index_dir(&f.cfg.root_dir);
+    // A copy of a local file as it was before its upload (a crash after the upload was
+    // recorded, before the local file was removed).
+    let kept: Vec<_> = walk(&dir).into_iter().filter(|p| !p.to_string_lossy().contains("compacting")).collect();
+    let copies: Vec<(std::path::PathBuf, Vec<u8>)> = kept.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
+    assert!(!copies.is_empty());
+    assert!(tiered.shutdown().await.unwrap().is_empty());
+    store.shutdown().await.unwrap();
+    drop((store, tiered));
+    for (p, b) in &copies {
+        std::fs::write(p, b).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("compacting")).unwrap();
+    std::fs::write(dir.join("compacting").join("00000000000000000001"), b"half a compaction").unwrap();
+    // Garbage under an index file's name: removed, never a panic.
+    std::fs::write(dir.join("00000000000000000002"), b"garbage").unwrap();
+    let (_store, tiered) = f.open_with(&[], index_cfg()).await;
+    assert!(!dir.join("compacting").exists(), "the scratch directory is gone");
+    for (p, _) in &copies {
+        assert!(!p.exists(), "{} was uploaded: dropped", p.display());
+    }
+    assert!(!dir.join("00000000000000000002").exists());
+    assert!(tiered.index_statuses().await.iter().all(|(_, s)| *s == engine::tiered::IndexStatus::Uploaded));
+    assert!(keys_found(&tiered, &puts).await.iter().all(|b| *b));
+}
+
+#[tokio::test]
+async fn a_forged_or_garbage_index_object_never_yields_a_wrong_message() {
+    use engine::tiered::index_file::{compact, IndexHeader, IndexItem, BEGIN_MAGIC};
+    let f = Fixture::new();
+    let (store, tiered) = f.open_with(&[], index_cfg()).await;
+    let puts = put_and_tier(&f, &store, &tiered, 10, 1).await;
+    assert!(tiered.shutdown().await.unwrap().is_empty());
+    store.shutdown().await.unwrap();
+    drop((store, tiered));
+    // A forged index object: key k3's hash, pointing at the record of k5.
+    let hash = engine::java_hash::index_key_hash_of("T", "k3");
+    let k5 = puts[5].1;
+    let cl = f.flat_bytes(0, FileKind::CommitLog).unwrap();
+    let cq = f.flat_bytes(0, FileKind::ConsumeQueue).unwrap();
+    let unit = &cq[5 * 20..6 * 20];
+    let off = i64::from_be_bytes(unit[..8].try_into().unwrap());
+    let size = i32::from_be_bytes(unit[8..12].try_into().unwrap());
+    assert!((off as usize + size as usize) <= cl.len());
+    let item = IndexItem { hash, topic_id: engine::java_hash::java_string_hash("T"), queue_id: 0, offset: off, size, time_diff_ms: 0 };
+    let h = IndexHeader { magic: BEGIN_MAGIC, begin_ts_ms: 0, end_ts_ms: i64::MAX / 2, slot_count: 8, item_count: 1 };
+    let forged = compact(&h, &[item], &BugSet::none());
+    let key = engine::tiered::index_service::object_key("tiered", 99_999_999_999_999);
+    std::fs::create_dir_all(f.obj_dir.join(&key).parent().unwrap()).unwrap();
+    std::fs::write(f.obj_dir.join(&key), &forged).unwrap();
+    std::fs::remove_dir_all(&f.cfg.root_dir).unwrap();
+    let (_store, tiered) = f.open_with(&[], index_cfg()).await;
+    let got = tiered.query_by_key("T", "k3", 0, i64::MAX, 10).await.unwrap();
+    assert_eq!(got.len(), 1, "only the genuine k3: {got:?}");
+    assert_eq!(got[0].queue_offset, puts[3].1.queue_offset);
+    assert_ne!(k5.queue_offset, puts[3].1.queue_offset);
+    // Garbage in the same object: a typed error, never a panic.
+    std::fs::write(f.obj_dir.join(&key), b"\xbc\xc5\x02\x85garbage garbage garbage garbage garbage").unwrap();
+    match tiered.query_by_key("T", "k3", 0, i64::MAX, 10).await {
+        Err(TieredError::Corrupt { .. }) | Err(TieredError::Object(_)) => {}
+        other => panic!("expected a typed error, got {other:?}"),
+    }
 }

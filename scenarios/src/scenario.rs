@@ -66,6 +66,8 @@ pub static SCENARIOS: &[Scenario] = &[
             crate::tiered::checkers::TIERED_READABLE,
             crate::tiered::checkers::TIERED_PROGRESS,
             crate::tiered::checkers::TIERED_DURABILITY,
+            crate::tiered::checkers::INDEX_COMPLETE,
+            crate::tiered::checkers::ROUTING,
             crate::broker::checkers::LIVENESS,
             crate::broker::checkers::NO_LEAK,
             sim::runner::NO_PANIC,

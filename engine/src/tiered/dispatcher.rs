@@ -100,6 +100,7 @@ pub(crate) async fn round(inner: &Arc<TieredInner>, force: bool) -> Result<(), T
         let results = futures::future::join_all(group.iter().map(|(q, f)| queue_turns(inner, q, f, force))).await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
     }
+    super::index_service::upload_sealed(inner).await;
     expire_remote(inner).await;
     Ok(())
 }
@@ -116,6 +117,12 @@ async fn queue_turns(inner: &TieredInner, q: &QueueKey, flat: &super::store::Fla
         let permit = inner.permits.acquire();
         let mut f = flat.lock().await;
         let r = turn(inner, &mut f, force).await;
+        if f.recovered && f.indexed_queue_offset < f.commit_queue_offset() {
+            if let Err(e) = super::index_service::index_committed(inner, &mut f).await {
+                inner.counters.index_errors.fetch_add(1, Ordering::SeqCst);
+                tracing::warn!(queue = %q, error = %e, "tiered indexing failed; retried at the next turn");
+            }
+        }
         drop(f);
         match r {
             Ok(Turn::Moved { messages }) if messages >= inner.cfg.batch_max_count => drop(permit),

@@ -7,14 +7,18 @@
 //! record they decode (CRC, topic, queue, queue offset): bytes from the object store are not
 //! trusted, and garbage is a typed error, never a panic and never a wrong message.
 //!
-//! Key queries scan the committed messages of the topic's queues (bulk reads, two requests per
-//! segment); the tiered index file replaces the scan.
+//! Key queries look the key up in the tiered index files (`index_service`) and read each
+//! candidate record back from the queue's tiered commit log.
 
 use std::collections::BTreeSet;
 
+use super::flat_file::ReadPiece;
 use super::flat_message::{decode_units, FlatMessageFile, TieredUnit};
 use super::store::{FlatRef, TieredInner, TieredStore};
 use super::{QueueKey, TieredError, TIERED_CQ_UNIT_BYTES};
+use super::index_file::IndexItem;
+use crate::bugs::Bug;
+use crate::java_hash::{index_key_hash_of, java_string_hash};
 use crate::message::{decode, DecodeOptions, Decoded, Message};
 use crate::store::StoredMessage;
 
@@ -33,6 +37,10 @@ impl TieredStore {
     ) -> Result<Vec<StoredMessage>, TieredError> {
         let inner = self.inner();
         let local_empty = inner.source.log_is_empty();
+        if local_empty && inner.bugs.has(Bug::TieredFetcherLocalWhenEmpty) {
+            // #8654: min offset -1 made every offset look local.
+            return Ok(inner.source.get(topic, queue_id, queue_offset, max_count)?);
+        }
         let local_min = inner.source.min_offset(topic, queue_id);
         let local_max = inner.source.max_offset(topic, queue_id);
         if !local_empty && queue_offset >= local_min && local_min < local_max {
@@ -79,8 +87,10 @@ impl TieredStore {
         Ok(read_messages(self.inner(), &flat, queue_offset, max_count as u64, u64::MAX).await?.0)
     }
 
-    /// Messages of `topic` with key `key` stored within `[begin_ms, end_ms]`, local and tiered,
-    /// each once.
+    /// Messages of `topic` with key `key` stored within `[begin_ms, end_ms]`, local and tiered
+    /// (through the tiered index), each once. Every tiered candidate is read back and kept
+    /// only if it is a record of `topic` carrying `key` within the range: a hash collision, a
+    /// stale item or garbage never yields a wrong message.
     pub async fn query_by_key(
         &self,
         topic: &str,
@@ -90,37 +100,55 @@ impl TieredStore {
         max: usize,
     ) -> Result<Vec<StoredMessage>, TieredError> {
         let inner = self.inner();
-        let mut out = if inner.source.log_is_empty() {
-            Vec::new()
-        } else {
-            inner.source.query_by_key(topic, key, begin_ms, end_ms, max)?
-        };
+        let local_empty = inner.source.log_is_empty();
+        if local_empty && inner.bugs.has(Bug::TieredFetcherLocalWhenEmpty) {
+            // #8654: min offset -1 looked like "everything is local".
+            return Ok(inner.source.query_by_key(topic, key, begin_ms, end_ms, max)?);
+        }
+        let mut out = if local_empty { Vec::new() } else { inner.source.query_by_key(topic, key, begin_ms, end_ms, max)? };
         let mut seen: BTreeSet<(u32, u64)> = out.iter().map(|m| (m.queue_id, m.queue_offset)).collect();
-        for (q, flat) in inner.all_flats() {
-            if q.topic != topic || out.len() >= max {
+        let hash = index_key_hash_of(topic, key);
+        let topic_id = java_string_hash(topic);
+        let items = super::index_service::query_items(&inner.index, inner.obj.as_ref(), hash, begin_ms, end_ms).await?;
+        for item in items {
+            if out.len() >= max {
+                break;
+            }
+            if item.topic_id != topic_id || item.queue_id < 0 {
                 continue;
             }
-            let (min, commit) = {
-                let f = flat.lock().await;
-                (f.min_queue_offset(), f.commit_queue_offset())
-            };
-            let mut from = min;
-            while from < commit && out.len() < max {
-                let (msgs, next) = read_messages(inner, &flat, from, MAX_UNITS_PER_READ, u64::MAX).await?;
-                if next <= from {
-                    break;
-                }
-                from = next;
-                for m in msgs {
-                    let in_time = m.store_timestamp_ms >= begin_ms && m.store_timestamp_ms <= end_ms;
-                    let has_key = m.keys.iter().any(|k| k == key) || m.uniq_key.as_deref() == Some(key);
-                    if in_time && has_key && seen.insert((m.queue_id, m.queue_offset)) && out.len() < max {
-                        out.push(m);
-                    }
-                }
+            let Some(m) = read_indexed(inner, topic, &item).await? else { continue };
+            let in_time = m.store_timestamp_ms >= begin_ms && m.store_timestamp_ms <= end_ms;
+            let has_key = m.keys.iter().any(|k| k == key) || m.uniq_key.as_deref() == Some(key);
+            if m.topic == topic && in_time && has_key && seen.insert((m.queue_id, m.queue_offset)) {
+                out.push(m);
+            } else if !has_key || m.topic != topic {
+                crate::probe!("tiered.index-candidate-rejected");
             }
         }
         Ok(out)
+    }
+}
+
+/// The record an index item names, if its queue's committed commit log still holds it (an
+/// item of an expired segment, or of bytes never committed, names nothing).
+async fn read_indexed(inner: &TieredInner, topic: &str, item: &IndexItem) -> Result<Option<StoredMessage>, TieredError> {
+    let q = QueueKey { topic: topic.to_string(), queue_id: item.queue_id as u32 };
+    let Some(flat) = inner.flat(&q) else { return Ok(None) };
+    let Some((start, end)) = item.range() else { return Ok(None) };
+    let plan = match flat.lock().await.commit_log.read_plan(start, end - start) {
+        Ok(p) => p,
+        Err(TieredError::Unreadable { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let record = fetch_pieces(inner, plan).await?;
+    match decode_record(&format!("{q} index item at {start}"), &record) {
+        Ok(m) if m.queue_id == q.queue_id => Ok(Some(StoredMessage::from_message(m, record.len() as u32))),
+        Ok(_) | Err(TieredError::Corrupt { .. }) => {
+            crate::probe!("tiered.index-candidate-rejected");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -145,30 +173,64 @@ async fn get_exact(inner: &TieredInner, key: &str, offset: u64, len: u64) -> Res
     }
 }
 
+/// The bytes of a read plan, in order.
+async fn fetch_pieces(inner: &TieredInner, plan: Vec<ReadPiece>) -> Result<Vec<u8>, TieredError> {
+    let mut out = Vec::with_capacity(plan.iter().map(|p| p.len as usize).sum());
+    for piece in plan {
+        out.extend_from_slice(&get_exact(inner, &piece.key, piece.offset, piece.len).await?);
+    }
+    Ok(out)
+}
+
 /// The committed units `[from, from + n)` of a queue (fewer at the committed end).
 async fn read_units(inner: &TieredInner, flat: &FlatRef, from: u64, n: u64) -> Result<Vec<TieredUnit>, TieredError> {
-    let plan = {
+    let (q, plan) = {
         let f = flat.lock().await;
         let to = f.commit_queue_offset().min(from.saturating_add(n));
         if from < f.min_queue_offset() || from >= to {
             return Ok(Vec::new());
         }
-        f.consume_queue.read_plan(from * TIERED_CQ_UNIT_BYTES, (to - from) * TIERED_CQ_UNIT_BYTES)?
+        (f.queue.to_string(), f.consume_queue.read_plan(from * TIERED_CQ_UNIT_BYTES, (to - from) * TIERED_CQ_UNIT_BYTES)?)
     };
-    let mut units = Vec::new();
-    for piece in plan {
-        let bytes = get_exact(inner, &piece.key, piece.offset, piece.len).await?;
-        units.extend(decode_units(&piece.key, &bytes)?);
-    }
-    Ok(units)
+    decode_units(&q, &fetch_pieces(inner, plan).await?)
 }
 
 /// Reads the commit-log bytes `[start, end)` of a queue.
 async fn read_commit_log(inner: &TieredInner, flat: &FlatRef, start: u64, end: u64) -> Result<Vec<u8>, TieredError> {
     let plan = flat.lock().await.commit_log.read_plan(start, end - start)?;
-    let mut out = Vec::with_capacity((end - start) as usize);
-    for piece in plan {
-        out.extend_from_slice(&get_exact(inner, &piece.key, piece.offset, piece.len).await?);
+    fetch_pieces(inner, plan).await
+}
+
+/// The commit-log range of each non-blank unit of `units` (the first at queue offset `from`).
+fn unit_ranges(q: &QueueKey, from: u64, units: &[TieredUnit]) -> Result<Vec<(u64, (u64, u64))>, TieredError> {
+    units
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| !u.is_blank())
+        .map(|(i, u)| {
+            let offset = from + i as u64;
+            u.range().map(|r| (offset, r)).ok_or_else(|| TieredError::corrupt(q, format!("unit {offset}: {u:?}")))
+        })
+        .collect()
+}
+
+/// The span of commit-log bytes the ranges cover.
+fn span(ranges: &[(u64, (u64, u64))]) -> Option<(u64, u64)> {
+    let start = ranges.iter().map(|(_, r)| r.0).min()?;
+    Some((start, ranges.iter().map(|(_, r)| r.1).max()?))
+}
+
+/// Decodes each range's record out of the span's bytes (checked against its unit).
+fn decode_ranges(
+    q: &QueueKey,
+    ranges: Vec<(u64, (u64, u64))>,
+    span_start: u64,
+    bytes: &[u8],
+) -> Result<Vec<(u64, (u64, u64), Message)>, TieredError> {
+    let mut out = Vec::with_capacity(ranges.len());
+    for (offset, (start, end)) in ranges {
+        let record = &bytes[(start - span_start) as usize..(end - span_start) as usize];
+        out.push((offset, (start, end), decode_checked(q, offset, record)?));
     }
     Ok(out)
 }
@@ -183,56 +245,67 @@ pub(crate) async fn read_messages(
     max: u64,
     limit: u64,
 ) -> Result<(Vec<StoredMessage>, u64), TieredError> {
-    let (min, commit) = {
+    let (min, commit, q) = {
         let f = flat.lock().await;
-        (f.min_queue_offset(), f.commit_queue_offset())
+        (f.min_queue_offset(), f.commit_queue_offset(), f.queue.clone())
     };
     let from = from.max(min);
     let to = commit.min(limit).min(from.saturating_add(max.min(MAX_UNITS_PER_READ)));
     if from >= to {
         return Ok((Vec::new(), from));
     }
-    let q = flat.lock().await.queue.clone();
     let units = read_units(inner, flat, from, to - from).await?;
-    let ranges: Vec<(u64, (u64, u64))> = units
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| !u.is_blank())
-        .map(|(i, u)| {
-            let offset = from + i as u64;
-            u.range().map(|r| (offset, r)).ok_or_else(|| TieredError::corrupt(&q, format!("unit {offset}: {u:?}")))
-        })
-        .collect::<Result<_, _>>()?;
     let next = from + units.len() as u64;
-    let Some(span_start) = ranges.iter().map(|(_, r)| r.0).min() else { return Ok((Vec::new(), next)) };
-    let span_end = ranges.iter().map(|(_, r)| r.1).max().expect("non-empty");
+    let ranges = unit_ranges(&q, from, &units)?;
+    let Some((span_start, span_end)) = span(&ranges) else { return Ok((Vec::new(), next)) };
     let bytes = read_commit_log(inner, flat, span_start, span_end).await?;
-    let mut out = Vec::with_capacity(ranges.len());
-    for (offset, (start, end)) in ranges {
-        let record = &bytes[(start - span_start) as usize..(end - span_start) as usize];
-        let m = decode_checked(&q, offset, record)?;
-        out.push(StoredMessage::from_message(m, record.len() as u32));
-    }
+    let out = decode_ranges(&q, ranges, span_start, &bytes)?
+        .into_iter()
+        .map(|(_, (start, end), m)| StoredMessage::from_message(m, (end - start) as u32))
+        .collect();
     Ok((out, next))
+}
+
+/// The committed records of a queue from `from` (at most `max` units), with their tiered
+/// commit-log ranges, read while the caller holds the flat file; and the offset after them.
+pub(crate) async fn committed_records(
+    inner: &TieredInner,
+    f: &FlatMessageFile,
+    from: u64,
+    max: u64,
+) -> Result<(Vec<(u64, (u64, u64), Message)>, u64), TieredError> {
+    let from = from.max(f.min_queue_offset());
+    let to = f.commit_queue_offset().min(from.saturating_add(max.min(MAX_UNITS_PER_READ)));
+    if from >= to {
+        return Ok((Vec::new(), from));
+    }
+    let plan = f.consume_queue.read_plan(from * TIERED_CQ_UNIT_BYTES, (to - from) * TIERED_CQ_UNIT_BYTES)?;
+    let units = decode_units(&f.queue.to_string(), &fetch_pieces(inner, plan).await?)?;
+    let next = from + units.len() as u64;
+    let ranges = unit_ranges(&f.queue, from, &units)?;
+    let Some((span_start, span_end)) = span(&ranges) else { return Ok((Vec::new(), next)) };
+    let bytes = fetch_pieces(inner, f.commit_log.read_plan(span_start, span_end - span_start)?).await?;
+    Ok((decode_ranges(&f.queue, ranges, span_start, &bytes)?, next))
 }
 
 /// Decodes one tiered record and checks it is the message the unit names.
 pub fn decode_checked(q: &QueueKey, queue_offset: u64, record: &[u8]) -> Result<Message, TieredError> {
-    let what = || format!("{q} unit {queue_offset}");
+    let what = format!("{q} unit {queue_offset}");
+    let m = decode_record(&what, record)?;
+    if m.topic != q.topic || m.queue_id != q.queue_id || m.queue_offset != queue_offset {
+        return Err(TieredError::corrupt(what, format!("record is {}/{}@{}", m.topic, m.queue_id, m.queue_offset)));
+    }
+    Ok(m)
+}
+
+/// Decodes one whole tiered record (CRC checked).
+pub fn decode_record(what: &str, record: &[u8]) -> Result<Message, TieredError> {
     let opts = DecodeOptions { check_crc: true, max_record_bytes: record.len() as u64, ..DecodeOptions::default() };
     match decode(record, &opts) {
-        Decoded::Valid(m, size) if size as usize == record.len() => {
-            if m.topic != q.topic || m.queue_id != q.queue_id || m.queue_offset != queue_offset {
-                return Err(TieredError::corrupt(
-                    what(),
-                    format!("record is {}/{}@{}", m.topic, m.queue_id, m.queue_offset),
-                ));
-            }
-            Ok(m)
-        }
-        Decoded::Valid(_, size) => Err(TieredError::corrupt(what(), format!("record is {size} bytes, unit says {}", record.len()))),
-        Decoded::Blank { .. } => Err(TieredError::corrupt(what(), "a blank record")),
-        Decoded::Corrupt(c) => Err(TieredError::corrupt(what(), c.reason.to_string())),
+        Decoded::Valid(m, size) if size as usize == record.len() => Ok(m),
+        Decoded::Valid(_, size) => Err(TieredError::corrupt(what, format!("record is {size} bytes, unit says {}", record.len()))),
+        Decoded::Blank { .. } => Err(TieredError::corrupt(what, "a blank record")),
+        Decoded::Corrupt(c) => Err(TieredError::corrupt(what, c.reason.to_string())),
     }
 }
 

@@ -78,6 +78,8 @@ pub struct FlatMessageFile {
     pub recovered: bool,
     /// What recovery found no bytes for (queue offsets for the consume queue).
     pub holes: Vec<(FileKind, Hole)>,
+    /// Queue offsets below this have their keys in a durable index file.
+    pub indexed_queue_offset: u64,
     /// Remote sizes learned by a recovery not finished yet (None: no such object).
     recovery_sizes: BTreeMap<(FileKind, u64), Option<u64>>,
 }
@@ -98,6 +100,7 @@ impl FlatMessageFile {
             commit_log: cl,
             consume_queue: cq,
             recovered: false,
+            indexed_queue_offset: 0,
             holes: Vec::new(),
             recovery_sizes: BTreeMap::new(),
         }

@@ -39,6 +39,10 @@ struct MetadataFile {
     complete: bool,
     /// Object key -> segment.
     segments: BTreeMap<String, SegmentMeta>,
+    /// Queue (`topic/queue`) -> the queue offset below which every committed message's keys
+    /// are in a durable index file (local and synced, or uploaded).
+    #[serde(default)]
+    indexed: BTreeMap<String, u64>,
 }
 
 const FORMAT_VERSION: u32 = 1;
@@ -52,6 +56,7 @@ pub struct MetadataStore {
     storage: Arc<dyn Storage>,
     path: PathBuf,
     segments: BTreeMap<String, SegmentMeta>,
+    indexed: BTreeMap<String, u64>,
     complete: bool,
     /// Changed since the last persist.
     dirty: bool,
@@ -73,7 +78,14 @@ pub enum MetadataLoad {
 impl MetadataStore {
     pub fn load(storage: Arc<dyn Storage>, path: &Path) -> Result<(MetadataStore, MetadataLoad), TieredError> {
         let mut store =
-            MetadataStore { storage, path: path.to_path_buf(), segments: BTreeMap::new(), complete: false, dirty: false };
+            MetadataStore {
+            storage,
+            path: path.to_path_buf(),
+            segments: BTreeMap::new(),
+            indexed: BTreeMap::new(),
+            complete: false,
+            dirty: false,
+        };
         // A temporary file left by a crash before its rename is never the metadata.
         let tmp = tmp_path(path);
         if store.storage.exists(&tmp) {
@@ -86,10 +98,12 @@ impl MetadataStore {
         match parse(&bytes) {
             Ok(file) if !file.complete => {
                 store.segments = file.segments;
+                store.indexed = file.indexed;
                 Ok((store, MetadataLoad::Incomplete))
             }
             Ok(file) => {
                 store.segments = file.segments;
+                store.indexed = file.indexed;
                 store.complete = true;
                 Ok((store, MetadataLoad::Loaded))
             }
@@ -119,6 +133,18 @@ impl MetadataStore {
         }
     }
 
+    /// The queue offset below which a queue's keys are durably indexed, if recorded.
+    pub fn indexed(&self, queue: &str) -> Option<u64> {
+        self.indexed.get(queue).copied()
+    }
+
+    pub fn set_indexed(&mut self, queue: &str, offset: u64) {
+        if self.indexed.get(queue) != Some(&offset) {
+            self.indexed.insert(queue.to_string(), offset);
+            self.dirty = true;
+        }
+    }
+
     /// Whether the table names every queue the object store holds.
     pub fn is_complete(&self) -> bool {
         self.complete
@@ -142,8 +168,12 @@ impl MetadataStore {
         if !self.dirty {
             return Ok(());
         }
-        let file =
-            MetadataFile { format_version: FORMAT_VERSION, complete: self.complete, segments: self.segments.clone() };
+        let file = MetadataFile {
+            format_version: FORMAT_VERSION,
+            complete: self.complete,
+            segments: self.segments.clone(),
+            indexed: self.indexed.clone(),
+        };
         let bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| TieredError::Metadata { path: self.path.display().to_string(), reason: e.to_string() })?;
         let dir = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();

@@ -17,6 +17,10 @@
 //!   atomically.
 //! - `dispatcher`: the background task moving each queue from the local store.
 //! - `fetcher`: reads by queue offset and by key, routed between local and tiered.
+//! - `index_file`: the tiered index file's layout, writable and compacted (`IndexStoreFile`).
+//! - `index_service`: the index files of the store (`IndexStoreService`): keys of committed
+//!   messages in, sealed files compacted and uploaded, queries across local and uploaded
+//!   files, the bounded upload at shutdown, recovery.
 //! - `store`: `TieredStore`, the whole of it: open (recover), start, reads, shutdown,
 //!   inspection for checkers.
 
@@ -24,6 +28,8 @@ pub mod dispatcher;
 pub mod fetcher;
 pub mod flat_file;
 pub mod flat_message;
+pub mod index_file;
+pub mod index_service;
 pub mod metadata;
 pub mod segment;
 pub mod source;
@@ -34,6 +40,7 @@ use std::fmt;
 use crate::error::StoreError;
 use crate::io::{IoError, ObjectError};
 
+pub use index_service::{IndexLeft, IndexStatus};
 pub use store::{TieredStore, TieredStats};
 
 /// Size of a tiered consume-queue unit: tiered commit-log offset (i64), size (i32), tags code (i64).
@@ -45,6 +52,8 @@ pub const TIERED_CQ_UNIT_BYTES: u64 = 20;
 pub enum FileKind {
     CommitLog,
     ConsumeQueue,
+    /// A compacted index file (one object per file, never appended to).
+    Index,
 }
 
 impl FileKind {
@@ -53,6 +62,7 @@ impl FileKind {
         match self {
             FileKind::CommitLog => "commitlog",
             FileKind::ConsumeQueue => "consumequeue",
+            FileKind::Index => "index",
         }
     }
 
@@ -60,6 +70,7 @@ impl FileKind {
         match s {
             "commitlog" => Some(FileKind::CommitLog),
             "consumequeue" => Some(FileKind::ConsumeQueue),
+            "index" => Some(FileKind::Index),
             _ => None,
         }
     }
@@ -67,7 +78,7 @@ impl FileKind {
     /// Bytes of one addressable entry: offsets of a consume queue move in whole units.
     pub fn unit_bytes(self) -> u64 {
         match self {
-            FileKind::CommitLog => 1,
+            FileKind::CommitLog | FileKind::Index => 1,
             FileKind::ConsumeQueue => TIERED_CQ_UNIT_BYTES,
         }
     }
@@ -97,6 +108,15 @@ pub struct TieredConfig {
     pub dispatch_permits: u64,
     /// Remote segments whose newest message is older than this are deleted (None: never).
     pub remote_retention_ms: Option<u64>,
+    /// Hash slots of an index file.
+    pub index_slots: u32,
+    /// Keys an index file takes before it is sealed.
+    pub index_max_items: u32,
+    /// How often sealed index files are compacted and uploaded (RocketMQ's 10 s loop).
+    pub index_upload_interval_ms: u64,
+    /// Shutdown uploads every pending index file for at most this long, then returns and
+    /// reports what it left (the next start uploads it from the local disk).
+    pub shutdown_upload_bound_ms: u64,
 }
 
 impl TieredConfig {
@@ -113,6 +133,10 @@ impl TieredConfig {
             dispatch_interval_ms: 100,
             dispatch_permits: 4,
             remote_retention_ms: None,
+            index_slots: 32,
+            index_max_items: 128,
+            index_upload_interval_ms: 1_000,
+            shutdown_upload_bound_ms: 2_000,
         }
     }
 
@@ -129,6 +153,10 @@ impl TieredConfig {
             dispatch_interval_ms: 20,
             dispatch_permits: 16,
             remote_retention_ms: None,
+            index_slots: 5_000_000,
+            index_max_items: 20_000_000,
+            index_upload_interval_ms: 10_000,
+            shutdown_upload_bound_ms: 30_000,
         }
     }
 
@@ -142,6 +170,13 @@ impl TieredConfig {
         }
         if self.consume_queue_segment_bytes == 0 || self.consume_queue_segment_bytes % TIERED_CQ_UNIT_BYTES != 0 {
             return bad("consume_queue_segment_bytes must be a positive multiple of 20");
+        }
+        if self.index_slots == 0
+            || self.index_slots as i64 > i64::from(index_file::MAX_SLOTS)
+            || self.index_max_items == 0
+            || self.index_max_items as i64 > i64::from(index_file::MAX_ITEMS)
+        {
+            return bad("index_slots and index_max_items must be positive and within the index file's limits");
         }
         if self.batch_max_count == 0 || self.batch_max_bytes == 0 || self.dispatch_permits == 0 {
             return bad("batch_max_count, batch_max_bytes and dispatch_permits must be positive");
@@ -233,7 +268,7 @@ mod tests {
         for bad in [
             "tiered/TopicA/3/consumequeue/640",
             "tiered/TopicA/03/consumequeue/00000000000000000640",
-            "tiered/TopicA/3/index/00000000000000000640",
+            "tiered/TopicA/3/idx/00000000000000000640",
             "tiered/TopicA/3/commitlog/0000000000000000064x",
             "tiered/TopicA/3/commitlog/00000000000000000640/x",
             "other/TopicA/3/commitlog/00000000000000000640",

@@ -4,8 +4,9 @@
 //! keeps everything the object store holds) and continues an empty local log above what the
 //! tiered store holds; every queue is then checked against the object store by the
 //! dispatcher before it moves anything. Reads are routed by `fetcher`. Shutdown stops the
-//! dispatcher and saves the metadata; batches not committed are dispatched again after the
-//! next start, from each queue's committed consume-queue offset.
+//! dispatcher, uploads every pending index file within a bound and saves the metadata;
+//! batches not committed are dispatched again after the next start, from each queue's
+//! committed consume-queue offset.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,8 +20,9 @@ use super::flat_file::Hole;
 use super::flat_message::FlatMessageFile;
 use super::metadata::{MetadataLoad, MetadataStore};
 use super::source::MessageSource;
+use super::index_service::{IndexLeft, IndexService, IndexStatus};
 use super::{keys, FileKind, QueueKey, TieredConfig, TieredError};
-use crate::bugs::BugSet;
+use crate::bugs::{Bug, BugSet};
 use crate::io::{Clock, HoldCounter, HoldKind, ObjectStore, Storage};
 use crate::store::lock;
 
@@ -38,6 +40,7 @@ pub(crate) struct Counters {
     pub holds_branch: AtomicU64,
     pub blank_units: AtomicU64,
     pub segments_expired: AtomicU64,
+    pub index_errors: AtomicU64,
 }
 
 /// What the tiered store has done since it was opened.
@@ -71,6 +74,11 @@ pub(crate) struct TieredInner {
     /// False once the dispatcher task has ended (it only ends at shutdown, or under a bug).
     pub dispatcher_alive: AtomicBool,
     pub counters: Counters,
+    pub index: tokio::sync::Mutex<IndexService>,
+    /// Whether the metadata was loaded whole at open: a queue it has no indexed offset for
+    /// was never indexed. Otherwise (a replaced disk) the object store's index files hold
+    /// every committed key a clean shutdown uploaded.
+    pub metadata_loaded: bool,
 }
 
 impl TieredInner {
@@ -106,6 +114,13 @@ impl TieredInner {
         let now = self.now_ms();
         flat.recover(self.obj.as_ref(), &self.meta, &listed, now).await?;
         crate::probe!("tiered.queue-recovered");
+        let recorded = self.meta.lock().await.indexed(&flat.queue.to_string());
+        let indexed = match recorded {
+            Some(v) => v,
+            None if self.metadata_loaded => 0,
+            None => flat.commit_queue_offset(),
+        };
+        flat.indexed_queue_offset = indexed.min(flat.commit_queue_offset());
         let all_listed_recovered = {
             let mut l = lock(&self.listed);
             l.remove(&flat.queue);
@@ -155,10 +170,20 @@ impl TieredStore {
         give_up_after_ms: u64,
     ) -> Result<TieredStore, TieredError> {
         cfg.validate()?;
-        let (meta, loaded) = MetadataStore::load(storage, &metadata_path(store_root))?;
+        let (mut meta, loaded) = MetadataStore::load(storage.clone(), &metadata_path(store_root))?;
         if let MetadataLoad::Unreadable(reason) = &loaded {
             tracing::error!(%reason, "tiered metadata unreadable: rebuilding from the object store");
         }
+        let (listed, index_ids) = if loaded != MetadataLoad::Loaded {
+            crate::probe!("tiered.rebuilt-from-listing");
+            let (listed, index_ids) = list_with_retries(obj.as_ref(), &cfg.key_prefix, give_up_after_ms).await?;
+            // Until every listed queue is recovered, a saved table may miss some of them.
+            meta.set_complete(listed.is_empty());
+            (listed, index_ids)
+        } else {
+            (BTreeMap::new(), Vec::new())
+        };
+        let index = IndexService::recover(storage, store_root, &cfg, &bugs, &mut meta, &index_ids, clock.now_ms()).await?;
         let permits = source.holds().counter(HoldKind::Permit, "tiered-dispatch-permits");
         let inner = Arc::new(TieredInner {
             cfg,
@@ -168,23 +193,23 @@ impl TieredStore {
             clock,
             meta: tokio::sync::Mutex::new(meta),
             flats: Mutex::new(BTreeMap::new()),
-            listed: Mutex::new(BTreeMap::new()),
+            listed: Mutex::new(listed),
             permits,
             stopping: AtomicBool::new(false),
             stop_notify: Notify::new(),
             dispatcher_alive: AtomicBool::new(false),
             counters: Counters::default(),
+            index: tokio::sync::Mutex::new(index),
+            metadata_loaded: loaded == MetadataLoad::Loaded,
         });
-        if loaded != MetadataLoad::Loaded {
-            crate::probe!("tiered.rebuilt-from-listing");
-            let listed = list_with_retries(&inner, give_up_after_ms).await?;
-            // Until every listed queue is recovered, a saved table may miss some of them.
-            inner.meta.lock().await.set_complete(listed.is_empty());
-            *lock(&inner.listed) = listed;
-        }
         let queues: Vec<QueueKey> = {
             let meta = inner.meta.lock().await;
-            let from_meta = meta.segments().keys().filter_map(|k| keys::parse(&inner.cfg.key_prefix, k).map(|p| p.0));
+            let from_meta = meta
+                .segments()
+                .keys()
+                .filter_map(|k| keys::parse(&inner.cfg.key_prefix, k))
+                .filter(|(_, kind, _)| *kind != FileKind::Index)
+                .map(|p| p.0);
             let from_listing: Vec<QueueKey> = lock(&inner.listed).keys().cloned().collect();
             let mut all: Vec<QueueKey> = from_meta.chain(from_listing).collect();
             all.sort();
@@ -209,13 +234,15 @@ impl TieredStore {
         }
     }
 
-    /// Stops the dispatcher and saves the metadata. Uncommitted batches are dropped: they are
+    /// Stops the dispatcher, indexes what is committed, uploads every pending index file (the
+    /// newest included) and saves the metadata. Uncommitted batches are dropped: they are
     /// dispatched again after the next start. Bounded: a dispatcher still inside an upload
-    /// after `SHUTDOWN_WAIT_MS` (the object store failing or slow) is aborted where it stands,
-    /// which recovery handles as it handles a crash.
-    pub async fn shutdown(&self) -> Result<(), TieredError> {
+    /// after `SHUTDOWN_WAIT_MS` is aborted where it stands (recovery handles it as a crash),
+    /// and the index uploads stop after `shutdown_upload_bound_ms`; what they left is
+    /// returned, and uploaded by the next start from the local disk.
+    pub async fn shutdown(&self) -> Result<IndexLeft, TieredError> {
         if self.shut_down.swap(true, Ordering::SeqCst) {
-            return Ok(());
+            return Ok(IndexLeft::default());
         }
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop_notify.notify_waiters();
@@ -229,8 +256,83 @@ impl TieredStore {
                 self.inner.dispatcher_alive.store(false, Ordering::SeqCst);
             }
         }
+        let left = self.finish_index().await;
+        if !left.is_empty() {
+            crate::probe!("tiered.shutdown-left-index");
+            tracing::warn!(files = ?left.files, queues = ?left.queues, "tiered index not finished at shutdown");
+        }
         // The metadata lock may be held by the aborted upload's caller no longer: take it.
-        self.inner.meta.lock().await.persist().await
+        self.inner.meta.lock().await.persist().await?;
+        Ok(left)
+    }
+
+    /// Indexes every queue's committed messages, then seals and uploads every local index
+    /// file, retrying until the bound (never, under `tiered-shutdown-unbounded`).
+    async fn finish_index(&self) -> IndexLeft {
+        let inner = &self.inner;
+        let bound_ms = if inner.bugs.has(Bug::TieredShutdownUnbounded) { UNBOUNDED_MS } else { inner.cfg.shutdown_upload_bound_ms };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(bound_ms);
+        let mut left = IndexLeft::default();
+        for (q, flat) in inner.all_flats() {
+            let mut f = flat.lock().await;
+            if !f.recovered || f.has_uncommitted() {
+                // Not checked against the object store since the start, or a batch whose
+                // upload's outcome is unknown: what the object store holds of the queue, and
+                // so whether its keys are all indexed, is not known.
+                left.queues.push(q.clone());
+                continue;
+            }
+            while f.indexed_queue_offset < f.commit_queue_offset() {
+                match tokio::time::timeout(until(deadline), super::index_service::index_committed(inner, &mut f)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                        tracing::warn!(queue = %q, error = %e, "indexing at shutdown failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                    }
+                    _ => {
+                        left.queues.push(q.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        let ids = {
+            let s = inner.index.lock().await;
+            if inner.bugs.has(Bug::TieredIndexNewestNotUploaded) {
+                // 5.3.0: shutdown closes the files and forgets them.
+                Vec::new()
+            } else if inner.bugs.has(Bug::TieredIndexForceUploadWrongFile) {
+                // #8493's forced upload: the current write file only.
+                s.newest_pending().into_iter().collect()
+            } else {
+                s.all_pending()
+            }
+        };
+        for id in ids {
+            loop {
+                if tokio::time::Instant::now() >= deadline {
+                    left.files.push(id);
+                    break;
+                }
+                let attempt = super::index_service::upload_file(&inner.index, &inner.meta, inner.obj.as_ref(), &inner.bugs, id, inner.now_ms());
+                match tokio::time::timeout(until(deadline), attempt).await {
+                    Ok(Ok(true)) => break,
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!(id, error = %e, "index upload at shutdown failed; retrying"),
+                    Err(_) => {
+                        left.files.push(id);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+        }
+        left
+    }
+
+    /// Every index file's status, by id (tests and checkers).
+    pub async fn index_statuses(&self) -> Vec<(u64, IndexStatus)> {
+        self.inner.index.lock().await.statuses()
     }
 
     /// Dispatches every queue once, now, without the hold branch (tests and benches).
@@ -308,24 +410,34 @@ impl Drop for TieredStore {
     }
 }
 
+/// What a listing found: the segments of each queue, and the index files' ids.
+type Listing = (BTreeMap<QueueKey, Vec<(FileKind, u64)>>, Vec<u64>);
+
 /// Lists every segment under the prefix, retrying while the object store fails.
-async fn list_with_retries(
-    inner: &TieredInner,
-    give_up_after_ms: u64,
-) -> Result<BTreeMap<QueueKey, Vec<(FileKind, u64)>>, TieredError> {
-    let prefix = format!("{}/", inner.cfg.key_prefix);
-    let keys = retry(give_up_after_ms, "list the object store", || inner.obj.list(&prefix)).await?;
+async fn list_with_retries(obj: &dyn ObjectStore, key_prefix: &str, give_up_after_ms: u64) -> Result<Listing, TieredError> {
+    let prefix = format!("{key_prefix}/");
+    let keys = retry(give_up_after_ms, "list the object store", || obj.list(&prefix)).await?;
     let mut out: BTreeMap<QueueKey, Vec<(FileKind, u64)>> = BTreeMap::new();
+    let mut index_ids = Vec::new();
     for k in keys {
-        match keys::parse(&inner.cfg.key_prefix, &k) {
+        match keys::parse(key_prefix, &k) {
+            Some((q, FileKind::Index, id)) if q == super::index_service::index_queue() => index_ids.push(id),
+            Some((_, FileKind::Index, _)) => tracing::warn!(key = %k, "index object outside the index queue: ignored"),
             Some((q, kind, base)) => out.entry(q).or_default().push((kind, base)),
             None => tracing::warn!(key = %k, "object under the tiered prefix is not a segment: ignored"),
         }
     }
-    Ok(out)
+    Ok((out, index_ids))
 }
 
 const RETRY_MS: u64 = 200;
+/// "For ever" (a year) under `tiered-shutdown-unbounded`.
+const UNBOUNDED_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// The time left until `deadline` (zero once passed).
+fn until(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
 /// How long shutdown lets the dispatcher finish its current upload.
 const SHUTDOWN_WAIT_MS: u64 = 1_000;
 

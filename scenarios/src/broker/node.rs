@@ -249,6 +249,10 @@ async fn handle(sh: &Arc<Shared>, store: Weak<Store>, request: Request) -> Optio
             let store = store.upgrade()?;
             Some(Reply::Get(store.get(&topic, queue_id, offset, max).map_err(|e| e.to_string())))
         }
+        Request::QueryKey { topic, key, max } => {
+            let store = store.upgrade()?;
+            Some(Reply::Get(store.query_by_key(&topic, &key, 0, i64::MAX, max).map_err(|e| e.to_string())))
+        }
     }
 }
 

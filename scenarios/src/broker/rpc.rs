@@ -35,6 +35,12 @@ pub enum Request {
         offset: u64,
         max: usize,
     },
+    /// Messages of `topic` with `key`, any store time (answered with `Reply::Get`).
+    QueryKey {
+        topic: String,
+        key: String,
+        max: usize,
+    },
 }
 
 #[derive(Debug, Clone)]

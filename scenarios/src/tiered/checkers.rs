@@ -14,6 +14,11 @@
 //!   maximum within a bound, with the dispatcher alive.
 //! - `tiered-durability`: after a clean shutdown and a replaced disk, everything the tiered
 //!   store reported committed reads back, and new messages never reuse a queue offset.
+//! - `index-complete`: after a clean shutdown that reported nothing left and a replaced disk,
+//!   the keys of messages the tiered store committed are found by a key query (every key of
+//!   the newest messages of each queue, and a spread of the others); a query returns only
+//!   genuine messages carrying the key.
+//! - `routing`: with an empty local log, a read returns what the tiered store holds.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +36,8 @@ pub const TIERED_CONTIGUITY: &str = "tiered-contiguity";
 pub const TIERED_READABLE: &str = "tiered-readable";
 pub const TIERED_PROGRESS: &str = "tiered-progress";
 pub const TIERED_DURABILITY: &str = "tiered-durability";
+pub const INDEX_COMPLETE: &str = "index-complete";
+pub const ROUTING: &str = "routing";
 
 fn v(checker: &str, message: String, now_ms: u64) -> Violation {
     Violation { checker: checker.to_string(), message, at_ms: now_ms }
@@ -42,7 +49,7 @@ type Flats = BTreeMap<(QueueKey, FileKind), Vec<(u64, Bytes)>>;
 fn flats(objects: &BTreeMap<String, Bytes>) -> Flats {
     let mut out: Flats = BTreeMap::new();
     for (key, bytes) in objects {
-        if let Some((q, kind, base)) = keys::parse(KEY_PREFIX, key) {
+        if let Some((q, kind, base)) = keys::parse(KEY_PREFIX, key).filter(|(_, k, _)| *k != FileKind::Index) {
             out.entry((q, kind)).or_default().push((base, bytes.clone()));
         }
     }
@@ -93,7 +100,11 @@ pub fn contiguity(
         out.push(v(TIERED_CONTIGUITY, format!("{when}: the metadata file has no segment table"), now_ms));
         return out;
     };
-    let keys: Vec<&String> = segments.keys().collect();
+    // Index objects are whole files, not a flat file's segments.
+    let keys: Vec<&String> = segments
+        .keys()
+        .filter(|k| keys::parse(KEY_PREFIX, k).is_some_and(|(_, kind, _)| kind != FileKind::Index))
+        .collect();
     for (i, key) in keys.iter().enumerate() {
         let dir = &key[..key.rfind('/').unwrap_or(0)];
         let last = keys.get(i + 1).is_none_or(|next| !next.starts_with(&format!("{dir}/")));
@@ -313,6 +324,131 @@ pub async fn offsets_continue(store: &Store, committed: &BTreeMap<Queue, (u64, u
             Err(e) => {
                 out.push(v(TIERED_DURABILITY, format!("{topic}/{q}: a put on a replaced disk failed: {e}"), now_ms))
             }
+        }
+    }
+    out
+}
+
+/// A key the index must find: the message committed at `offset` of `queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedKey {
+    pub queue: Queue,
+    pub offset: u64,
+    pub id: MsgId,
+    pub key: String,
+}
+
+/// Every key of the newest messages of each committed queue and a spread of the others (at
+/// most `max`), from what the object store held (`ids`) within the committed ranges.
+pub fn expected_keys(h: &History, max: usize) -> Vec<ExpectedKey> {
+    let mut all = Vec::new();
+    for ((topic, q), &(min, commit)) in &h.committed {
+        for offset in min..commit {
+            let queue = (topic.clone(), *q);
+            let Some(Some(id)) = h.remote_ids.get(&(queue.clone(), offset)) else { continue };
+            for key in h.keys.get(id).into_iter().flatten() {
+                all.push((commit - offset, ExpectedKey { queue: queue.clone(), offset, id: *id, key: key.clone() }));
+            }
+        }
+    }
+    const NEWEST: u64 = 8;
+    let (mut out, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|(age, _)| *age <= NEWEST);
+    let room = max.saturating_sub(out.len()).max(1);
+    let step = rest.len().div_ceil(room).max(1);
+    out.extend(rest.into_iter().step_by(step));
+    out.into_iter().map(|(_, e)| e).collect()
+}
+
+/// Query attempts per key while the object store fails transiently.
+const QUERY_ATTEMPTS: u32 = 5;
+
+/// `index-complete`: each expected key is found (a query that keeps failing transiently says
+/// nothing; one failing otherwise is a violation). Every result must carry its key.
+pub async fn index_complete(tiered: &TieredStore, expected: &[ExpectedKey], when: &str, now_ms: u64) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for e in expected {
+        let (topic, q) = &e.queue;
+        let mut attempt = 0;
+        let got = loop {
+            attempt += 1;
+            match tiered.query_by_key(topic, &e.key, 0, i64::MAX, 64).await {
+                Ok(msgs) => break Some(msgs),
+                Err(err) if is_transient(&err) && attempt < QUERY_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(err) if is_transient(&err) => break None,
+                // A local disk in an error window says nothing about the index.
+                Err(TieredError::Io(_) | TieredError::Store(_)) => break None,
+                Err(err) => {
+                    out.push(v(INDEX_COMPLETE, format!("{when}: query of {topic} key {} failed: {err}", e.key), now_ms));
+                    break None;
+                }
+            }
+        };
+        let Some(msgs) = got else { continue };
+        for m in &msgs {
+            if m.topic != *topic || !(m.keys.contains(&e.key) || m.uniq_key.as_deref() == Some(&e.key)) {
+                out.push(v(INDEX_COMPLETE, format!("{when}: query of {topic} key {} returned {}/{}@{} without it", e.key, m.topic, m.queue_id, m.queue_offset), now_ms));
+            }
+        }
+        let found = msgs.iter().any(|m| m.queue_id == *q && m.queue_offset == e.offset && id_of_body(&m.body) == Some(e.id));
+        if !found {
+            out.push(v(
+                INDEX_COMPLETE,
+                format!("{when}: key {} of {topic}/{q}@{} ({:?}), committed to the tiered store, is not found ({} results)", e.key, e.offset, e.id, msgs.len()),
+                now_ms,
+            ));
+        }
+    }
+    out
+}
+
+/// `routing`: with the local log empty, a read of each committed queue from its tiered
+/// minimum returns what the tiered store holds there (not nothing, and the same messages as
+/// far as both reads go).
+pub async fn routing(store: &Store, tiered: &TieredStore, committed: &BTreeMap<Queue, (u64, u64)>, when: &str, now_ms: u64) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if store.min_phy_offset() < store.max_phy_offset() {
+        return out;
+    }
+    for ((topic, q), &(min, commit)) in committed {
+        if commit <= min {
+            continue;
+        }
+        let (Ok(tiered_msgs), Ok(routed)) = (tiered.get_tiered(topic, *q, min, 16).await, tiered.get(topic, *q, min, 16).await) else {
+            continue;
+        };
+        if tiered_msgs.is_empty() {
+            continue;
+        }
+        let offsets = |m: &[StoredMessage]| m.iter().map(|m| m.queue_offset).collect::<Vec<_>>();
+        // The dispatcher may commit more between the two reads: their common part must agree.
+        let n = routed.len().min(tiered_msgs.len());
+        if routed.is_empty() || offsets(&routed[..n]) != offsets(&tiered_msgs[..n]) {
+            out.push(v(
+                ROUTING,
+                format!(
+                    "{when}: with an empty local log a read of {topic}/{q} from {min} returned offsets {:?}, the tiered store holds {:?}",
+                    offsets(&routed),
+                    offsets(&tiered_msgs)
+                ),
+                now_ms,
+            ));
+        }
+    }
+    out
+}
+
+/// A key query's results: genuine messages of the topic carrying the key.
+pub fn check_query(h: &History, topic: &str, key: &str, msgs: &[StoredMessage], now_ms: u64) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.topic != topic || !(m.keys.iter().any(|k| k == key) || m.uniq_key.as_deref() == Some(key)) {
+            out.push(v(INDEX_COMPLETE, format!("query of {topic} key {key} returned {}/{}@{} without it", m.topic, m.queue_id, m.queue_offset), now_ms));
+            continue;
+        }
+        if let Err(reason) = check_message(h, topic, m.queue_id, m.queue_offset, &m.body) {
+            out.push(v(TIERED_READABLE, format!("query of {topic} key {key}: {}@{}: {reason}", m.queue_id, m.queue_offset), now_ms));
         }
     }
     out

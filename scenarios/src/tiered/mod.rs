@@ -3,8 +3,11 @@
 //! old offsets only the object store may still have. Faults: kills, power loss, clean
 //! shutdowns, disk errors, object-store errors, lost acknowledgements, partial appends and
 //! outages, partitions from the object store, clock jumps; local files expire on their own.
-//! At the end: progress, leaks, a clean shutdown, and a replaced container — a new, empty disk
-//! and the same object store — from which everything the tiered store committed must read back.
+//! The consumer also queries keys. Half of the clean stops that uploaded every index file come
+//! back as a replaced container. At the end: progress, leaks, a clean shutdown (in half of the
+//! runs while the object store is out: it must stay bounded), and a replaced container — a new,
+//! empty disk and the same object store — from which everything the tiered store committed
+//! must read back, reads must be routed to the tiered store, and committed keys be found.
 //!
 //! - `history`: sends, acks, reads, what the tiered store reported at its last clean stop.
 //! - `checkers`: the named checkers, pure functions over the object store's contents, the
@@ -27,6 +30,9 @@ use sim::fault_plan::{FaultKind, PlanSpace};
 use sim::object_store::ObjectStoreConfig;
 use sim::world::{NodeLife, World, WorldConfig};
 use sim::Violation;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::broker::{config_violation, flush_mode, parse_bugs, trace_config, wait_for};
 use crate::scenario::RunInput;
@@ -240,12 +246,11 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
     if sh.now_ms() < quiet_ms {
         tokio::time::sleep(Duration::from_millis(quiet_ms - sh.now_ms())).await;
     }
-    let serving = wait_for(SERVING_BOUND_MS, || sh.serving().is_some()).await;
+    // A boot on a replaced disk lists and checks every segment before it serves.
+    let bound_ms = if sh.history().replaced_boot_running { REPLACED_BOOT_BOUND_MS } else { SERVING_BOUND_MS };
+    let serving = wait_for(bound_ms, || sh.serving().is_some()).await;
     if !serving {
-        sh.violation(
-            crate::broker::checkers::LIVENESS,
-            format!("the broker is not serving {SERVING_BOUND_MS} ms after the faults"),
-        );
+        sh.violation(crate::broker::checkers::LIVENESS, format!("the broker is not serving {bound_ms} ms after the faults"));
     }
     // The faults stop: the object store's background errors and the network's packet loss too
     // (restored for the replaced disk's boot below).
@@ -270,15 +275,19 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
         }
     }
     let handle = madsim::runtime::Handle::current();
+    // Half of the runs shut down while the object store is out: the shutdown stays bounded.
+    let outage = ChaCha8Rng::seed_from_u64(sh.seed ^ 0x07a6e).gen_bool(0.5);
     if sh.serving().is_some() {
+        if outage {
+            object_store.set_unavailable(true);
+        }
         handle.send_ctrl_c(broker);
         let stopped_cleanly = wait_for(BOUND_MS, || sh.world.life(BROKER) == Some(NodeLife::Stopped)).await;
         if !stopped_cleanly {
-            sh.violation(
-                crate::broker::checkers::LIVENESS,
-                format!("a clean shutdown did not end within {BOUND_MS} ms"),
-            );
+            let during = if outage { " (the object store out)" } else { "" };
+            sh.violation(crate::broker::checkers::LIVENESS, format!("a clean shutdown did not end within {BOUND_MS} ms{during}"));
         }
+        object_store.set_unavailable(false);
     }
     handle.kill(broker);
     node::remote_checks(sh, "after the final shutdown");
@@ -296,15 +305,19 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
         sh.violation(checkers::TIERED_DURABILITY, "the broker did not come back on a replaced disk".into());
         return;
     };
-    let (committed, ids) = {
+    let (committed, ids, expected) = {
         let h = sh.history();
-        (h.committed.clone(), h.remote_ids.clone())
+        let expected = if h.index_uploaded { checkers::expected_keys(&h, node::EXPECTED_KEYS) } else { Vec::new() };
+        (h.committed.clone(), h.remote_ids.clone(), expected)
     };
     // On the broker's node: the object store answers its clients by node.
     let now_ms = sh.now_ms();
     let node = handle.get_node(broker).expect("the broker node exists");
     let check = node.spawn(async move {
-        let mut found = checkers::durability_after_replacement(&tiered, &committed, &ids, now_ms).await;
+        let when = "on the final replaced disk";
+        let mut found = checkers::routing(&store, &tiered, &committed, when, now_ms).await;
+        found.extend(checkers::index_complete(&tiered, &expected, when, now_ms).await);
+        found.extend(checkers::durability_after_replacement(&tiered, &committed, &ids, now_ms).await);
         found.extend(checkers::offsets_continue(&store, &committed, now_ms).await);
         found
     });

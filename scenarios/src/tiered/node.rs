@@ -1,7 +1,9 @@
 //! The broker process of the `tiered` scenario: on every (re)start it runs the remote checks
 //! on what the object store and the metadata file hold, opens the local store (which
-//! recovers) and the tiered store over it, then serves puts and routed gets until ctrl-c,
-//! when it shuts both down cleanly and records what the tiered store reported committed.
+//! recovers) and the tiered store over it, then serves puts, routed gets and key queries
+//! until ctrl-c, when it shuts both down cleanly and records what the tiered store reported
+//! committed. Half of the clean stops whose shutdown left nothing come back on a replaced
+//! disk: the routing and index-complete checks run there.
 
 use std::path::Path;
 use std::pin::pin;
@@ -9,6 +11,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use engine::tiered::{TieredError, TieredStore};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use engine::Store;
 use madsim::net::Endpoint;
 use sim::world::NodeLife;
@@ -22,19 +26,42 @@ use crate::broker::rpc::{Envelope, PutMsg, Reply, Request, BROKER_PORT, REQUEST_
 const OPEN_RETRY_MS: u64 = 200;
 /// How long one tiered open keeps listing a failing object store before it starts over.
 const TIERED_OPEN_GIVE_UP_MS: u64 = 10_000;
+/// Keys an `index-complete` check queries at most.
+pub const EXPECTED_KEYS: usize = 64;
 
 /// The broker node's `init`: re-run by madsim on every restart.
 pub async fn broker_process(sh: Arc<Shared>) {
     let mut ctrl_c = pin!(tokio::signal::ctrl_c());
     // Poll once now: madsim kills a node on ctrl-c if it never asked for the signal.
     tokio::select! { biased; _ = &mut ctrl_c => {}, _ = std::future::ready(()) => {} }
+    let replaced = std::mem::take(&mut sh.history().replace_at_boot);
+    if replaced {
+        // A replaced container after a clean stop that uploaded everything: a new, empty disk.
+        sh.world.replace_disk(BROKER);
+        sh.history().replaced_boot_running = true;
+    }
     remote_checks(&sh, "at boot");
+    let (expected, committed) = {
+        let h = sh.history();
+        (if replaced { checkers::expected_keys(&h, EXPECTED_KEYS) } else { Vec::new() }, h.committed.clone())
+    };
     let store = Arc::new(open_store(&sh).await);
     let tiered = Arc::new(open_tiered(&sh, &store).await);
     if store.start().is_err() {
         return park().await;
     }
     tiered.start();
+    if replaced {
+        // Routing first, while the local log is still empty (the check skips itself once a
+        // producer's put has landed).
+        let (s, st, t) = (sh.clone(), store.clone(), tiered.clone());
+        tokio::spawn(async move {
+            let when = "on a replaced disk";
+            let mut found = checkers::routing(&st, &t, &committed, when, s.now_ms()).await;
+            found.extend(checkers::index_complete(&t, &expected, when, s.now_ms()).await);
+            s.history().violations.extend(found);
+        });
+    }
     *sh.serving_slot() = (Arc::downgrade(&store), Arc::downgrade(&tiered));
     sh.boots.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     if sh.world.life(BROKER) == Some(NodeLife::ShuttingDown) {
@@ -44,6 +71,7 @@ pub async fn broker_process(sh: Arc<Shared>) {
         return park().await;
     }
     sh.world.report_up(BROKER);
+    sh.history().replaced_boot_running = false;
     serve(&sh, &store, &tiered, ctrl_c).await;
     stop(&sh, &store, &tiered).await;
     park().await
@@ -156,6 +184,11 @@ async fn handle(store: Weak<Store>, tiered: Weak<TieredStore>, request: Request)
             let r = tiered.get(&topic, queue_id, offset, max).await.map_err(|e: TieredError| e.to_string());
             Some(Reply::Get(r))
         }
+        Request::QueryKey { topic, key, max } => {
+            let tiered = tiered.upgrade()?;
+            let r = tiered.query_by_key(&topic, &key, 0, i64::MAX, max).await.map_err(|e: TieredError| e.to_string());
+            Some(Reply::Get(r))
+        }
     }
 }
 
@@ -198,6 +231,11 @@ async fn stop(sh: &Shared, store: &Store, tiered: &TieredStore) {
             .iter()
             .map(|s| ((s.queue.topic.clone(), s.queue.queue_id), (s.min_queue_offset, s.commit_queue_offset)))
             .collect();
+        h.index_uploaded = r.as_ref().is_ok_and(|left| left.is_empty());
+        // Half of the clean stops that left nothing come back as a replaced container.
+        let boots = sh.boots.load(std::sync::atomic::Ordering::SeqCst);
+        let mut rng = ChaCha8Rng::seed_from_u64(sh.seed ^ 0x4e_70_1a_ce ^ boots);
+        h.replace_at_boot = h.index_uploaded && rng.gen_bool(0.5);
     }
     sim::trace!(sh.world.trace(), BROKER, "broker.stopped", "tiered={:?}", r.is_ok());
     sh.world.report_stopped(BROKER);

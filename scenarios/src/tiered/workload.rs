@@ -52,6 +52,7 @@ pub async fn producer(sh: Arc<Shared>, producer: u32) {
             let mut h = sh.history();
             for m in &msgs {
                 h.sends.insert(m.id, (m.topic.clone(), m.queue_id));
+                h.keys.insert(m.id, m.keys.clone());
             }
         }
         let ids: Vec<_> = msgs.iter().map(|m| m.id).collect();
@@ -68,9 +69,10 @@ pub async fn producer(sh: Arc<Shared>, producer: u32) {
 }
 
 /// The consumer node: tails every queue every 200 ms; every fifth round reads one queue
-/// from offset 0.
+/// from offset 0; every round queries the key of one acked message.
 pub async fn consumer(sh: Arc<Shared>) {
     let Ok(mut client) = Client::new(CONSUMER_CLIENT, sh.broker_addr).await else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(sh.seed ^ 0xc0_5e_4e_e7);
     let mut cursors: BTreeMap<(String, u32), u64> = BTreeMap::new();
     let mut round = 0u64;
     while sh.now_ms() < WORKLOAD_MS {
@@ -95,6 +97,30 @@ pub async fn consumer(sh: Arc<Shared>) {
                 }
             }
         }
+        query_one_key(&sh, &mut client, &mut rng).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Queries the key of a random acked message; what comes back must carry the key.
+async fn query_one_key(sh: &Shared, client: &mut Client, rng: &mut ChaCha8Rng) {
+    let target = {
+        let h = sh.history();
+        let keyed: Vec<_> = h.acks.keys().filter(|id| h.keys.get(id).is_some_and(|k| !k.is_empty())).collect();
+        if keyed.is_empty() {
+            return;
+        }
+        let id = keyed[rng.gen_range(0..keyed.len())];
+        let topic = h.sends.get(id).map(|(t, _)| t.clone()).unwrap_or_default();
+        (topic, h.keys[id][0].clone())
+    };
+    let (topic, key) = target;
+    let req = Request::QueryKey { topic: topic.clone(), key: key.clone(), max: 16 };
+    if let Some(Reply::Get(Ok(msgs))) = client.call(req, GET_TIMEOUT).await {
+        let now = sh.now_ms();
+        let mut h = sh.history();
+        h.queries += 1;
+        let found = checkers::check_query(&h, &topic, &key, &msgs, now);
+        h.violations.extend(found);
     }
 }
