@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod case;
 pub mod coverage;
+pub mod dledger;
 pub mod disk_log;
 pub mod explore;
 pub mod merge;

@@ -17,6 +17,7 @@ pub mod member;
 pub mod raft;
 pub mod record;
 pub mod recovery;
+pub mod replica;
 pub mod store_recovery;
 pub mod term;
 
