@@ -28,7 +28,7 @@ use engine::dledger::DLedgerConfig;
 use engine::{Bug, BugSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sim::fault_plan::{FaultKind, PlanSpace};
+use sim::fault_plan::{Fault, FaultKind, FaultPlan, PlanSpace, TimedFault};
 use sim::world::{NodeLife, World, WorldConfig};
 use sim::Violation;
 
@@ -147,23 +147,17 @@ fn group_power_loss(config: &toml::Table, seed: u64) -> Option<(u64, u64)> {
     rng.gen_bool(0.3).then(|| (rng.gen_range(1_000..9_000), rng.gen_range(100..1_500)))
 }
 
-async fn power_loss_all(sh: &Shared, at_ms: u64, restart_after_ms: u64) {
-    tokio::time::sleep(Duration::from_millis(at_ms)).await;
-    let handle = madsim::runtime::Handle::current();
-    sim::trace!(sh.world.trace(), "world", "fault", "power loss on every member, restart after {restart_after_ms} ms");
-    for name in NODES {
-        if let Some(id) = sh.world.node_id(name) {
-            handle.kill(id);
-            sh.world.disk(name).crash(sim::disk::CrashKind::PowerLoss);
+/// The plan with the group power loss added: one power loss per member at the same time,
+/// played by the world like any other (a later crash supersedes a pending restart).
+fn with_group_power_loss(mut plan: FaultPlan, group: Option<(u64, u64)>) -> FaultPlan {
+    if let Some((at_ms, restart_after_ms)) = group {
+        for name in NODES {
+            let fault = Fault::PowerLoss { node: name.to_string(), restart_after_ms };
+            plan.events.push(TimedFault { at_ms, fault });
         }
+        plan.events.sort_by_key(|e| e.at_ms);
     }
-    tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
-    for name in NODES {
-        if let Some(id) = sh.world.node_id(name) {
-            handle.restart(id);
-            sh.world.report_up(name);
-        }
-    }
+    plan
 }
 
 /// Runs the scenario in the current simulation; returns the checkers' violations.
@@ -173,7 +167,8 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
         Err(e) => return config_violation(e),
     };
     let group_loss = group_power_loss(&input.config, input.seed);
-    let world = World::new(input.seed, input.trace.clone(), input.plan, WorldConfig::default());
+    let plan = with_group_power_loss(input.plan, group_loss);
+    let world = World::new(input.seed, input.trace.clone(), plan, WorldConfig::default());
     sim::trace!(input.trace, "world", "dledger.config", "bugs={:?} group_power_loss={group_loss:?}", input.bugs);
     let sh = Arc::new(Shared {
         world: world.clone(),
@@ -194,14 +189,7 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
     }
     let s = sh.clone();
     world.add_node(CONSUMER, move || workload::consumer(s.clone()));
-    let group = group_loss.map(|(at, after)| {
-        let s = sh.clone();
-        tokio::spawn(async move { power_loss_all(&s, at, after).await })
-    });
     world.play_faults().await;
-    if let Some(g) = group {
-        let _ = g.await;
-    }
     let workload_end = Duration::from_millis(workload::WORKLOAD_MS + 500);
     let elapsed = Duration::from_millis(sh.now_ms());
     if elapsed < workload_end {
@@ -282,6 +270,12 @@ async fn final_phase(sh: &Arc<Shared>, ids: &[madsim::task::NodeId]) {
             }
         }
     }
+    // Every member serving first: a ctrl-c reaching a process that has not asked for it yet
+    // (just restarted) kills it.
+    if !wait_for(BOUND_MS, || MEMBERS.iter().all(|&id| sh.node(id).is_some())).await {
+        let now = sh.now_ms();
+        sh.history().violation(LIVENESS, format!("not every member serving within {BOUND_MS} ms of the faults"), now);
+    }
     let handle = madsim::runtime::Handle::current();
     for (i, &id) in ids.iter().enumerate() {
         if sh.world.life(NODES[i]) == Some(NodeLife::Up) {
@@ -295,8 +289,10 @@ async fn final_phase(sh: &Arc<Shared>, ids: &[madsim::task::NodeId]) {
     }
     let boots = sh.checks_done.load(Ordering::SeqCst);
     for (i, &id) in ids.iter().enumerate() {
-        if sh.world.life(NODES[i]) != Some(NodeLife::Stopped) {
-            handle.kill(id);
+        let stopped = sh.world.life(NODES[i]) == Some(NodeLife::Stopped);
+        // Killed first even when stopped: madsim's restart alone leaves the node's sockets bound.
+        handle.kill(id);
+        if !stopped {
             sh.world.disk(NODES[i]).crash(sim::disk::CrashKind::ProcessCrash);
         }
         handle.restart(id);
