@@ -415,9 +415,13 @@ impl Node {
             };
             // Anything else on the request tag is not a request of ours: dropped.
             let Ok(env) = payload.downcast::<Envelope>() else { continue };
-            let (node, ep) = (self.clone(), ep.clone());
+            // Weak: only this task keeps the port bound. madsim closes a socket dropped after its
+            // node was restarted never, so a handler still waiting then would keep the port from
+            // the next boot for good.
+            let (node, ep) = (self.clone(), Arc::downgrade(&ep));
             tokio::spawn(async move {
                 let Some(reply) = node.handle(env.request).await else { return };
+                let Some(ep) = ep.upgrade() else { return };
                 let _ = ep.send_to_raw(from, env.reply_tag, Box::new(reply)).await;
             });
         }
