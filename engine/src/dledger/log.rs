@@ -251,7 +251,7 @@ impl EntryLog {
     pub fn storage(&self) -> &dyn Storage {
         self.storage.as_ref()
     }
-    pub(crate) fn storage_arc(&self) -> Arc<dyn Storage> {
+    pub fn storage_arc(&self) -> Arc<dyn Storage> {
         self.storage.clone()
     }
     pub fn tail(&self) -> LogTail {

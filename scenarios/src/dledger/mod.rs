@@ -30,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sim::fault_plan::{Fault, FaultKind, FaultPlan, PlanSpace, TimedFault};
 use sim::world::{NodeLife, World, WorldConfig};
+use sim::LatencyProfile;
 use sim::Violation;
 
 use crate::broker::checkers::LIVENESS;
@@ -147,6 +148,18 @@ fn group_power_loss(config: &toml::Table, seed: u64) -> Option<(u64, u64)> {
     rng.gen_bool(0.3).then(|| (rng.gen_range(1_000..9_000), rng.gen_range(100..1_500)))
 }
 
+/// The members' disks' sync latency, drawn from the seed: with slow syncs a leader's own
+/// flush often trails its followers' acknowledgements, the window in which its commit runs
+/// ahead of what it holds durably.
+fn sync_latency(seed: u64) -> LatencyProfile {
+    let profiles = [
+        LatencyProfile::CLOUD_VM,
+        LatencyProfile::CONSUMER_NVME,
+        LatencyProfile { p50_us: 2_000, p99_us: 30_000 },
+    ];
+    profiles[ChaCha8Rng::seed_from_u64(seed ^ 0x5c_1a7e).gen_range(0..profiles.len())]
+}
+
 /// The plan with the group power loss added: one power loss per member at the same time,
 /// played by the world like any other (a later crash supersedes a pending restart).
 fn with_group_power_loss(mut plan: FaultPlan, group: Option<(u64, u64)>) -> FaultPlan {
@@ -168,8 +181,17 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
     };
     let group_loss = group_power_loss(&input.config, input.seed);
     let plan = with_group_power_loss(input.plan, group_loss);
-    let world = World::new(input.seed, input.trace.clone(), plan, WorldConfig::default());
-    sim::trace!(input.trace, "world", "dledger.config", "bugs={:?} group_power_loss={group_loss:?}", input.bugs);
+    let mut world_config = WorldConfig::default();
+    world_config.disk.sync_latency = sync_latency(input.seed);
+    let latency = world_config.disk.sync_latency;
+    let world = World::new(input.seed, input.trace.clone(), plan, world_config);
+    sim::trace!(
+        input.trace,
+        "world",
+        "dledger.config",
+        "bugs={:?} group_power_loss={group_loss:?} sync_latency={latency:?}",
+        input.bugs
+    );
     let sh = Arc::new(Shared {
         world: world.clone(),
         seed: input.seed,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use engine::dledger::raft::Role;
 use engine::dledger::replica::{PutRequest, Replica};
 use engine::dledger::store_recovery::scan_messages;
-use engine::dledger::DLedgerError;
+use engine::dledger::{DLedgerError, EntryLog};
 use engine::message::{decode, DecodeOptions, Decoded};
 use madsim::net::Endpoint;
 use rand::{Rng, SeedableRng};
@@ -385,12 +385,22 @@ impl Node {
         }
     }
 
-    /// Syncs the log when asked (the leader counts itself only for synced entries).
+    /// Syncs the log when asked (the leader counts itself only for synced entries). The
+    /// sync runs outside the replica's lock: appends, replies and votes go on meanwhile.
     async fn flusher(self: Arc<Self>) {
         loop {
             self.flush.notified().await;
+            let (plan, storage, dirs) = {
+                let Some(mut r) = self.lock().await else { return };
+                let plan = r.member.log.flush_plan();
+                (plan, r.member.log.storage_arc(), r.member.log.dirs().clone())
+            };
+            if let Err(e) = EntryLog::run_flush(storage.as_ref(), &dirs, &plan).await {
+                self.fail("flush", &e);
+                return;
+            }
             let Some(mut r) = self.lock().await else { return };
-            match r.member.flush().await {
+            match r.member.flushed(&plan).await {
                 Ok(_) => self.after_change(&mut r),
                 Err(e) => self.fail("flush", &e),
             }
