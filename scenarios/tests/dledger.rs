@@ -19,9 +19,17 @@ fn a_seed_replays_the_same_trace_in_one_process() {
             let first = a.records.iter().zip(&b.records).position(|(x, y)| format!("{x:?}") != format!("{y:?}"));
             let at = first.unwrap_or(a.records.len().min(b.records.len()));
             let show = |r: &[sim::trace::TraceRecord]| {
-                r[at.saturating_sub(5)..(at + 3).min(r.len())].iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join("\n")
+                r[at.saturating_sub(5)..(at + 3).min(r.len())]
+                    .iter()
+                    .map(|x| format!("{x:?}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             };
-            panic!("seed {seed}: traces differ at record {at}:\n--- first\n{}\n--- second\n{}", show(&a.records), show(&b.records));
+            panic!(
+                "seed {seed}: traces differ at record {at}:\n--- first\n{}\n--- second\n{}",
+                show(&a.records),
+                show(&b.records)
+            );
         }
     }
 }

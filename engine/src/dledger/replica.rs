@@ -322,7 +322,9 @@ impl Replica {
                 Decoded::Valid(m, n) => out.push(StoredMessage::from_message(m, n)),
                 Decoded::Blank { .. } => return Err(DLedgerError::BadIndexUnit { index: qo }),
                 Decoded::Corrupt(c) => {
-                    return Err(crate::error::StoreError::corrupt(format!("message at {phy}"), c.reason.to_string()).into())
+                    return Err(
+                        crate::error::StoreError::corrupt(format!("message at {phy}"), c.reason.to_string()).into()
+                    )
                 }
             }
         }

@@ -67,7 +67,11 @@ pub fn committed(h: &mut History, index: u64, e: CommittedEntry, now_ms: u64) {
 /// A replica's committed index moved from `before` to `now` while it ran.
 pub fn commit_moved(id: u32, before: Option<u64>, now: Option<u64>, at_ms: u64) -> Option<Violation> {
     (now < before).then(|| {
-        violation(COMMITTED_ENTRIES, format!("n{id} dropped committed entries: committed index {before:?} -> {now:?}"), at_ms)
+        violation(
+            COMMITTED_ENTRIES,
+            format!("n{id} dropped committed entries: committed index {before:?} -> {now:?}"),
+            at_ms,
+        )
     })
 }
 
@@ -191,9 +195,21 @@ mod tests {
         let reused: BTreeMap<u64, CommittedEntry> = [(0, entry(1, 1, 0)), (1, entry(1, 2, 0))].into();
         assert_eq!(queue_offsets(&reused, 0).len(), 1);
         let mut h = History { ledger, ..History::default() };
-        h.reads.push(super::super::history::Read { topic: "T".into(), queue_id: 0, queue_offset: 1, id: Some((1, 1)), at_ms: 0 });
+        h.reads.push(super::super::history::Read {
+            topic: "T".into(),
+            queue_id: 0,
+            queue_offset: 1,
+            id: Some((1, 1)),
+            at_ms: 0,
+        });
         assert!(reads_committed(&h, 0).is_empty());
-        h.reads.push(super::super::history::Read { topic: "T".into(), queue_id: 0, queue_offset: 2, id: Some((1, 2)), at_ms: 0 });
+        h.reads.push(super::super::history::Read {
+            topic: "T".into(),
+            queue_id: 0,
+            queue_offset: 2,
+            id: Some((1, 2)),
+            at_ms: 0,
+        });
         assert_eq!(reads_committed(&h, 0).len(), 1);
     }
 

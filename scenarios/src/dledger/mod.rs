@@ -52,9 +52,13 @@ pub fn node_name(id: u32) -> &'static str {
     NODES[(id - 1) as usize]
 }
 
-/// The bugs this scenario can switch on: DLedger mode's, and #8032 on its code path.
+/// The bugs this scenario can switch on: those of DLedger mode's paths its checkers catch
+/// within the zoo's 500 seeds (each with a witness in `seeds/`). The other DLedger switches
+/// (`dledger-commit-before-durable`, `dledger-follower-truncates-committed`,
+/// `dledger-commit-older-term-by-count`) are shown by engine tests only: no seed of 500 made
+/// their damage visible here.
 pub fn bugs() -> Vec<&'static str> {
-    Bug::ALL.into_iter().filter(|b| b.dledger_only() || *b == Bug::RecoveryCheckFlagMiswired).map(Bug::id).collect()
+    [Bug::RecoveryCheckFlagMiswired, Bug::DledgerSizeWithoutHeader, Bug::DledgerDoubleVote].map(Bug::id).to_vec()
 }
 
 /// The fault kinds, on the three members, within a 10 s window (the workload runs 12 s).
@@ -152,11 +156,8 @@ fn group_power_loss(config: &toml::Table, seed: u64) -> Option<(u64, u64)> {
 /// flush often trails its followers' acknowledgements, the window in which its commit runs
 /// ahead of what it holds durably.
 fn sync_latency(seed: u64) -> LatencyProfile {
-    let profiles = [
-        LatencyProfile::CLOUD_VM,
-        LatencyProfile::CONSUMER_NVME,
-        LatencyProfile { p50_us: 2_000, p99_us: 30_000 },
-    ];
+    let profiles =
+        [LatencyProfile::CLOUD_VM, LatencyProfile::CONSUMER_NVME, LatencyProfile { p50_us: 2_000, p99_us: 30_000 }];
     profiles[ChaCha8Rng::seed_from_u64(seed ^ 0x5c_1a7e).gen_range(0..profiles.len())]
 }
 
@@ -275,7 +276,10 @@ async fn final_phase(sh: &Arc<Shared>, ids: &[madsim::task::NodeId]) {
                     })
                 });
                 if !ok {
-                    missing.push(format!("{id:?} at {}/{} offset {} (entry {})", a.topic, a.queue_id, a.queue_offset, a.index));
+                    missing.push(format!(
+                        "{id:?} at {}/{} offset {} (entry {})",
+                        a.topic, a.queue_id, a.queue_offset, a.index
+                    ));
                 }
             }
             drop(r);

@@ -223,11 +223,18 @@ impl Node {
             let mut r = self.lock().await?;
             for m in &msgs {
                 let keys: Vec<&str> = m.keys.iter().map(String::as_str).collect();
-                let req =
-                    PutRequest { topic: &m.topic, queue_id: m.queue_id, body: &m.body, tags: m.tags.as_deref(), keys: &keys };
+                let req = PutRequest {
+                    topic: &m.topic,
+                    queue_id: m.queue_id,
+                    body: &m.body,
+                    tags: m.tags.as_deref(),
+                    keys: &keys,
+                };
                 match r.put(req) {
                     Ok(a) => appended.push(Ok(a)),
-                    Err(DLedgerError::NotLeader { leader }) if appended.is_empty() => return Some(Reply::Redirect(leader)),
+                    Err(DLedgerError::NotLeader { leader }) if appended.is_empty() => {
+                        return Some(Reply::Redirect(leader))
+                    }
                     Err(e) => {
                         if matches!(e, DLedgerError::Io(_) | DLedgerError::Store(_)) {
                             self.fail("put", &e);
@@ -308,8 +315,7 @@ impl Node {
                 let node = self.clone();
                 tokio::spawn(async move {
                     let addr = node.sh.addr(peer);
-                    let Some(Reply::Vote(reply)) = node.peers.call(addr, Request::Vote(req), VOTE_TIMEOUT).await
-                    else {
+                    let Some(Reply::Vote(reply)) = node.peers.call(addr, Request::Vote(req), VOTE_TIMEOUT).await else {
                         return;
                     };
                     let Some(mut r) = node.lock().await else { return };
@@ -587,7 +593,10 @@ fn check_recovered(sh: &Shared, id: u32, r: &Replica) {
     let mut found = Vec::new();
     if er.checkpoint_ahead_of_log {
         let claimed = er.checkpoint.as_ref().map(|c| c.checkpoint().committed_index);
-        let msg = format!("n{id}: the checkpoint names committed index {claimed:?}, the recovered log ends at {:?}", er.tail.last_index());
+        let msg = format!(
+            "n{id}: the checkpoint names committed index {claimed:?}, the recovered log ends at {:?}",
+            er.tail.last_index()
+        );
         found.push(sim::Violation { checker: checkers::COMMITTED_PREFIX.into(), message: msg, at_ms: now });
     }
     let committed_end = r.committed_pos().unwrap_or(0);
@@ -598,7 +607,11 @@ fn check_recovered(sh: &Shared, id: u32, r: &Replica) {
     let mut expected: BTreeMap<(String, u32), BTreeMap<u64, (u64, u32)>> = BTreeMap::new();
     let start = r.member.log.data_files().first().map_or(0, |f| f.1);
     let scan = scan_messages(&r.member.log, start, committed_end, DecodeOptions::default(), false, |m, n| {
-        expected.entry((m.topic.to_string(), m.queue_id)).or_default().entry(m.queue_offset).or_insert((m.phy_offset, n));
+        expected
+            .entry((m.topic.to_string(), m.queue_id))
+            .or_default()
+            .entry(m.queue_offset)
+            .or_insert((m.phy_offset, n));
         Ok(())
     });
     match scan {
