@@ -238,6 +238,14 @@ impl EntryLog {
             rewrite_range(p.file.as_ref(), p.sync_from, p.sync_to)?;
             p.file.sync_range(p.sync_from, p.sync_to - p.sync_from).await?;
         }
+        // Directory syncs pending in a boot that failed are not remembered by this one: the
+        // entries of the files recovered here may never have been synced.
+        for dir in [&log.paths.root, &log.paths.data, &log.paths.index] {
+            log.dirs.mark(dir);
+        }
+        if let Some(parent) = log.paths.root.parent() {
+            log.dirs.mark(parent);
+        }
         log.dirs.sync(log.storage.as_ref()).await?;
         Ok((log, report))
     }
