@@ -5,6 +5,7 @@ pub mod broker;
 pub mod case;
 pub mod coverage;
 pub mod crash_states;
+pub mod dledger;
 pub mod disk_log;
 pub mod explore;
 pub mod merge;

@@ -78,6 +78,28 @@ pub static SCENARIOS: &[Scenario] = &[
         run: |input| Box::pin(crate::tiered::run(input)),
     },
     Scenario {
+        name: "dledger",
+        description: "three brokers in DLedger mode (the commit log replicated by Raft) and their clients: \
+                      partitions, leader kills, power loss on one member or all three, clean shutdowns, \
+                      disk errors, a full disk and clock jumps; every member's recovery is checked after \
+                      each restart, and the leader must serve every acknowledged message at the end",
+        checkers: &[
+            crate::dledger::checkers::COMMITTED_PREFIX,
+            crate::dledger::checkers::COMMITTED_ENTRIES,
+            crate::dledger::checkers::ONE_LEADER_PER_TERM,
+            crate::dledger::checkers::CONSUME_QUEUE,
+            crate::dledger::checkers::QUEUE_OFFSETS,
+            crate::dledger::checkers::ACKED_READABLE,
+            crate::dledger::checkers::READS_COMMITTED,
+            crate::broker::checkers::LIVENESS,
+            sim::runner::NO_PANIC,
+            sim::runner::TIME_LIMIT,
+        ],
+        bugs: crate::dledger::bugs,
+        plan_space: crate::dledger::plan_space,
+        run: |input| Box::pin(crate::dledger::run(input)),
+    },
+    Scenario {
         name: "disk-log",
         description: "one node appends checksummed records to a file, syncing in batches, under crashes, \
                   power loss, failed syncs and a full disk; checks acknowledged records survive",

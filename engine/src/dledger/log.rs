@@ -47,6 +47,26 @@ pub fn read_entry_at<'b>(
     Ok(decode_entry(buf, &opts))
 }
 
+/// Writes `[from, to)` of `file` back over itself, so that its pages are dirty and the sync
+/// that follows writes them. After a failed sync (fsyncgate) the kernel marks the pages it
+/// dropped clean: the page cache still shows the entries, a later sync reports success
+/// without writing them, and a power loss then takes entries this replica had synced since,
+/// and counted for a majority, with them (recovery stops at the first missing one).
+fn rewrite_range(file: &dyn StorageFile, from: u64, to: u64) -> Result<()> {
+    const CHUNK_BYTES: u64 = 64 * 1024;
+    let to = to.min(file.len()?);
+    let mut buf = Vec::new();
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK_BYTES);
+        buf.resize(n as usize, 0);
+        file.read_at(at, &mut buf)?;
+        file.write_at(at, &buf)?;
+        at += n;
+    }
+    Ok(())
+}
+
 /// Sizes of one replica's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DLedgerConfig {
@@ -172,7 +192,8 @@ pub struct EntryLog {
 
 impl EntryLog {
     /// Opens (creating if missing) and recovers a replica's log (§3.7). Every recovered byte
-    /// is durable when this returns.
+    /// is durable when this returns: the recovered files are written back and synced, since
+    /// the page cache may show bytes a failed sync never wrote (`rewrite_range`).
     pub async fn open(
         storage: Arc<dyn Storage>,
         paths: DLedgerPaths,
@@ -214,7 +235,16 @@ impl EntryLog {
         log.durable_next_index = report.tail.next_index;
         log.committed = report.committed_index;
         for p in syncs {
+            rewrite_range(p.file.as_ref(), p.sync_from, p.sync_to)?;
             p.file.sync_range(p.sync_from, p.sync_to - p.sync_from).await?;
+        }
+        // Directory syncs pending in a boot that failed are not remembered by this one: the
+        // entries of the files recovered here may never have been synced.
+        for dir in [&log.paths.root, &log.paths.data, &log.paths.index] {
+            log.dirs.mark(dir);
+        }
+        if let Some(parent) = log.paths.root.parent() {
+            log.dirs.mark(parent);
         }
         log.dirs.sync(log.storage.as_ref()).await?;
         Ok((log, report))
@@ -229,7 +259,7 @@ impl EntryLog {
     pub fn storage(&self) -> &dyn Storage {
         self.storage.as_ref()
     }
-    pub(crate) fn storage_arc(&self) -> Arc<dyn Storage> {
+    pub fn storage_arc(&self) -> Arc<dyn Storage> {
         self.storage.clone()
     }
     pub fn tail(&self) -> LogTail {

@@ -14,7 +14,7 @@ use crate::mapped_file_queue::DirSyncs;
 
 use super::entry::{decode_entry, DecodedEntry, EntryHeader};
 use super::error::{DLedgerError, Result};
-use super::log::{DLedgerConfig, DLedgerPaths, EntryLog};
+use super::log::{DLedgerConfig, DLedgerPaths, EntryLog, FlushPlan};
 use super::raft::{AppendReply, AppendRequest, LogView, MemberId, Raft, RaftBugs, Role, VoteReply, VoteRequest};
 use super::recovery::EntryRecoveryReport;
 use super::term::{TermFile, TermRecord};
@@ -125,8 +125,17 @@ impl Member {
 
     /// Syncs the log; a leader then counts its own entries and may commit.
     pub async fn flush(&mut self) -> Result<Option<u64>> {
+        let plan = self.log.flush_plan();
+        EntryLog::run_flush(self.log.storage(), self.log.dirs(), &plan).await?;
+        self.flushed(&plan).await
+    }
+
+    /// Records a successful `EntryLog::run_flush` of `plan` (taken by `log.flush_plan()`,
+    /// awaited outside the caller's lock): a leader then counts its own entries and may
+    /// commit. Returns the new commit index if it moved.
+    pub async fn flushed(&mut self, plan: &FlushPlan) -> Result<Option<u64>> {
         let before = self.raft.commit;
-        self.sync_log().await?;
+        self.log.flushed(plan);
         if let Some(last) = self.log.durable_next_index().checked_sub(1) {
             self.raft.on_local_append(last, &self.log);
         }

@@ -6,7 +6,8 @@
 //! store's recovery of its consume queues over it. `raft` holds Raft's rules for one member
 //! (no I/O), `term` its persisted term and vote; `record` the small text records beside the
 //! log; `member` puts a member's Raft state, log and term file together in the order of
-//! durability Raft needs.
+//! durability Raft needs; `replica` is a member as a broker runs it, its committed entries
+//! dispatched into consume queues, with the store's recovery at open and the leader's puts.
 
 pub mod checkpoint;
 pub mod entry;
@@ -17,6 +18,7 @@ pub mod member;
 pub mod raft;
 pub mod record;
 pub mod recovery;
+pub mod replica;
 pub mod store_recovery;
 pub mod term;
 

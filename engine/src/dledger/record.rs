@@ -90,7 +90,8 @@ pub struct RecordFile {
 
 impl RecordFile {
     /// Opens or creates `path`; returns the bytes of its record, `None` if it was created
-    /// (its directory entry is not yet durable: the caller syncs the directory).
+    /// (its directory entry is not yet durable: the caller syncs the directory) or holds
+    /// no record yet.
     pub fn open(storage: &dyn Storage, path: &Path) -> Result<(RecordFile, Option<Vec<u8>>)> {
         if !storage.exists(path) {
             let file = storage.create(path)?;
@@ -103,6 +104,11 @@ impl RecordFile {
         file.read_at(0, &mut b)?;
         if len != RECORD_FILE_BYTES {
             file.set_len(RECORD_FILE_BYTES)?;
+        }
+        // Created, and a crash before the first record was synced: nothing was ever recorded
+        // (a record lies within one sector, so a torn first write leaves it whole or zero).
+        if b.iter().all(|&x| x == 0) {
+            return Ok((RecordFile { file }, None));
         }
         Ok((RecordFile { file }, Some(b)))
     }
