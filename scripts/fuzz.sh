@@ -16,7 +16,7 @@ shift || true
 bin_dir=${FUZZ_BIN_DIR:-/work/main/target/fuzz/x86_64-unknown-linux-gnu/release}
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    targets=(commit_log_record consume_queue key_index checkpoint case_file tiered_metadata tiered_segment
+    targets=(commit_log_record consume_queue key_index checkpoint case_file tiered_metadata tiered_segment tiered_index
         dledger_entry dledger_index dledger_records)
 fi
 work=$(mktemp -d /tmp/fuzz.XXXXXX)

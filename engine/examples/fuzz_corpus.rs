@@ -12,7 +12,10 @@ use engine::dledger::entry::{encode_blank, seal_entry};
 use engine::dledger::index_unit::IndexUnit;
 use engine::dledger::checkpoint::DLedgerCheckpoint;
 use engine::dledger::term::TermRecord;
+use engine::bugs::BugSet;
+use engine::io::real::RealStorage;
 use engine::tiered::flat_message::TieredUnit;
+use engine::tiered::index_file::{compact, LocalIndexFile};
 
 fn put(out: &Path, target: &str, name: &str, bytes: &[u8]) {
     let dir = out.join(target);
@@ -93,4 +96,25 @@ fn main() {
     put(out, "tiered_segment", "units", &[unit.encode(), unit.encode()].concat());
     let meta = r#"{"format_version":1,"complete":true,"segments":{"TopicA/0/commitlog/0":{"kind":"commit-log","base_offset":0,"size":4096,"sealed":false,"create_ts_ms":1,"begin_ts_ms":1,"end_ts_ms":2}}}"#;
     put(out, "tiered_metadata", "metadata", meta.as_bytes());
+    tiered_index(out);
+}
+
+/// A tiered index file of a few keys, in its writable form (as left on the local disk) and
+/// its compacted form (as uploaded); each input starts with the queried hash and a range byte.
+fn tiered_index(out: &Path) {
+    let dir = std::env::temp_dir().join(format!("fuzz-corpus-index-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("scratch dir");
+    let storage = RealStorage::new();
+    let mut file = LocalIndexFile::create(&storage, &dir, 1, 4, 16).expect("index file");
+    let hashes = [7i32, 11, 7, -3, 15];
+    for (i, hash) in hashes.iter().enumerate() {
+        file.put(*hash, 42, 0, (i as i64) * 100, 100, 1_000 + i as i64).expect("index put");
+    }
+    let items = file.items().expect("index items");
+    let writable = fs::read(file.path()).expect("index bytes");
+    let prefix = [7i32.to_le_bytes().as_slice(), &[0u8]].concat();
+    put(out, "tiered_index", "writable", &[prefix.as_slice(), &writable].concat());
+    let compacted = compact(file.header(), &items, &BugSet::default());
+    put(out, "tiered_index", "compacted", &[prefix.as_slice(), &compacted].concat());
+    let _ = fs::remove_dir_all(&dir);
 }
