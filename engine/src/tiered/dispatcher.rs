@@ -252,11 +252,9 @@ async fn blank_expired(inner: &TieredInner, f: &mut FlatMessageFile, local_min: 
     let from = f.dispatch_queue_offset();
     tracing::warn!(queue = %f.queue, from, to = local_min, "messages expired locally before they were tiered");
     crate::probe!("tiered.expired-before-tiered");
-    if f.consume_queue.segments().is_empty() && f.commit_log.segments().is_empty() {
-        // Nothing tiered yet: start at the local minimum instead.
-        f.consume_queue.reset_init_offset(local_min * super::TIERED_CQ_UNIT_BYTES);
-        return Ok(Turn::Idle);
-    }
+    // Blank units even when nothing is tiered yet: the object store is all a replaced
+    // container has, and a queue that only moved its start in local metadata would be found
+    // there empty, so the continued local log would hand its expired offsets out again.
     let now = inner.now_ms();
     let end = local_min.min(from + inner.cfg.batch_max_count);
     for _ in from..end {

@@ -85,13 +85,6 @@ impl FlatAppendFile {
         self.segments.iter().any(FileSegment::has_uncommitted)
     }
 
-    /// Forgets everything before `offset` and starts there (a queue whose local messages
-    /// expired before they were tiered starts again after them). Only while empty.
-    pub fn reset_init_offset(&mut self, offset: u64) {
-        assert!(self.segments.is_empty(), "{}: reset of a flat file with segments", self.queue);
-        self.init_offset = offset;
-    }
-
     fn segment_meta(seg: &FileSegment, now_ms: i64) -> SegmentMeta {
         SegmentMeta {
             kind: seg.kind(),
