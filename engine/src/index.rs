@@ -324,6 +324,8 @@ impl IndexService {
         dirs.ensure_dir(storage, &dir)?;
         let mut svc = IndexService { dir, files: Vec::new(), slots, items, holds, dirs };
         let mut report = IndexLoad::default();
+        // Decide first, then remove: every file is opened before any is removed, so an error
+        // on a later file cannot leave a half-destroyed suffix behind.
         for entry in storage.list_dir(&svc.dir)? {
             let path = svc.dir.join(&entry.name);
             let named = entry.name.len() == 17 && entry.name.bytes().all(|b| b.is_ascii_digit()) && !entry.is_dir;
@@ -335,13 +337,17 @@ impl IndexService {
             let keep = file.filter(|f| clean || f.header.end_timestamp_ms < index_ts_ms);
             match keep {
                 Some(f) if report.destroyed.is_empty() => svc.files.push(f),
-                _ => {
-                    storage.remove_file(&path)?;
-                    svc.dirs.mark(&svc.dir);
-                    crate::probe!("recovery.index-file-destroyed");
-                    report.destroyed.push(entry.name);
-                }
+                _ => report.destroyed.push(entry.name),
             }
+        }
+        // Newest first: until the last removal, the first destroyed file is still there, so a
+        // load cut short (an I/O error, a crash) decides the same suffix again. Removing it
+        // first would let a later file whose end timestamp passes (the clock was set back)
+        // be kept behind a gap that `indexed_up_to` does not see, and its keys never rebuilt.
+        for name in report.destroyed.iter().rev() {
+            storage.remove_file(&svc.dir.join(name))?;
+            svc.dirs.mark(&svc.dir);
+            crate::probe!("recovery.index-file-destroyed");
         }
         Ok((svc, report))
     }
