@@ -234,7 +234,7 @@ fn fake_server(response: Option<&'static str>, max_connections: usize, hold: Dur
         prefix: String::new(),
         access_key_id: "id".into(),
         secret_access_key: "secret".into(),
-        session_token: None,
+        security_token: None,
         request_timeout_ms: 500,
         max_retries: 0,
     }

@@ -79,7 +79,7 @@ pub struct S3Config {
     pub prefix: String,
     pub access_key_id: String,
     pub secret_access_key: String,
-    pub session_token: Option<String>,
+    pub security_token: Option<String>,
     /// Deadline of one HTTP request; past it the request's outcome is unknown.
     pub request_timeout_ms: u64,
     /// Retries of a failed request inside the client (5xx answers, lost connections, and
@@ -89,7 +89,7 @@ pub struct S3Config {
 
 impl std::fmt::Debug for S3Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The secret and the session token stay out of logs.
+        // The secret and the security token stay out of logs.
         f.debug_struct("S3Config")
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
@@ -130,7 +130,7 @@ impl S3Config {
             prefix: get(PREFIX_VAR).unwrap_or_default(),
             access_key_id,
             secret_access_key,
-            session_token: get("AWS_SESSION_TOKEN"),
+            security_token: get("AWS_SESSION_TOKEN"),
             request_timeout_ms: S3Config::DEFAULT_REQUEST_TIMEOUT_MS,
             max_retries: S3Config::DEFAULT_MAX_RETRIES,
         };
@@ -190,7 +190,7 @@ impl S3Config {
             // S3-compatible services are addressed by path (`endpoint/bucket/key`).
             builder = builder.with_endpoint(endpoint).with_virtual_hosted_style_request(false);
         }
-        if let Some(token) = &self.session_token {
+        if let Some(token) = &self.security_token {
             builder = builder.with_token(token);
         }
         builder.build().map_err(|e| S3ConfigError::Client { message: e.to_string() })
