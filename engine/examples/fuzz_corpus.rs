@@ -8,11 +8,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use engine::bugs::BugSet;
+use engine::dledger::checkpoint::DLedgerCheckpoint;
 use engine::dledger::entry::{encode_blank, seal_entry};
 use engine::dledger::index_unit::IndexUnit;
-use engine::dledger::checkpoint::DLedgerCheckpoint;
 use engine::dledger::term::TermRecord;
-use engine::bugs::BugSet;
 use engine::io::real::RealStorage;
 use engine::tiered::flat_message::TieredUnit;
 use engine::tiered::index_file::{compact, LocalIndexFile};

@@ -122,7 +122,8 @@ async fn check(dir: PathBuf) -> Result<usize, Box<dyn std::error::Error + Send +
     let store = Store::open(config(&dir, FlushMode::Sync), Arc::new(RealStorage::new()), Arc::new(SystemClock)).await?;
     let rep = store.last_recovery();
     let mut violations = Vec::new();
-    let queues: Vec<u32> = acked.keys().copied().chain(0..8).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let queues: Vec<u32> =
+        acked.keys().copied().chain(0..8).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let mut total = 0u64;
     for queue in queues {
         let want = acked.get(&queue).copied().unwrap_or(0);

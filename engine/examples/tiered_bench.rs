@@ -121,7 +121,10 @@ async fn main() {
     let body = vec![0x42u8; MSG_BYTES];
     println!("{} MiB of {MSG_BYTES}-byte messages over {} queues, async flush, LocalObjectStore", a.mb, a.queues);
     let synced = synced_write_mb_s(&a.dir);
-    println!("disk synced write (4 MiB pieces, each fdatasync'd): {synced:.0} MB/s = {:.0} msgs/s of {MSG_BYTES} bytes", synced * 1e6 / MSG_BYTES as f64);
+    println!(
+        "disk synced write (4 MiB pieces, each fdatasync'd): {synced:.0} MB/s = {:.0} msgs/s of {MSG_BYTES} bytes",
+        synced * 1e6 / MSG_BYTES as f64
+    );
     let mut shares = Vec::new();
     for _ in 0..a.repeat {
         let (put, tiered, _) = round(&a, &body).await;

@@ -59,10 +59,18 @@ async fn open(root: PathBuf, obj: Arc<LocalObjectStore>) -> (Arc<Store>, TieredS
     let storage = Arc::new(RealStorage::new());
     let store = Arc::new(Store::open(cfg.clone(), storage.clone(), Arc::new(SystemClock)).await.unwrap());
     store.start().unwrap();
-    let tiered =
-        TieredStore::open(tiered_config(), BugSet::none(), store.clone(), obj, storage, Arc::new(SystemClock), &cfg.root_dir, 10_000)
-            .await
-            .unwrap();
+    let tiered = TieredStore::open(
+        tiered_config(),
+        BugSet::none(),
+        store.clone(),
+        obj,
+        storage,
+        Arc::new(SystemClock),
+        &cfg.root_dir,
+        10_000,
+    )
+    .await
+    .unwrap();
     (store, tiered)
 }
 

@@ -561,7 +561,12 @@ impl Store {
     }
 
     /// The consume-queue unit at `queue_offset`, if the queue has one (blank units included).
-    pub fn cq_unit(&self, topic: &str, queue_id: u32, queue_offset: u64) -> Result<Option<crate::consume_queue::CqUnit>> {
+    pub fn cq_unit(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+    ) -> Result<Option<crate::consume_queue::CqUnit>> {
         let cqs = lock(&self.inner.cqs);
         let Some(cq) = cqs.get(&(topic.to_string(), queue_id)) else { return Ok(None) };
         if queue_offset < cq.min_offset_in_queue() {

@@ -276,14 +276,13 @@ async fn dledger_commit_before_durable() {
 fn every_bug_has_a_test_here() {
     // DLedger's bugs that need a replica's files or a group, and tiered storage's, are tested
     // beside them.
-    let src =
-        [
-            include_str!("bug_switches.rs"),
-            include_str!("dledger_store_recovery.rs"),
-            include_str!("dledger_group.rs"),
-            include_str!("tiered.rs"),
-        ]
-            .concat();
+    let src = [
+        include_str!("bug_switches.rs"),
+        include_str!("dledger_store_recovery.rs"),
+        include_str!("dledger_group.rs"),
+        include_str!("tiered.rs"),
+    ]
+    .concat();
     for b in Bug::ALL {
         let name = b.id().replace('-', "_");
         assert!(src.contains(&format!("async fn {name}()")), "no test for {b}");

@@ -126,7 +126,6 @@ async fn put_keys(store: &Store, clock: &ManualClock, keys: &[Vec<String>], step
     }
 }
 
-
 fn missing_keys(store: &Store, keys: &[Vec<String>]) -> Vec<String> {
     keys.iter()
         .flatten()

@@ -105,7 +105,10 @@ fn assert_reads_after_expiry(store: &Store, puts: &[(u32, PutResult)], per_queue
         assert_eq!(store.min_offset("T", q), min, "queue {q} minimum");
         assert_eq!(store.max_offset("T", q), per_queue, "queue {q} end");
         let from_min = store.get("T", q, min, 10_000).expect("get from the minimum");
-        assert_eq!(from_min.iter().map(|m| m.phy_offset).collect::<Vec<_>>(), want.iter().map(|r| r.phy_offset).collect::<Vec<_>>());
+        assert_eq!(
+            from_min.iter().map(|m| m.phy_offset).collect::<Vec<_>>(),
+            want.iter().map(|r| r.phy_offset).collect::<Vec<_>>()
+        );
         assert!(from_min.iter().zip(&want).all(|(m, r)| m.queue_offset == r.queue_offset));
         let from_zero = store.get("T", q, 0, 10_000).expect("a get below the minimum is no error");
         assert_eq!(from_zero, from_min, "a get below the minimum returns the messages from it");
@@ -197,7 +200,10 @@ async fn expired_files_go_from_the_head_and_reads_follow() {
             assert_eq!(store.max_offset("T", q), per_queue, "queue {q}'s end survives the restart");
             assert_eq!(store.min_offset("T", q), want[0].queue_offset);
             let got = store.get("T", q, 0, 10_000).unwrap();
-            assert_eq!(got.iter().map(|m| m.queue_offset).collect::<Vec<_>>(), want.iter().map(|r| r.queue_offset).collect::<Vec<_>>());
+            assert_eq!(
+                got.iter().map(|m| m.queue_offset).collect::<Vec<_>>(),
+                want.iter().map(|r| r.queue_offset).collect::<Vec<_>>()
+            );
         }
         store.start().unwrap();
         let r = store.put("T", 2, b"x", None, &[]).await.unwrap();

@@ -54,7 +54,6 @@ async fn put_get_query_and_clean_restart() {
     store.shutdown().await.unwrap();
 }
 
-
 #[tokio::test]
 async fn crash_takes_the_abnormal_path_and_loses_nothing_in_page_cache() {
     let dir = tempfile::tempdir().unwrap();

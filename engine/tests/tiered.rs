@@ -73,7 +73,10 @@ impl ObjectStore for Scripted {
     fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), ObjectError>> {
         Box::pin(async move {
             self.check_up("put", key)?;
-            let script = { let mut s = self.put_scripts.lock().unwrap(); (!s.is_empty()).then(|| s.remove(0)) };
+            let script = {
+                let mut s = self.put_scripts.lock().unwrap();
+                (!s.is_empty()).then(|| s.remove(0))
+            };
             match script {
                 None => self.real.put(key, data).await,
                 Some(Script::AckLost) => {
@@ -189,7 +192,8 @@ impl Fixture {
         let mut out = Vec::new();
         for (key, bytes) in self.objects().range(dir.clone()..).take_while(|(k, _)| k.starts_with(&dir)) {
             let base: u64 = key.rsplit('/').next().unwrap().parse().unwrap();
-            let start = if kind == FileKind::ConsumeQueue { out.len() as u64 + self.cq_base(queue) } else { out.len() as u64 };
+            let start =
+                if kind == FileKind::ConsumeQueue { out.len() as u64 + self.cq_base(queue) } else { out.len() as u64 };
             if base != start {
                 return Err(format!("{key}: starts at {base}, the bytes before end at {start}"));
             }
@@ -200,7 +204,10 @@ impl Fixture {
 
     fn cq_base(&self, queue: u32) -> u64 {
         let dir = format!("tiered/T/{queue}/consumequeue/");
-        self.objects().keys().find(|k| k.starts_with(&dir)).map_or(0, |k| k.rsplit('/').next().unwrap().parse().unwrap())
+        self.objects()
+            .keys()
+            .find(|k| k.starts_with(&dir))
+            .map_or(0, |k| k.rsplit('/').next().unwrap().parse().unwrap())
     }
 }
 
@@ -219,12 +226,19 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-async fn put_and_tier(f: &Fixture, store: &Store, tiered: &TieredStore, n: usize, queues: u32) -> Vec<(u32, engine::PutResult)> {
+async fn put_and_tier(
+    f: &Fixture,
+    store: &Store,
+    tiered: &TieredStore,
+    n: usize,
+    queues: u32,
+) -> Vec<(u32, engine::PutResult)> {
     let puts = put_n(store, &f.clock, n, queues, 300, 10).await;
     wait_dispatched(store).await;
     for _ in 0..(4 * n).max(20) {
         let _ = tiered.dispatch_now().await;
-        if tiered.queue_states().await.iter().all(|s| s.commit_queue_offset == store.max_offset("T", s.queue.queue_id)) {
+        if tiered.queue_states().await.iter().all(|s| s.commit_queue_offset == store.max_offset("T", s.queue.queue_id))
+        {
             break;
         }
     }
@@ -239,7 +253,11 @@ fn remote_matches_local(f: &Fixture, store: &Store, queue: u32) -> Result<(), St
     let first = f.cq_base(queue) / 20;
     let local = store.get("T", queue, first, 10_000).unwrap();
     if (cq.len() / 20) as u64 != store.max_offset("T", queue) - first {
-        return Err(format!("queue {queue}: {} units tiered of {}", cq.len() / 20, store.max_offset("T", queue) - first));
+        return Err(format!(
+            "queue {queue}: {} units tiered of {}",
+            cq.len() / 20,
+            store.max_offset("T", queue) - first
+        ));
     }
     for (i, unit) in cq.chunks_exact(20).enumerate() {
         let off = i64::from_be_bytes(unit[..8].try_into().unwrap()) as usize;
@@ -459,7 +477,7 @@ async fn local_read_error_case(bugs: &[Bug]) -> (bool, u64) {
     wait_dispatched(&store).await;
     let damaged = puts[5].1;
     poke_cl(&f.cfg, damaged.phy_offset + 100, b"XXXX"); // inside the body: its CRC fails
-    // Old enough for the hold branch to let them go.
+                                                        // Old enough for the hold branch to let them go.
     f.clock.advance(10_000);
     tiered.start();
     tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
@@ -700,7 +718,9 @@ async fn a_lost_put_acknowledgement_is_resolved_by_the_remote_size() {
 }
 
 /// Shuts down while the object store is out: how long it took and what it left.
-async fn shutdown_during_outage(bugs: &[Bug]) -> Option<(std::time::Duration, engine::tiered::IndexLeft, Fixture, Vec<(u32, engine::PutResult)>)> {
+async fn shutdown_during_outage(
+    bugs: &[Bug],
+) -> Option<(std::time::Duration, engine::tiered::IndexLeft, Fixture, Vec<(u32, engine::PutResult)>)> {
     let f = Fixture::new();
     let (store, tiered) = f.open_with(bugs, index_cfg()).await;
     let puts = put_and_tier(&f, &store, &tiered, 60, 2).await;
@@ -771,7 +791,8 @@ async fn index_recovery_removes_the_scratch_and_a_local_file_already_uploaded() 
     // A copy of a local file as it was before its upload (a crash after the upload was
     // recorded, before the local file was removed).
     let kept: Vec<_> = walk(&dir).into_iter().filter(|p| !p.to_string_lossy().contains("compacting")).collect();
-    let copies: Vec<(std::path::PathBuf, Vec<u8>)> = kept.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
+    let copies: Vec<(std::path::PathBuf, Vec<u8>)> =
+        kept.iter().map(|p| (p.clone(), std::fs::read(p).unwrap())).collect();
     assert!(!copies.is_empty());
     assert!(tiered.shutdown().await.unwrap().is_empty());
     store.shutdown().await.unwrap();
@@ -811,7 +832,14 @@ async fn a_forged_or_garbage_index_object_never_yields_a_wrong_message() {
     let off = i64::from_be_bytes(unit[..8].try_into().unwrap());
     let size = i32::from_be_bytes(unit[8..12].try_into().unwrap());
     assert!((off as usize + size as usize) <= cl.len());
-    let item = IndexItem { hash, topic_id: engine::java_hash::java_string_hash("T"), queue_id: 0, offset: off, size, time_diff_ms: 0 };
+    let item = IndexItem {
+        hash,
+        topic_id: engine::java_hash::java_string_hash("T"),
+        queue_id: 0,
+        offset: off,
+        size,
+        time_diff_ms: 0,
+    };
     let h = IndexHeader { magic: BEGIN_MAGIC, begin_ts_ms: 0, end_ts_ms: i64::MAX / 2, slot_count: 8, item_count: 1 };
     let forged = compact(&h, &[item], &BugSet::none());
     let key = engine::tiered::index_service::object_key("tiered", 99_999_999_999_999);

@@ -84,7 +84,9 @@ pub struct Applied {
 /// sections the scenario reads itself (with `section`). A typed message for anything unknown
 /// or out of range.
 pub fn apply(config: &toml::Table, store: &engine::StoreConfig, extra: &[&str]) -> Result<Applied, String> {
-    if let Some(k) = config.keys().find(|k| !KEYS.contains(&k.as_str()) || (is_extra(k) && !extra.contains(&k.as_str()))) {
+    if let Some(k) =
+        config.keys().find(|k| !KEYS.contains(&k.as_str()) || (is_extra(k) && !extra.contains(&k.as_str())))
+    {
         return Err(format!("config.{k} is not a configuration key of this scenario"));
     }
     let store: engine::StoreConfig = section(config, STORE, store)?;
@@ -285,8 +287,9 @@ fn store(rng: &mut ChaCha8Rng, profile: Profile, cl_lo: u64, cl_hi: u64, max_mes
 
 /// Sector size and sync latency of the simulated disk.
 fn disk(rng: &mut ChaCha8Rng) -> toml::Table {
-    let latency = [LatencyProfile::INSTANT, LatencyProfile::NVME_PLP, LatencyProfile::CLOUD_VM, LatencyProfile::CONSUMER_NVME]
-        [rng.gen_range(0..4)];
+    let latency =
+        [LatencyProfile::INSTANT, LatencyProfile::NVME_PLP, LatencyProfile::CLOUD_VM, LatencyProfile::CONSUMER_NVME]
+            [rng.gen_range(0..4)];
     let mut t = toml::Table::new();
     t.insert("sector_size_bytes".into(), int(if rng.gen_bool(0.5) { 512 } else { 4096 }));
     let mut l = toml::Table::new();
@@ -328,7 +331,11 @@ fn workload(rng: &mut ChaCha8Rng, profile: Profile, max_message_bytes: u64) -> t
 const RECORD_OVERHEAD_BYTES: u64 = 256;
 
 fn table(entries: Vec<(&str, toml::Value)>) -> toml::Table {
-    entries.into_iter().filter(|(_, v)| !v.as_table().is_some_and(toml::Table::is_empty)).map(|(k, v)| (k.into(), v)).collect()
+    entries
+        .into_iter()
+        .filter(|(_, v)| !v.as_table().is_some_and(toml::Table::is_empty))
+        .map(|(k, v)| (k.into(), v))
+        .collect()
 }
 
 fn draw_broker(rng: &mut ChaCha8Rng) -> toml::Table {
@@ -445,8 +452,8 @@ mod tests {
                 assert_eq!(config, draw(scenario, seed));
                 profiles.insert(config[PROFILE].as_str().unwrap_or("").to_string());
                 let store = engine::StoreConfig::small("/store");
-                let applied =
-                    apply(&config, &store, &[TIERED]).unwrap_or_else(|e| panic!("{scenario} seed {seed}: {e}\n{config}"));
+                let applied = apply(&config, &store, &[TIERED])
+                    .unwrap_or_else(|e| panic!("{scenario} seed {seed}: {e}\n{config}"));
                 section(&config, TIERED, &tiered_base()).unwrap_or_else(|e| panic!("{scenario} seed {seed}: {e}"));
                 assert!(matches!(applied.disk.sector_size_bytes, 512 | 4096));
                 assert_eq!(applied.store.root_dir, store.root_dir);

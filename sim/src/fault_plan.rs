@@ -356,8 +356,13 @@ fn chain_failed_sync(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) -> Vec<TimedF
     let shutdown_ms = kill_ms + restart_ms + rng.gen_range(50..1_500);
     let shutdown_restart_ms = rng.gen_range(500..3_000);
     let power_ms = shutdown_ms + shutdown_restart_ms + rng.gen_range(20..1_500);
-    let sync_failure =
-        Fault::DiskErrors { node: node.clone(), read_eio_prob: 0.0, write_eio_prob: 0.0, sync_eio_prob: 1.0, duration_ms: window_ms };
+    let sync_failure = Fault::DiskErrors {
+        node: node.clone(),
+        read_eio_prob: 0.0,
+        write_eio_prob: 0.0,
+        sync_eio_prob: 1.0,
+        duration_ms: window_ms,
+    };
     vec![
         TimedFault { at_ms, fault: sync_failure },
         TimedFault { at_ms: kill_ms, fault: Fault::Kill { node: node.clone(), restart_after_ms: restart_ms } },
@@ -365,7 +370,10 @@ fn chain_failed_sync(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) -> Vec<TimedF
             at_ms: shutdown_ms,
             fault: Fault::CleanShutdown { node: node.clone(), restart_after_ms: shutdown_restart_ms },
         },
-        TimedFault { at_ms: power_ms, fault: Fault::PowerLoss { node, restart_after_ms: rng.gen_range(10..1_000), image: None } },
+        TimedFault {
+            at_ms: power_ms,
+            fault: Fault::PowerLoss { node, restart_after_ms: rng.gen_range(10..1_000), image: None },
+        },
     ]
 }
 
@@ -384,7 +392,10 @@ fn chain_clock_back_after_restart(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) 
     vec![
         TimedFault { at_ms, fault: Fault::CleanShutdown { node: node.clone(), restart_after_ms } },
         TimedFault { at_ms: jump_ms, fault: clock },
-        TimedFault { at_ms: power_ms, fault: Fault::PowerLoss { node, restart_after_ms: rng.gen_range(10..1_000), image: None } },
+        TimedFault {
+            at_ms: power_ms,
+            fault: Fault::PowerLoss { node, restart_after_ms: rng.gen_range(10..1_000), image: None },
+        },
     ]
 }
 
@@ -393,7 +404,10 @@ fn chain_power_loss_in_recovery(rng: &mut ChaCha8Rng, node: &str, at_ms: u64) ->
     let mut t = at_ms;
     for _ in 0..rng.gen_range(2..=3) {
         let restart_after_ms = rng.gen_range(10..500);
-        events.push(TimedFault { at_ms: t, fault: Fault::PowerLoss { node: node.to_string(), restart_after_ms, image: None } });
+        events.push(TimedFault {
+            at_ms: t,
+            fault: Fault::PowerLoss { node: node.to_string(), restart_after_ms, image: None },
+        });
         // Recovery takes a few sync latencies: land inside it.
         t += restart_after_ms + rng.gen_range(0..40);
     }

@@ -109,7 +109,12 @@ pub(crate) async fn round(inner: &Arc<TieredInner>, force: bool) -> Result<(), T
 const BATCHES_PER_ROUND: usize = 8;
 
 /// A queue's turns in one round, under a permit: again while it moves full batches.
-async fn queue_turns(inner: &TieredInner, q: &QueueKey, flat: &super::store::FlatRef, force: bool) -> Result<(), TieredError> {
+async fn queue_turns(
+    inner: &TieredInner,
+    q: &QueueKey,
+    flat: &super::store::FlatRef,
+    force: bool,
+) -> Result<(), TieredError> {
     for _ in 0..BATCHES_PER_ROUND {
         if inner.stopping.load(Ordering::SeqCst) {
             return Ok(());
@@ -202,7 +207,10 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
 
 /// What the local store gave for one queue offset.
 enum Selected {
-    Message { msg: crate::store::SelectedMessage, tags_code: i64 },
+    Message {
+        msg: crate::store::SelectedMessage,
+        tags_code: i64,
+    },
     /// A blank unit in the local queue (a hole the local store itself has).
     Blank,
 }
@@ -233,7 +241,8 @@ fn select(inner: &TieredInner, q: &QueueKey, offset: u64) -> Result<Option<Selec
     if unit.end() > inner.source.durable_offset() {
         return Ok(None);
     }
-    let size = u32::try_from(unit.size).map_err(|_| TieredError::corrupt(q, format!("unit {offset}: size {}", unit.size)))?;
+    let size =
+        u32::try_from(unit.size).map_err(|_| TieredError::corrupt(q, format!("unit {offset}: size {}", unit.size)))?;
     match inner.source.select_message(unit.phy_offset as u64, size).map_err(fatal)? {
         Some(msg) => Ok(Some(Selected::Message { msg, tags_code: unit.tags_code })),
         None => {
@@ -269,7 +278,12 @@ async fn blank_expired(inner: &TieredInner, f: &mut FlatMessageFile, local_min: 
 }
 
 /// Moves one batch starting with `first` and commits it.
-async fn batch(inner: &TieredInner, f: &mut FlatMessageFile, first: Selected, local_max: u64) -> Result<Turn, TurnError> {
+async fn batch(
+    inner: &TieredInner,
+    f: &mut FlatMessageFile,
+    first: Selected,
+    local_max: u64,
+) -> Result<Turn, TurnError> {
     let q = f.queue.clone();
     let start = f.dispatch_queue_offset();
     let end = local_max.min(start + inner.cfg.batch_max_count);

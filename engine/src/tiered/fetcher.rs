@@ -14,9 +14,9 @@ use std::collections::BTreeSet;
 
 use super::flat_file::ReadPiece;
 use super::flat_message::{decode_units, FlatMessageFile, TieredUnit};
+use super::index_file::IndexItem;
 use super::store::{FlatRef, TieredInner, TieredStore};
 use super::{QueueKey, TieredError, TIERED_CQ_UNIT_BYTES};
-use super::index_file::IndexItem;
 use crate::bugs::Bug;
 use crate::java_hash::{index_key_hash_of, java_string_hash};
 use crate::message::{decode, DecodeOptions, Decoded, Message};
@@ -105,7 +105,8 @@ impl TieredStore {
             // #8654: min offset -1 looked like "everything is local".
             return Ok(inner.source.query_by_key(topic, key, begin_ms, end_ms, max)?);
         }
-        let mut out = if local_empty { Vec::new() } else { inner.source.query_by_key(topic, key, begin_ms, end_ms, max)? };
+        let mut out =
+            if local_empty { Vec::new() } else { inner.source.query_by_key(topic, key, begin_ms, end_ms, max)? };
         let mut seen: BTreeSet<(u32, u64)> = out.iter().map(|m| (m.queue_id, m.queue_offset)).collect();
         let hash = index_key_hash_of(topic, key);
         let topic_id = java_string_hash(topic);
@@ -132,7 +133,11 @@ impl TieredStore {
 
 /// The record an index item names, if its queue's committed commit log still holds it (an
 /// item of an expired segment, or of bytes never committed, names nothing).
-async fn read_indexed(inner: &TieredInner, topic: &str, item: &IndexItem) -> Result<Option<StoredMessage>, TieredError> {
+async fn read_indexed(
+    inner: &TieredInner,
+    topic: &str,
+    item: &IndexItem,
+) -> Result<Option<StoredMessage>, TieredError> {
     let q = QueueKey { topic: topic.to_string(), queue_id: item.queue_id as u32 };
     let Some(flat) = inner.flat(&q) else { return Ok(None) };
     let Some((start, end)) = item.range() else { return Ok(None) };
@@ -190,7 +195,10 @@ async fn read_units(inner: &TieredInner, flat: &FlatRef, from: u64, n: u64) -> R
         if from < f.min_queue_offset() || from >= to {
             return Ok(Vec::new());
         }
-        (f.queue.to_string(), f.consume_queue.read_plan(from * TIERED_CQ_UNIT_BYTES, (to - from) * TIERED_CQ_UNIT_BYTES)?)
+        (
+            f.queue.to_string(),
+            f.consume_queue.read_plan(from * TIERED_CQ_UNIT_BYTES, (to - from) * TIERED_CQ_UNIT_BYTES)?,
+        )
     };
     decode_units(&q, &fetch_pieces(inner, plan).await?)
 }
@@ -303,7 +311,9 @@ pub fn decode_record(what: &str, record: &[u8]) -> Result<Message, TieredError> 
     let opts = DecodeOptions { check_crc: true, max_record_bytes: record.len() as u64, ..DecodeOptions::default() };
     match decode(record, &opts) {
         Decoded::Valid(m, size) if size as usize == record.len() => Ok(m),
-        Decoded::Valid(_, size) => Err(TieredError::corrupt(what, format!("record is {size} bytes, unit says {}", record.len()))),
+        Decoded::Valid(_, size) => {
+            Err(TieredError::corrupt(what, format!("record is {size} bytes, unit says {}", record.len())))
+        }
         Decoded::Blank { .. } => Err(TieredError::corrupt(what, "a blank record")),
         Decoded::Corrupt(c) => Err(TieredError::corrupt(what, c.reason.to_string())),
     }
@@ -320,9 +330,7 @@ pub(crate) async fn last_local_end(inner: &TieredInner, f: &FlatMessageFile) -> 
         for piece in plan {
             units.extend(decode_units(&piece.key, &get_exact(inner, &piece.key, piece.offset, piece.len).await?)?);
         }
-        if let Some((i, (start, end))) =
-            units.iter().enumerate().rev().find_map(|(i, u)| u.range().map(|r| (i, r)))
-        {
+        if let Some((i, (start, end))) = units.iter().enumerate().rev().find_map(|(i, u)| u.range().map(|r| (i, r))) {
             let plan = f.commit_log.read_plan(start, end - start)?;
             let mut record = Vec::new();
             for piece in plan {

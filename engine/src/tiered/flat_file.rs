@@ -115,7 +115,9 @@ impl FlatAppendFile {
 
     /// Whether accepting `len` bytes now would roll the last segment (and so first commit it).
     pub fn would_roll(&self, len: u64) -> bool {
-        self.segments.last().is_some_and(|s| s.is_sealed() || (s.append_position() > 0 && s.append_position() + len > self.max_segment_bytes))
+        self.segments.last().is_some_and(|s| {
+            s.is_sealed() || (s.append_position() > 0 && s.append_position() + len > self.max_segment_bytes)
+        })
     }
 
     /// Accepts `data` at the end, rolling a full segment once its final commit is done. The
@@ -167,7 +169,13 @@ impl FlatAppendFile {
     /// Commits the last segment (the only one that takes appends) and records it. A segment
     /// is named in the persisted metadata before any byte is uploaded to it, so a loaded
     /// metadata file always knows every object (recovery asks each one's size).
-    pub async fn commit(&mut self, obj: &dyn ObjectStore, meta: &Meta, bugs: &BugSet, now_ms: i64) -> Result<(), TieredError> {
+    pub async fn commit(
+        &mut self,
+        obj: &dyn ObjectStore,
+        meta: &Meta,
+        bugs: &BugSet,
+        now_ms: i64,
+    ) -> Result<(), TieredError> {
         meta.lock().await.persist().await?;
         let Some(last) = self.segments.last_mut() else { return Ok(()) };
         let r = last.commit(obj, bugs).await;
@@ -272,7 +280,11 @@ impl FlatAppendFile {
                     // segment the metadata names with bytes must exist.
                     let recorded = m.as_ref().map_or(0, |m| m.size);
                     if recorded > 0 {
-                        holes.push(Hole { from: base, to: base + recorded, reason: format!("object {key} is missing") });
+                        holes.push(Hole {
+                            from: base,
+                            to: base + recorded,
+                            reason: format!("object {key} is missing"),
+                        });
                         removed.push(key);
                         continue;
                     }
@@ -323,10 +335,7 @@ impl FlatAppendFile {
                 (end != next).then(|| Hole {
                     from: end.min(next),
                     to: end.max(next),
-                    reason: format!(
-                        "segment {} ends at {end}, the next starts at {next}",
-                        w[0].key()
-                    ),
+                    reason: format!("segment {} ends at {end}, the next starts at {next}", w[0].key()),
                 })
             })
             .collect()

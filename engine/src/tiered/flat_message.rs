@@ -87,7 +87,8 @@ pub struct FlatMessageFile {
 impl FlatMessageFile {
     /// A queue whose tiering starts at `first_queue_offset`.
     pub fn new(cfg: &TieredConfig, queue: QueueKey, first_queue_offset: u64) -> FlatMessageFile {
-        let cl = FlatAppendFile::new(FileKind::CommitLog, queue.clone(), &cfg.key_prefix, cfg.commit_log_segment_bytes, 0);
+        let cl =
+            FlatAppendFile::new(FileKind::CommitLog, queue.clone(), &cfg.key_prefix, cfg.commit_log_segment_bytes, 0);
         let cq = FlatAppendFile::new(
             FileKind::ConsumeQueue,
             queue.clone(),
@@ -137,7 +138,9 @@ impl FlatMessageFile {
         let (mut cl_sizes, mut cq_sizes) = (sizes(FileKind::CommitLog), sizes(FileKind::ConsumeQueue));
         let cl = self.commit_log.recover(obj, meta, &bases(FileKind::CommitLog), &mut cl_sizes, now_ms).await;
         let cq = match &cl {
-            Ok(_) => Some(self.consume_queue.recover(obj, meta, &bases(FileKind::ConsumeQueue), &mut cq_sizes, now_ms).await),
+            Ok(_) => {
+                Some(self.consume_queue.recover(obj, meta, &bases(FileKind::ConsumeQueue), &mut cq_sizes, now_ms).await)
+            }
             Err(_) => None,
         };
         self.recovery_sizes = cl_sizes

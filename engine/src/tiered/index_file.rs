@@ -168,7 +168,13 @@ impl IndexItem {
 }
 
 /// Items of `hash` within `[begin_ms, end_ms]` in a file's items, newest first.
-fn matching(items: impl Iterator<Item = IndexItem>, h: &IndexHeader, hash: i32, begin_ms: i64, end_ms: i64) -> Vec<IndexItem> {
+fn matching(
+    items: impl Iterator<Item = IndexItem>,
+    h: &IndexHeader,
+    hash: i32,
+    begin_ms: i64,
+    end_ms: i64,
+) -> Vec<IndexItem> {
     items
         .filter(|it| it.hash == hash)
         .filter(|it| (begin_ms..=end_ms).contains(&it.store_ts_ms(h.begin_ts_ms)))
@@ -221,16 +227,30 @@ pub fn decode_compact_slot(what: &str, h: &IndexHeader, slot: &[u8]) -> Result<O
         return Ok(None);
     }
     let (start, end) = (h.slots_end(), h.compacted_len());
-    let ok = pos >= 0 && len > 0 && len as u64 % COMPACT_ITEM_BYTES == 0 && pos as u64 >= start
-        && (pos as u64 - start) % COMPACT_ITEM_BYTES == 0 && pos as u64 + len as u64 <= end;
+    let ok = pos >= 0
+        && len > 0
+        && len as u64 % COMPACT_ITEM_BYTES == 0
+        && pos as u64 >= start
+        && (pos as u64 - start) % COMPACT_ITEM_BYTES == 0
+        && pos as u64 + len as u64 <= end;
     if !ok {
-        return Err(TieredError::corrupt(what, format!("slot run at {pos} of {len} bytes outside items [{start}, {end})")));
+        return Err(TieredError::corrupt(
+            what,
+            format!("slot run at {pos} of {len} bytes outside items [{start}, {end})"),
+        ));
     }
     Ok(Some((pos as u64, len as u64)))
 }
 
 /// The items of `hash` in one run of a compacted file.
-pub fn decode_compact_run(what: &str, h: &IndexHeader, run: &[u8], hash: i32, begin_ms: i64, end_ms: i64) -> Result<Vec<IndexItem>, TieredError> {
+pub fn decode_compact_run(
+    what: &str,
+    h: &IndexHeader,
+    run: &[u8],
+    hash: i32,
+    begin_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<IndexItem>, TieredError> {
     if run.len() as u64 % COMPACT_ITEM_BYTES != 0 {
         return Err(TieredError::corrupt(what, format!("item run of {} bytes", run.len())));
     }
@@ -240,13 +260,22 @@ pub fn decode_compact_run(what: &str, h: &IndexHeader, run: &[u8], hash: i32, be
 
 /// A query over a whole compacted object in memory (tests and tools; the store reads a slot,
 /// then a run).
-pub fn query_compacted(what: &str, bytes: &[u8], hash: i32, begin_ms: i64, end_ms: i64) -> Result<Vec<IndexItem>, TieredError> {
+pub fn query_compacted(
+    what: &str,
+    bytes: &[u8],
+    hash: i32,
+    begin_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<IndexItem>, TieredError> {
     let h = IndexHeader::decode(what, bytes)?;
     if !h.is_sealed() {
         return Err(TieredError::corrupt(what, "an uploaded index is not sealed"));
     }
     if bytes.len() as u64 != h.compacted_len() {
-        return Err(TieredError::corrupt(what, format!("{} bytes, the header says {}", bytes.len(), h.compacted_len())));
+        return Err(TieredError::corrupt(
+            what,
+            format!("{} bytes, the header says {}", bytes.len(), h.compacted_len()),
+        ));
     }
     let at = (INDEX_HEADER_BYTES + h.slot_of(hash) * INDEX_SLOT_BYTES) as usize;
     let Some((pos, len)) = decode_compact_slot(what, &h, &bytes[at..at + INDEX_SLOT_BYTES as usize])? else {
@@ -279,11 +308,18 @@ pub fn file_name(id: u64) -> String {
 
 impl LocalIndexFile {
     /// Creates an empty writable file (the caller syncs the directory).
-    pub fn create(storage: &dyn Storage, dir: &Path, id: u64, slots: u32, max_items: u32) -> Result<LocalIndexFile, TieredError> {
+    pub fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        id: u64,
+        slots: u32,
+        max_items: u32,
+    ) -> Result<LocalIndexFile, TieredError> {
         assert!(slots > 0 && slots as i32 <= MAX_SLOTS && max_items > 0 && max_items as i32 <= MAX_ITEMS);
         let path = dir.join(file_name(id));
         let file = storage.create(&path)?;
-        let header = IndexHeader { magic: BEGIN_MAGIC, begin_ts_ms: 0, end_ts_ms: 0, slot_count: slots as i32, item_count: 0 };
+        let header =
+            IndexHeader { magic: BEGIN_MAGIC, begin_ts_ms: 0, end_ts_ms: 0, slot_count: slots as i32, item_count: 0 };
         let len = header.slots_end() + u64::from(max_items) * INDEX_ITEM_BYTES;
         file.set_len(len)?;
         file.write_at(0, &header.encode())?;
@@ -303,7 +339,10 @@ impl LocalIndexFile {
         let header = IndexHeader::decode(&what, &b)?;
         let items_room = len.saturating_sub(header.slots_end()) / INDEX_ITEM_BYTES;
         if len < header.slots_end() || header.item_count as u64 > items_room {
-            return Err(TieredError::corrupt(&what, format!("{len} bytes cannot hold {} slots and {} items", header.slot_count, header.item_count)));
+            return Err(TieredError::corrupt(
+                &what,
+                format!("{len} bytes cannot hold {} slots and {} items", header.slot_count, header.item_count),
+            ));
         }
         Ok(LocalIndexFile { id, path: path.to_path_buf(), file, header, max_items: items_room as u32 })
     }
@@ -329,7 +368,15 @@ impl LocalIndexFile {
     }
 
     /// Adds one key (RocketMQ's `putKey`): the item links to the bucket's previous newest.
-    pub fn put(&mut self, hash: i32, topic_id: i32, queue_id: i32, offset: i64, size: i32, store_ts_ms: i64) -> Result<IndexPut, TieredError> {
+    pub fn put(
+        &mut self,
+        hash: i32,
+        topic_id: i32,
+        queue_id: i32,
+        offset: i64,
+        size: i32,
+        store_ts_ms: i64,
+    ) -> Result<IndexPut, TieredError> {
         if self.is_sealed() || self.header.item_count as u32 >= self.max_items {
             return Ok(IndexPut::Full);
         }
@@ -404,7 +451,12 @@ impl LocalIndexFile {
 }
 
 /// Writes the compacted form of `local` into the scratch directory and returns it.
-pub fn compact_to_scratch(storage: &dyn Storage, scratch: &Path, local: &LocalIndexFile, bugs: &BugSet) -> Result<Bytes, TieredError> {
+pub fn compact_to_scratch(
+    storage: &dyn Storage,
+    scratch: &Path,
+    local: &LocalIndexFile,
+    bugs: &BugSet,
+) -> Result<Bytes, TieredError> {
     let bytes = compact(local.header(), &local.items()?, bugs);
     let path = scratch.join(file_name(local.id()));
     if storage.exists(&path) {
@@ -426,7 +478,16 @@ mod tests {
     }
 
     fn items(n: i32) -> Vec<IndexItem> {
-        (0..n).map(|i| IndexItem { hash: i * 7 + 1, topic_id: 3, queue_id: i % 2, offset: i as i64 * 100, size: 100, time_diff_ms: i }).collect()
+        (0..n)
+            .map(|i| IndexItem {
+                hash: i * 7 + 1,
+                topic_id: 3,
+                queue_id: i % 2,
+                offset: i as i64 * 100,
+                size: 100,
+                time_diff_ms: i,
+            })
+            .collect()
     }
 
     #[test]
@@ -449,7 +510,8 @@ mod tests {
         let its = items(50);
         let h = IndexHeader { item_count: 50, ..header(8) };
         let bytes = compact(&h, &its, &BugSet::of(&[Bug::TieredIndexCompactionDropsLastBucket]));
-        let lost: Vec<_> = its.iter().filter(|it| query_compacted("t", &bytes, it.hash, 0, i64::MAX).unwrap().is_empty()).collect();
+        let lost: Vec<_> =
+            its.iter().filter(|it| query_compacted("t", &bytes, it.hash, 0, i64::MAX).unwrap().is_empty()).collect();
         assert!(!lost.is_empty());
         assert!(lost.iter().all(|it| h.slot_of(it.hash) == 7), "{lost:?}");
     }

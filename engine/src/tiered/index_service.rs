@@ -27,12 +27,12 @@ use bytes::Bytes;
 
 use super::flat_message::FlatMessageFile;
 use super::index_file::{self, IndexHeader, IndexItem, IndexPut, LocalIndexFile};
-use super::store::TieredInner;
-use crate::java_hash::{java_string_hash, IndexKeyHasher};
 use super::metadata::{MetadataStore, SegmentMeta};
+use super::store::TieredInner;
 use super::{keys, FileKind, QueueKey, TieredConfig, TieredError};
 use crate::bugs::{Bug, BugSet};
 use crate::io::{ObjectError, ObjectStore, Storage};
+use crate::java_hash::{java_string_hash, IndexKeyHasher};
 
 /// The topic and queue of the index objects (RocketMQ's `rmq_sys_INDEX`).
 pub const INDEX_TOPIC: &str = "rmq_sys_INDEX";
@@ -285,11 +285,15 @@ impl IndexService {
         let newest = self.files.keys().next_back().copied();
         self.files
             .iter()
-            .filter(|(id, e)| matches!(e, IndexEntry::Local(f) if f.is_sealed() && !f.is_empty()) && Some(**id) != newest)
+            .filter(|(id, e)| {
+                matches!(e, IndexEntry::Local(f) if f.is_sealed() && !f.is_empty()) && Some(**id) != newest
+            })
             .map(|(id, _)| *id)
             .chain(
                 // A sealed newest file (full, with no keys after it yet) is pending too.
-                newest.filter(|id| matches!(self.files.get(id), Some(IndexEntry::Local(f)) if f.is_sealed() && !f.is_empty())),
+                newest.filter(
+                    |id| matches!(self.files.get(id), Some(IndexEntry::Local(f)) if f.is_sealed() && !f.is_empty()),
+                ),
             )
             .collect()
     }
@@ -310,7 +314,8 @@ impl IndexService {
 
     /// Seals `id` if needed and compacts it into the scratch directory.
     pub async fn prepare(&mut self, id: u64) -> Result<Option<PreparedUpload>, TieredError> {
-        let (storage, dir, bugs, prefix) = (self.storage.clone(), self.dir.clone(), self.bugs.clone(), self.prefix.clone());
+        let (storage, dir, bugs, prefix) =
+            (self.storage.clone(), self.dir.clone(), self.bugs.clone(), self.prefix.clone());
         let Some(IndexEntry::Local(f)) = self.files.get_mut(&id) else { return Ok(None) };
         if !f.is_sealed() {
             f.seal().await?;
@@ -351,7 +356,12 @@ impl IndexService {
 
     /// The files that may hold keys stored within `[begin_ms, end_ms]`: the items the local
     /// ones hold for `hash`, and the uploaded ones to read.
-    fn lookup(&self, hash: i32, begin_ms: i64, end_ms: i64) -> Result<(Vec<IndexItem>, Vec<(u64, UploadedIndex)>), TieredError> {
+    fn lookup(
+        &self,
+        hash: i32,
+        begin_ms: i64,
+        end_ms: i64,
+    ) -> Result<(Vec<IndexItem>, Vec<(u64, UploadedIndex)>), TieredError> {
         let mut items = Vec::new();
         let mut remote = Vec::new();
         for (id, e) in self.files.iter().rev() {

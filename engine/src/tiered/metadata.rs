@@ -77,8 +77,7 @@ pub enum MetadataLoad {
 
 impl MetadataStore {
     pub fn load(storage: Arc<dyn Storage>, path: &Path) -> Result<(MetadataStore, MetadataLoad), TieredError> {
-        let mut store =
-            MetadataStore {
+        let mut store = MetadataStore {
             storage,
             path: path.to_path_buf(),
             segments: BTreeMap::new(),

@@ -41,7 +41,7 @@ use crate::error::StoreError;
 use crate::io::{IoError, ObjectError};
 
 pub use index_service::{IndexLeft, IndexStatus};
-pub use store::{TieredStore, TieredStats};
+pub use store::{TieredStats, TieredStore};
 
 /// Size of a tiered consume-queue unit: tiered commit-log offset (i64), size (i32), tags code (i64).
 pub const TIERED_CQ_UNIT_BYTES: u64 = 20;

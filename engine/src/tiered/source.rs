@@ -29,8 +29,14 @@ pub trait MessageSource: Send + Sync + 'static {
     fn dispatched(&self) -> &Notify;
     fn holds(&self) -> Holds;
     fn get(&self, topic: &str, queue_id: u32, queue_offset: u64, max_count: usize) -> Result<Vec<StoredMessage>>;
-    fn query_by_key(&self, topic: &str, key: &str, begin_ms: i64, end_ms: i64, max: usize)
-        -> Result<Vec<StoredMessage>>;
+    fn query_by_key(
+        &self,
+        topic: &str,
+        key: &str,
+        begin_ms: i64,
+        end_ms: i64,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>>;
     /// Continues an empty log above `phy_floor` with each queue's offsets at least its floor
     /// (a replaced container).
     fn continue_from(&self, phy_floor: u64, queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()>;

@@ -18,9 +18,9 @@ use tokio::sync::Notify;
 
 use super::flat_file::Hole;
 use super::flat_message::FlatMessageFile;
+use super::index_service::{IndexLeft, IndexService, IndexStatus};
 use super::metadata::{MetadataLoad, MetadataStore};
 use super::source::MessageSource;
-use super::index_service::{IndexLeft, IndexService, IndexStatus};
 use super::{keys, FileKind, QueueKey, TieredConfig, TieredError};
 use crate::bugs::{Bug, BugSet};
 use crate::io::{Clock, HoldCounter, HoldKind, ObjectStore, Storage};
@@ -183,7 +183,8 @@ impl TieredStore {
         } else {
             (BTreeMap::new(), Vec::new())
         };
-        let index = IndexService::recover(storage, store_root, &cfg, &bugs, &mut meta, &index_ids, clock.now_ms()).await?;
+        let index =
+            IndexService::recover(storage, store_root, &cfg, &bugs, &mut meta, &index_ids, clock.now_ms()).await?;
         let permits = source.holds().counter(HoldKind::Permit, "tiered-dispatch-permits");
         let inner = Arc::new(TieredInner {
             cfg,
@@ -270,7 +271,11 @@ impl TieredStore {
     /// file, retrying until the bound (never, under `tiered-shutdown-unbounded`).
     async fn finish_index(&self) -> IndexLeft {
         let inner = &self.inner;
-        let bound_ms = if inner.bugs.has(Bug::TieredShutdownUnbounded) { UNBOUNDED_MS } else { inner.cfg.shutdown_upload_bound_ms };
+        let bound_ms = if inner.bugs.has(Bug::TieredShutdownUnbounded) {
+            UNBOUNDED_MS
+        } else {
+            inner.cfg.shutdown_upload_bound_ms
+        };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(bound_ms);
         let mut left = IndexLeft::default();
         for (q, flat) in inner.all_flats() {
@@ -283,7 +288,8 @@ impl TieredStore {
                 continue;
             }
             while f.indexed_queue_offset < f.commit_queue_offset() {
-                match tokio::time::timeout(until(deadline), super::index_service::index_committed(inner, &mut f)).await {
+                match tokio::time::timeout(until(deadline), super::index_service::index_committed(inner, &mut f)).await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
                         tracing::warn!(queue = %q, error = %e, "indexing at shutdown failed; retrying");
@@ -314,7 +320,14 @@ impl TieredStore {
                     left.files.push(id);
                     break;
                 }
-                let attempt = super::index_service::upload_file(&inner.index, &inner.meta, inner.obj.as_ref(), &inner.bugs, id, inner.now_ms());
+                let attempt = super::index_service::upload_file(
+                    &inner.index,
+                    &inner.meta,
+                    inner.obj.as_ref(),
+                    &inner.bugs,
+                    id,
+                    inner.now_ms(),
+                );
                 match tokio::time::timeout(until(deadline), attempt).await {
                     Ok(Ok(true)) => break,
                     Ok(Ok(false)) => {}
@@ -414,7 +427,11 @@ impl Drop for TieredStore {
 type Listing = (BTreeMap<QueueKey, Vec<(FileKind, u64)>>, Vec<u64>);
 
 /// Lists every segment under the prefix, retrying while the object store fails.
-async fn list_with_retries(obj: &dyn ObjectStore, key_prefix: &str, give_up_after_ms: u64) -> Result<Listing, TieredError> {
+async fn list_with_retries(
+    obj: &dyn ObjectStore,
+    key_prefix: &str,
+    give_up_after_ms: u64,
+) -> Result<Listing, TieredError> {
     let prefix = format!("{key_prefix}/");
     let keys = retry(give_up_after_ms, "list the object store", || obj.list(&prefix)).await?;
     let mut out: BTreeMap<QueueKey, Vec<(FileKind, u64)>> = BTreeMap::new();

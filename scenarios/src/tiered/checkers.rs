@@ -380,7 +380,11 @@ pub async fn index_complete(tiered: &TieredStore, expected: &[ExpectedKey], when
                 // A local disk in an error window says nothing about the index.
                 Err(TieredError::Io(_) | TieredError::Store(_)) => break None,
                 Err(err) => {
-                    out.push(v(INDEX_COMPLETE, format!("{when}: query of {topic} key {} failed: {err}", e.key), now_ms));
+                    out.push(v(
+                        INDEX_COMPLETE,
+                        format!("{when}: query of {topic} key {} failed: {err}", e.key),
+                        now_ms,
+                    ));
                     break None;
                 }
             }
@@ -388,14 +392,28 @@ pub async fn index_complete(tiered: &TieredStore, expected: &[ExpectedKey], when
         let Some(msgs) = got else { continue };
         for m in &msgs {
             if m.topic != *topic || !(m.keys.contains(&e.key) || m.uniq_key.as_deref() == Some(&e.key)) {
-                out.push(v(INDEX_COMPLETE, format!("{when}: query of {topic} key {} returned {}/{}@{} without it", e.key, m.topic, m.queue_id, m.queue_offset), now_ms));
+                out.push(v(
+                    INDEX_COMPLETE,
+                    format!(
+                        "{when}: query of {topic} key {} returned {}/{}@{} without it",
+                        e.key, m.topic, m.queue_id, m.queue_offset
+                    ),
+                    now_ms,
+                ));
             }
         }
-        let found = msgs.iter().any(|m| m.queue_id == *q && m.queue_offset == e.offset && id_of_body(&m.body) == Some(e.id));
+        let found =
+            msgs.iter().any(|m| m.queue_id == *q && m.queue_offset == e.offset && id_of_body(&m.body) == Some(e.id));
         if !found {
             out.push(v(
                 INDEX_COMPLETE,
-                format!("{when}: key {} of {topic}/{q}@{} ({:?}), committed to the tiered store, is not found ({} results)", e.key, e.offset, e.id, msgs.len()),
+                format!(
+                    "{when}: key {} of {topic}/{q}@{} ({:?}), committed to the tiered store, is not found ({} results)",
+                    e.key,
+                    e.offset,
+                    e.id,
+                    msgs.len()
+                ),
                 now_ms,
             ));
         }
@@ -406,7 +424,13 @@ pub async fn index_complete(tiered: &TieredStore, expected: &[ExpectedKey], when
 /// `routing`: with the local log empty, a read of each committed queue from its tiered
 /// minimum returns what the tiered store holds there (not nothing, and the same messages as
 /// far as both reads go).
-pub async fn routing(store: &Store, tiered: &TieredStore, committed: &BTreeMap<Queue, (u64, u64)>, when: &str, now_ms: u64) -> Vec<Violation> {
+pub async fn routing(
+    store: &Store,
+    tiered: &TieredStore,
+    committed: &BTreeMap<Queue, (u64, u64)>,
+    when: &str,
+    now_ms: u64,
+) -> Vec<Violation> {
     let mut out = Vec::new();
     if store.min_phy_offset() < store.max_phy_offset() {
         return out;
@@ -415,7 +439,9 @@ pub async fn routing(store: &Store, tiered: &TieredStore, committed: &BTreeMap<Q
         if commit <= min {
             continue;
         }
-        let (Ok(tiered_msgs), Ok(routed)) = (tiered.get_tiered(topic, *q, min, 16).await, tiered.get(topic, *q, min, 16).await) else {
+        let (Ok(tiered_msgs), Ok(routed)) =
+            (tiered.get_tiered(topic, *q, min, 16).await, tiered.get(topic, *q, min, 16).await)
+        else {
             continue;
         };
         if tiered_msgs.is_empty() {
@@ -444,11 +470,19 @@ pub fn check_query(h: &History, topic: &str, key: &str, msgs: &[StoredMessage], 
     let mut out = Vec::new();
     for m in msgs {
         if m.topic != topic || !(m.keys.iter().any(|k| k == key) || m.uniq_key.as_deref() == Some(key)) {
-            out.push(v(INDEX_COMPLETE, format!("query of {topic} key {key} returned {}/{}@{} without it", m.topic, m.queue_id, m.queue_offset), now_ms));
+            out.push(v(
+                INDEX_COMPLETE,
+                format!("query of {topic} key {key} returned {}/{}@{} without it", m.topic, m.queue_id, m.queue_offset),
+                now_ms,
+            ));
             continue;
         }
         if let Err(reason) = check_message(h, topic, m.queue_id, m.queue_offset, &m.body) {
-            out.push(v(TIERED_READABLE, format!("query of {topic} key {key}: {}@{}: {reason}", m.queue_id, m.queue_offset), now_ms));
+            out.push(v(
+                TIERED_READABLE,
+                format!("query of {topic} key {key}: {}@{}: {reason}", m.queue_id, m.queue_offset),
+                now_ms,
+            ));
         }
     }
     out

@@ -250,7 +250,10 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
     let bound_ms = if sh.history().replaced_boot_running { REPLACED_BOOT_BOUND_MS } else { SERVING_BOUND_MS };
     let serving = wait_for(bound_ms, || sh.serving().is_some()).await;
     if !serving {
-        sh.violation(crate::broker::checkers::LIVENESS, format!("the broker is not serving {bound_ms} ms after the faults"));
+        sh.violation(
+            crate::broker::checkers::LIVENESS,
+            format!("the broker is not serving {bound_ms} ms after the faults"),
+        );
     }
     // The faults stop: the object store's background errors and the network's packet loss too
     // (restored for the replaced disk's boot below).
@@ -285,7 +288,10 @@ async fn final_phase(sh: &Arc<Shared>, broker: madsim::task::NodeId) {
         let stopped_cleanly = wait_for(BOUND_MS, || sh.world.life(BROKER) == Some(NodeLife::Stopped)).await;
         if !stopped_cleanly {
             let during = if outage { " (the object store out)" } else { "" };
-            sh.violation(crate::broker::checkers::LIVENESS, format!("a clean shutdown did not end within {BOUND_MS} ms{during}"));
+            sh.violation(
+                crate::broker::checkers::LIVENESS,
+                format!("a clean shutdown did not end within {BOUND_MS} ms{during}"),
+            );
         }
         object_store.set_unavailable(false);
     }

@@ -11,10 +11,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use engine::tiered::{TieredError, TieredStore};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use engine::Store;
 use madsim::net::Endpoint;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use sim::world::NodeLife;
 
 use super::checkers;
