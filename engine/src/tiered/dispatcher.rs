@@ -6,7 +6,8 @@
 //! again (re-dispatch continues from the consume queue's committed offset); a queue whose
 //! local minimum passed its tiered offset gets blank units for the messages it lost; a queue
 //! with too little pending is held back until a batch is worth an upload (count or age); then
-//! a batch bounded by count and bytes moves, commit log committed before consume queue.
+//! a batch bounded by count and bytes moves, commit log committed before consume queue, and
+//! its keys go into the tiered index from the bytes just uploaded.
 //!
 //! Whatever happens on one queue — a failed upload, a missing unit, a missing message — is
 //! logged and counted, never ends the task nor stops the other queues, and every hold and
@@ -20,6 +21,7 @@ use bytes::Bytes;
 
 use super::flat_file::FlatAppend;
 use super::flat_message::{FlatMessageFile, TieredUnit};
+use super::index_service::AppendedRecord;
 use super::store::TieredInner;
 use super::{QueueKey, TieredError};
 use crate::bugs::Bug;
@@ -188,10 +190,14 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
         Ok(Some(last)) if !last.is_blank() => last.end().saturating_sub(msg.phy_offset),
         _ => 0,
     };
+    let now = tokio::time::Instant::now();
+    let held_ms = f.held_since.map_or(0, |t| now.duration_since(t).as_millis() as u64);
     let worth_it = pending >= inner.cfg.group_commit_count
         || pending_bytes >= inner.cfg.batch_max_bytes
-        || (age_ms as u64) >= inner.cfg.group_commit_timeout_ms;
+        || (age_ms as u64) >= inner.cfg.group_commit_timeout_ms
+        || held_ms >= inner.cfg.group_commit_timeout_ms;
     if !force && !worth_it {
+        f.held_since.get_or_insert(now);
         inner.counters.holds_branch.fetch_add(1, Ordering::SeqCst);
         crate::probe!("tiered.hold-branch");
         if inner.bugs.has(Bug::TieredHoldNotReleased) {
@@ -202,6 +208,7 @@ async fn turn(inner: &TieredInner, f: &mut FlatMessageFile, force: bool) -> Resu
         }
         return Ok(Turn::Held);
     }
+    f.held_since = None;
     batch(inner, f, first, local_max).await
 }
 
@@ -288,6 +295,7 @@ async fn batch(
     let start = f.dispatch_queue_offset();
     let end = local_max.min(start + inner.cfg.batch_max_count);
     let mut holds: Vec<Hold> = Vec::new();
+    let mut records: Vec<Option<AppendedRecord>> = Vec::new();
     let mut bytes = 0u64;
     let mut moved = 0u64;
     let mut next = Some(first);
@@ -306,11 +314,12 @@ async fn batch(
         };
         let appended = append_one(inner, f, sel, &mut holds, &mut bytes).await;
         match appended {
-            Ok(FlatAppend::At(_)) => {
+            Ok(Some(record)) => {
+                records.push(record);
                 moved += 1;
                 offset += 1;
             }
-            Ok(FlatAppend::NotReady) => break,
+            Ok(None) => break,
             Err(e) => {
                 release(inner, holds, false);
                 return Err(e.into());
@@ -324,30 +333,40 @@ async fn batch(
     commit(inner, f, holds).await?;
     inner.counters.messages_tiered.fetch_add(moved, Ordering::SeqCst);
     inner.counters.bytes_tiered.fetch_add(bytes, Ordering::SeqCst);
+    if let Err(e) = super::index_service::index_appended(inner, f, start, &records).await {
+        inner.counters.index_errors.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!(queue = %q, error = %e, "tiered indexing of a committed batch failed; read back later");
+    }
     Ok(Turn::Moved { messages: moved })
 }
 
+/// Takes one selected unit into the queue's flat file. `Ok(None)`: not taken (a full segment
+/// could not roll yet); `Ok(Some(None))`: a blank unit; otherwise the record and where it went.
 async fn append_one(
     inner: &TieredInner,
     f: &mut FlatMessageFile,
     sel: Selected,
     holds: &mut Vec<Hold>,
     bytes: &mut u64,
-) -> Result<FlatAppend, TieredError> {
+) -> Result<Option<Option<AppendedRecord>>, TieredError> {
     let now = inner.now_ms();
     let (obj, meta) = (inner.obj.as_ref(), &inner.meta);
     match sel {
-        Selected::Blank => f.append_unit(obj, meta, TieredUnit::BLANK, now, &inner.bugs, now).await,
+        Selected::Blank => Ok(match f.append_unit(obj, meta, TieredUnit::BLANK, now, &inner.bugs, now).await? {
+            FlatAppend::At(_) => Some(None),
+            FlatAppend::NotReady => None,
+        }),
         Selected::Message { msg, tags_code } => {
             let len = msg.bytes.len() as u64;
             let ts = msg.store_timestamp_ms;
             // The buffer stays held until its batch's commit ends (RocketMQ's group-commit context).
             holds.push(msg.hold);
-            let r = f.append_message(obj, meta, Bytes::from(msg.bytes), tags_code, ts, &inner.bugs, now).await?;
-            if r != FlatAppend::NotReady {
+            let record = Bytes::from(msg.bytes);
+            let r = f.append_message(obj, meta, record.clone(), tags_code, ts, &inner.bugs, now).await?;
+            Ok(r.map(|cl_offset| {
                 *bytes += len;
-            }
-            Ok(r)
+                Some(AppendedRecord { cl_offset, record })
+            }))
         }
     }
 }

@@ -80,6 +80,10 @@ pub struct FlatMessageFile {
     pub holes: Vec<(FileKind, Hole)>,
     /// Queue offsets below this have their keys in a durable index file.
     pub indexed_queue_offset: u64,
+    /// When the dispatcher first held this queue's pending messages back (monotonic time):
+    /// a hold ends after the group-commit time-out even when the store clock, which ages
+    /// messages by their store timestamps, is frozen or went backwards.
+    pub held_since: Option<tokio::time::Instant>,
     /// Remote sizes learned by a recovery not finished yet (None: no such object).
     recovery_sizes: BTreeMap<(FileKind, u64), Option<u64>>,
 }
@@ -102,6 +106,7 @@ impl FlatMessageFile {
             consume_queue: cq,
             recovered: false,
             indexed_queue_offset: 0,
+            held_since: None,
             holes: Vec::new(),
             recovery_sizes: BTreeMap::new(),
         }
@@ -167,8 +172,9 @@ impl FlatMessageFile {
         Ok(())
     }
 
-    /// Accepts one message and its unit. `NotReady`: a full segment could not roll yet; the
-    /// message was not taken (its commit-log bytes, if taken, stay unreferenced).
+    /// Accepts one message and its unit; returns the record's commit-log offset, or `None`
+    /// when a full segment could not roll yet: the message was not taken (its commit-log
+    /// bytes, if taken, stay unreferenced).
     #[allow(clippy::too_many_arguments)]
     pub async fn append_message(
         &mut self,
@@ -179,14 +185,17 @@ impl FlatMessageFile {
         store_ts_ms: i64,
         bugs: &BugSet,
         now_ms: i64,
-    ) -> Result<FlatAppend, TieredError> {
+    ) -> Result<Option<u64>, TieredError> {
         let size = i32::try_from(record.len()).map_err(|_| TieredError::corrupt(&self.queue, "record over 2 GiB"))?;
         let FlatAppend::At(cl_offset) = self.commit_log.append(obj, meta, record, store_ts_ms, bugs, now_ms).await?
         else {
-            return Ok(FlatAppend::NotReady);
+            return Ok(None);
         };
         let unit = TieredUnit { cl_offset: cl_offset as i64, size, tags_code };
-        self.append_unit(obj, meta, unit, store_ts_ms, bugs, now_ms).await
+        Ok(match self.append_unit(obj, meta, unit, store_ts_ms, bugs, now_ms).await? {
+            FlatAppend::At(_) => Some(cl_offset),
+            FlatAppend::NotReady => None,
+        })
     }
 
     pub async fn append_unit(

@@ -33,6 +33,7 @@ use super::{keys, FileKind, QueueKey, TieredConfig, TieredError};
 use crate::bugs::{Bug, BugSet};
 use crate::io::{ObjectError, ObjectStore, Storage};
 use crate::java_hash::{java_string_hash, IndexKeyHasher};
+use crate::message::Message;
 
 /// The topic and queue of the index objects (RocketMQ's `rmq_sys_INDEX`).
 pub const INDEX_TOPIC: &str = "rmq_sys_INDEX";
@@ -494,11 +495,40 @@ pub async fn upload(obj: &dyn ObjectStore, up: &PreparedUpload) -> Result<bool, 
         Err(e) => Err(e.into()),
     }
 }
+/// A record the dispatcher appended to a queue's flat commit log.
+#[derive(Debug, Clone)]
+pub(crate) struct AppendedRecord {
+    pub cl_offset: u64,
+    pub record: Bytes,
+}
+
+/// Indexes a batch the dispatcher just committed, `start..` in queue offsets (`None`: a blank
+/// unit), from the bytes it uploaded: reading them back would double the object-store round
+/// trips of every batch. Only when indexing had reached `start` and the whole batch is
+/// committed; any other gap is left to `index_committed`, which reads it back.
+pub(crate) async fn index_appended(
+    inner: &TieredInner,
+    f: &mut FlatMessageFile,
+    start: u64,
+    records: &[Option<AppendedRecord>],
+) -> Result<(), TieredError> {
+    let next = start + records.len() as u64;
+    if f.indexed_queue_offset != start || f.commit_queue_offset() < next || f.has_uncommitted() {
+        return Ok(());
+    }
+    let mut messages = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if let Some(r) = r {
+            let m = super::fetcher::decode_checked(&f.queue, start + i as u64, &r.record)?;
+            messages.push(((r.cl_offset, r.cl_offset + r.record.len() as u64), m));
+        }
+    }
+    record_indexed(inner, f, messages.iter().map(|(range, m)| (*range, m)), next).await
+}
+
 /// Indexes a queue's committed messages above its indexed offset, read back from the object
 /// store, and records the new offset in the metadata once the keys are durable.
 pub(crate) async fn index_committed(inner: &TieredInner, f: &mut FlatMessageFile) -> Result<(), TieredError> {
-    let hasher = IndexKeyHasher::new(&f.queue.topic);
-    let topic_id = java_string_hash(&f.queue.topic);
     loop {
         let from = f.indexed_queue_offset.max(f.min_queue_offset());
         let (records, next) = if from < f.commit_queue_offset() {
@@ -506,28 +536,41 @@ pub(crate) async fn index_committed(inner: &TieredInner, f: &mut FlatMessageFile
         } else {
             (Vec::new(), from)
         };
-        let mut entries = Vec::new();
-        for (_, (start, end), m) in &records {
-            for key in m.uniq_key().into_iter().chain(m.keys()) {
-                entries.push(KeyEntry {
-                    hash: hasher.hash(key),
-                    topic_id,
-                    queue_id: f.queue.queue_id as i32,
-                    offset: *start as i64,
-                    size: (end - start) as i32,
-                    store_ts_ms: m.store_timestamp_ms,
-                });
-            }
-        }
-        inner.index.lock().await.put_keys(&entries, inner.now_ms()).await?;
-        f.indexed_queue_offset = next;
-        let mut meta = inner.meta.lock().await;
-        meta.set_indexed(&f.queue.to_string(), next);
-        meta.persist().await?;
+        record_indexed(inner, f, records.iter().map(|(_, range, m)| (*range, m)), next).await?;
         if next <= from || next >= f.commit_queue_offset() {
             return Ok(());
         }
     }
+}
+
+/// Puts the keys of committed messages (each with its range in the flat commit log) into
+/// the index, then records `next` as the queue's indexed offset once they are durable.
+async fn record_indexed<'a>(
+    inner: &TieredInner,
+    f: &mut FlatMessageFile,
+    messages: impl Iterator<Item = ((u64, u64), &'a Message)>,
+    next: u64,
+) -> Result<(), TieredError> {
+    let hasher = IndexKeyHasher::new(&f.queue.topic);
+    let topic_id = java_string_hash(&f.queue.topic);
+    let mut entries = Vec::new();
+    for ((start, end), m) in messages {
+        for key in m.uniq_key().into_iter().chain(m.keys()) {
+            entries.push(KeyEntry {
+                hash: hasher.hash(key),
+                topic_id,
+                queue_id: f.queue.queue_id as i32,
+                offset: start as i64,
+                size: (end - start) as i32,
+                store_ts_ms: m.store_timestamp_ms,
+            });
+        }
+    }
+    inner.index.lock().await.put_keys(&entries, inner.now_ms()).await?;
+    f.indexed_queue_offset = next;
+    let mut meta = inner.meta.lock().await;
+    meta.set_indexed(&f.queue.to_string(), next);
+    meta.persist().await
 }
 
 /// The upload loop's turn: every sealed file but the newest, once per upload interval.

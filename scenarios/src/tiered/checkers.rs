@@ -11,7 +11,8 @@
 //!   the producer sent for that queue (and its acked offset, if acked); reads return genuine
 //!   messages of the queue asked for, at their acked offsets.
 //! - `tiered-progress`: once faults stop, every queue's tiered offset reaches its local
-//!   maximum within a bound, with the dispatcher alive.
+//!   maximum: within a bound, or later only while the dispatcher keeps moving (a stall of
+//!   a few seconds with a queue behind fails it), and within a hard cap in any case.
 //! - `tiered-durability`: after a clean shutdown and a replaced disk, everything the tiered
 //!   store reported committed reads back, and new messages never reuse a queue offset.
 //! - `index-complete`: after a clean shutdown that reported nothing left and a replaced disk,
