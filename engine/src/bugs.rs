@@ -280,8 +280,10 @@ impl Bug {
                 "tiered-ack-lost-append-again",
                 "ours",
                 "an append whose acknowledgement was lost is taken as failed and its bytes appended again",
-                // The duplicate makes the segment longer than the next one's base says.
-                "tiered-contiguity",
+                // The duplicate shifts every unit after it onto another message's bytes (and,
+                // in a segment that is not the last, makes it longer than the next one's base
+                // says, which `tiered-contiguity` sees too).
+                "tiered-readable",
             ),
             Bug::TieredPartialAllOrNothing => (
                 "tiered-partial-all-or-nothing",

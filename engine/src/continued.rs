@@ -1,6 +1,7 @@
 //! A continued log (`Store::continue_from`): an empty store, standing in for one whose local
 //! disk is gone (a replaced container), continues above the old log's offsets. Its commit log
-//! starts at a file boundary at or above the old physical end, and each named queue's next
+//! starts at a file boundary at or above the old physical end (or above where the queues'
+//! floors imply it reached, when that is higher), and each named queue's next
 //! queue offset at or above the old queue's end, after a blank prefix. Physical offsets must
 //! go on above the old ones: the decoder bounds a record's queue offset by its physical
 //! offset (`message::queue_offset_possible`).
@@ -16,7 +17,7 @@ use std::sync::atomic::Ordering;
 use crate::commit_log::PutRef;
 use crate::consume_queue::ConsumeQueue;
 use crate::error::{Result, StoreError};
-use crate::message::queue_offset_possible;
+use crate::message::{queue_offset_possible, FIXED_RECORD_BYTES};
 use crate::store::{lock, Inner};
 
 pub(crate) fn continue_from(inner: &Inner, phy_floor: u64, queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()> {
@@ -27,10 +28,21 @@ pub(crate) fn continue_from(inner: &Inner, phy_floor: u64, queue_floors: &BTreeM
             return Err(StoreError::LogNotEmpty { min_phy_offset: cl.min_offset(), max_phy_offset: cl.max_offset() });
         }
         let size = cl.file_size();
-        let start = phy_floor
+        // The old log reached at least where its queues' floors can sit: when nothing says
+        // where it ended (a tiered store that holds only blanks for messages that expired
+        // locally), the floors do.
+        let mut implied = 0u64;
+        for ((topic, queue_id), &floor) in queue_floors {
+            let min_phy = floor.checked_mul(FIXED_RECORD_BYTES).ok_or_else(|| {
+                StoreError::InvalidArgument(format!("queue floor {floor} of {topic}/{queue_id}"))
+            })?;
+            implied = implied.max(min_phy);
+        }
+        let floor = phy_floor.max(implied);
+        let start = floor
             .div_ceil(size)
             .checked_mul(size)
-            .ok_or_else(|| StoreError::InvalidArgument(format!("commit-log floor {phy_floor}")))?;
+            .ok_or_else(|| StoreError::InvalidArgument(format!("commit-log floor {floor}")))?;
         for ((topic, queue_id), &floor) in queue_floors {
             PutRef::new(topic, *queue_id, &[], None, &[]).validate()?;
             if !queue_offset_possible(floor, start) {

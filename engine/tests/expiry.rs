@@ -418,3 +418,21 @@ async fn an_empty_continued_log_is_continued_again_after_a_restart() {
     assert_eq!((r.phy_offset, r.queue_offset), (start, 500));
     store.shutdown().await.unwrap();
 }
+
+/// A tiered store that holds only blanks (every message expired locally before it was
+/// tiered) knows the queues' floors but no physical end: the continued log starts where the
+/// floors can sit, never refuses them.
+#[tokio::test]
+async fn queue_floors_without_a_physical_end_start_the_log_above_them() {
+    let e = Env::new(None);
+    let store = e.open().await;
+    store.continue_from(0, &floors(30)).unwrap();
+    let start = store.min_phy_offset();
+    let size = e.cfg.commit_log_file_size_bytes;
+    assert!(start >= 30 * engine::message::FIXED_RECORD_BYTES, "start {start}");
+    assert_eq!(start % size, 0, "a file boundary");
+    store.start().unwrap();
+    let r = store.put("T", 0, b"first", None, &[]).await.unwrap();
+    assert_eq!((r.phy_offset, r.queue_offset), (start, 30));
+    store.shutdown().await.unwrap();
+}

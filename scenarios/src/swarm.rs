@@ -12,7 +12,7 @@
 //! - `[store]`: `StoreConfig` fields set over the scenario's own;
 //! - `[disk]`: `DiskConfig` fields (sector size, sync latency);
 //! - `[tiered]`: `TieredConfig` fields set over the scenario's own;
-//! - `[workload]`: `Workload` knobs of the broker scenario's clients.
+//! - `[workload]`: `Workload` knobs of the broker and tiered scenarios' clients.
 //!
 //! The draw and the chained fault sequences use a stream of their own, so the fault plan a
 //! seed draws (`FaultPlan::generate`) does not move.
@@ -353,13 +353,10 @@ fn draw_broker(rng: &mut ChaCha8Rng) -> toml::Table {
 }
 
 fn draw_tiered(rng: &mut ChaCha8Rng) -> toml::Table {
-    let mut profile = Profile::draw(rng);
-    if profile == Profile::HugeMessages {
-        // The tiered clients send the fixed bodies: huge files of them instead.
-        profile = Profile::Wide;
-    }
-    // Its messages are up to 4 KiB.
+    let profile = Profile::draw(rng);
+    // Its messages are up to 4 KiB, beside commit-log files of a few of them.
     let store = store(rng, profile, 4 * 1024 + 8, 1 << 20, 4 * 1024);
+    let max_message = store["max_message_size_bytes"].as_integer().unwrap_or(0) as u64;
     let disk = disk(rng);
     // Segments of at least a few messages and a dispatcher that outruns the producers: with
     // 1 KiB segments, 20-byte consume-queue segments or one message per batch every 500 ms the
@@ -369,6 +366,8 @@ fn draw_tiered(rng: &mut ChaCha8Rng) -> toml::Table {
     let mut tiered = toml::Table::new();
     let production = profile == Profile::Production;
     let segment = if production { 1 << rng.gen_range(13..=16) } else { rng.gen_range(8..=128) * 512 };
+    // A segment holds a few of the largest messages, as RocketMQ's 1 GiB segments hold 4 MiB ones.
+    let segment = segment.max((2 * max_message).next_multiple_of(512));
     tiered.insert("commit_log_segment_bytes".into(), int(segment));
     let cq_units = if production { segment / 1024 } else { rng.gen_range(8..=64) };
     tiered.insert("consume_queue_segment_bytes".into(), int(cq_units.max(8) * 20));
@@ -378,11 +377,13 @@ fn draw_tiered(rng: &mut ChaCha8Rng) -> toml::Table {
     tiered.insert("batch_max_bytes".into(), int(rng.gen_range(8..=64) * 1024));
     tiered.insert("dispatch_interval_ms".into(), int(rng.gen_range(10..=200)));
     tiered.insert("dispatch_permits".into(), int(rng.gen_range(1..=8)));
+    let workload = workload(rng, profile, max_message);
     table(vec![
         (PROFILE, toml::Value::String(profile.name().into())),
         (STORE, toml::Value::Table(store)),
         (DISK, toml::Value::Table(disk)),
         (TIERED, toml::Value::Table(tiered)),
+        (WORKLOAD, toml::Value::Table(workload)),
     ])
 }
 

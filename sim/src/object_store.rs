@@ -30,7 +30,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +53,8 @@ pub const OBJECT_STORE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1));
 pub const OBJECT_STORE_PORT: u16 = 9000;
 /// The endpoint tag of requests (replies use per-client tags on the client's own endpoint).
 const REQUEST_TAG: u64 = 1;
+/// Reply tags are this plus the request's id.
+const REPLY_TAG_BASE: u64 = 1 << 32;
 /// Upper bound on any simulated delay, so absurd configurations (u64::MAX ms) cannot overflow
 /// the simulated clock.
 const MAX_DELAY_MS: u64 = 24 * 3600 * 1000;
@@ -338,7 +339,6 @@ impl SimObjectStore {
         Arc::new(SimObjectClient {
             shared: self.shared.clone(),
             node: client_node.to_string(),
-            next_tag: AtomicU64::new(1),
         })
     }
 
@@ -623,9 +623,6 @@ struct SimObjectClient {
     shared: Arc<Shared>,
     /// The node this client is meant to run on (trace label).
     node: String,
-    /// Reply tags, distinct per request of this client, so a late reply to an abandoned
-    /// request can never be taken for the reply to a later one.
-    next_tag: AtomicU64,
 }
 
 impl fmt::Debug for SimObjectClient {
@@ -643,7 +640,11 @@ impl SimObjectClient {
         }
         let (op_name, key) = (op.name(), op.key().to_string());
         let id = self.register();
-        let reply_tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        // The reply tag is the request's id, unique in the world: a late reply to a request
+        // of an earlier incarnation of this node (a fresh client whose endpoint may get the
+        // same port) can never be taken for the reply to a later one, as a new process's
+        // connection never receives the old one's replies.
+        let reply_tag = REPLY_TAG_BASE + id;
         let timeout = Duration::from_millis(self.shared.config.request_timeout_ms.min(MAX_DELAY_MS));
         let request = Request { id, reply_tag, op };
         match tokio::time::timeout(timeout, self.round_trip(request)).await {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::history::{body_for, body_sized, Read, Send, SendOutcome, Tracking, BODY_HEADER_BYTES};
+use super::history::{body_for, body_sized, MsgId, Read, Send, SendOutcome, Tracking, BODY_HEADER_BYTES};
 use super::rpc::{Client, PutMsg, Reply, Request};
 use super::state::LogMsg;
 use super::Shared;
@@ -41,12 +41,7 @@ fn make_msg(rng: &mut ChaCha8Rng, w: &Workload, producer: u32, seq: u64) -> PutM
     let id = (producer, seq);
     let mut keys = Vec::new();
     if rng.gen_bool(0.7) {
-        let shared = w.key_reuse_prob.is_some_and(|p| rng.gen_bool(p));
-        keys.push(if shared {
-            format!("r{}", rng.gen_range(0..w.key_pool.unwrap_or(1).max(1)))
-        } else {
-            format!("k{producer}-{seq}")
-        });
+        keys.push(message_key(rng, w, id));
         if rng.gen_bool(0.2) {
             keys.push(format!("x{producer}-{seq}"));
         }
@@ -56,20 +51,34 @@ fn make_msg(rng: &mut ChaCha8Rng, w: &Workload, producer: u32, seq: u64) -> PutM
         id,
         topic: topics[rng.gen_range(0..topics.len())].to_string(),
         queue_id: rng.gen_range(0..queues(w)),
-        body: match (w.sized_body_prob, w.body_max_bytes) {
-            (Some(p), Some(max)) if rng.gen_bool(p) => {
-                let min = BODY_HEADER_BYTES as u64;
-                body_sized(id, rng.gen_range(min..=max.max(min)) as usize)
-            }
-            _ => body_for(id),
-        },
+        body: message_body(rng, w, id),
         tags: rng.gen_bool(0.5).then(|| format!("tag{}", seq % 3)),
         keys,
     }
 }
 
+/// A keyed message's key: its own, or (the swarm's key reuse) one of a shared pool.
+pub(crate) fn message_key(rng: &mut ChaCha8Rng, w: &Workload, id: MsgId) -> String {
+    if w.key_reuse_prob.is_some_and(|p| rng.gen_bool(p)) {
+        format!("r{}", rng.gen_range(0..w.key_pool.unwrap_or(1).max(1)))
+    } else {
+        format!("k{}-{}", id.0, id.1)
+    }
+}
+
+/// A message's body: the usual one, or (the swarm's sizes) one of a drawn length.
+pub(crate) fn message_body(rng: &mut ChaCha8Rng, w: &Workload, id: MsgId) -> Vec<u8> {
+    match (w.sized_body_prob, w.body_max_bytes) {
+        (Some(p), Some(max)) if rng.gen_bool(p) => {
+            let min = BODY_HEADER_BYTES as u64;
+            body_sized(id, rng.gen_range(min..=max.max(min)) as usize)
+        }
+        _ => body_for(id),
+    }
+}
+
 /// The pause before a producer's next batch: 20–80 ms, or a burst (none) or an idle gap.
-fn pause_ms(rng: &mut ChaCha8Rng, w: &Workload) -> u64 {
+pub(crate) fn pause_ms(rng: &mut ChaCha8Rng, w: &Workload) -> u64 {
     if w.burst_prob.is_some_and(|p| rng.gen_bool(p)) {
         return 0;
     }

@@ -120,6 +120,7 @@ pub struct Shared {
     pub config: StoreConfig,
     pub tiered: TieredConfig,
     pub broker_addr: SocketAddr,
+    pub workload: swarm::Workload,
     history: Mutex<History>,
     serving: Mutex<(Weak<Store>, Weak<TieredStore>)>,
     /// Boots whose checks have finished.
@@ -166,7 +167,7 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
     };
     let drawn = swarm::apply(&input.config, &store_config(mode, bugs), &[swarm::TIERED])
         .and_then(|a| Ok((a, swarm::section(&input.config, swarm::TIERED, &tiered_config())?)));
-    let (swarm::Applied { store: config, disk, .. }, tiered) = match drawn {
+    let (swarm::Applied { store: config, disk, workload }, tiered) = match drawn {
         Ok(d) => d,
         Err(e) => return config_violation(e),
     };
@@ -180,6 +181,7 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
         config,
         tiered,
         broker_addr: SocketAddr::from((BROKER_IP, crate::broker::rpc::BROKER_PORT)),
+        workload,
         history: Mutex::new(History::default()),
         serving: Mutex::new((Weak::new(), Weak::new())),
         boots: AtomicU64::new(0),

@@ -10,42 +10,58 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::checkers;
-use super::history::body_for;
 use super::Shared;
 use crate::broker::rpc::{Client, PutMsg, Reply, Request};
+use crate::broker::workload::{message_body, message_key, pause_ms, TOPIC_NAMES};
+use crate::swarm::Workload;
 
-pub const TOPICS: [&str; 2] = ["TopicA", "TopicB"];
+/// The fixed workload's topics (the first of `TOPIC_NAMES`) and queues per topic.
+pub const TOPICS: usize = 2;
 pub const QUEUES_PER_TOPIC: u32 = 2;
+const MAX_BATCH: u32 = 4;
 /// The clients stop after this much simulated time.
 pub const WORKLOAD_MS: u64 = 12_000;
 const PUT_TIMEOUT: Duration = Duration::from_millis(3_000);
 const GET_TIMEOUT: Duration = Duration::from_millis(3_000);
 const CONSUMER_CLIENT: u64 = 100;
 
-fn make_msg(rng: &mut ChaCha8Rng, producer: u32, seq: u64) -> PutMsg {
+fn topics(w: &Workload) -> &'static [&'static str] {
+    &TOPIC_NAMES[..w.topics_or(TOPICS).clamp(1, TOPIC_NAMES.len())]
+}
+
+fn queues(w: &Workload) -> u32 {
+    w.queues_per_topic.unwrap_or(QUEUES_PER_TOPIC).max(1)
+}
+
+/// One message. The swarm's knobs draw only when set, so the fixed workload draws exactly
+/// what it always did.
+fn make_msg(rng: &mut ChaCha8Rng, w: &Workload, producer: u32, seq: u64) -> PutMsg {
     let id = (producer, seq);
-    let keys = if rng.gen_bool(0.7) { vec![format!("k{producer}-{seq}")] } else { Vec::new() };
+    let keys = if rng.gen_bool(0.7) { vec![message_key(rng, w, id)] } else { Vec::new() };
+    let topics = topics(w);
     PutMsg {
         id,
-        topic: TOPICS[rng.gen_range(0..TOPICS.len())].to_string(),
-        queue_id: rng.gen_range(0..QUEUES_PER_TOPIC),
-        body: body_for(id),
+        topic: topics[rng.gen_range(0..topics.len())].to_string(),
+        queue_id: rng.gen_range(0..queues(w)),
+        body: message_body(rng, w, id),
         tags: rng.gen_bool(0.5).then(|| format!("tag{}", seq % 3)),
         keys,
     }
 }
 
-/// A producer node: batches of 1–4 messages every 20–80 ms until `WORKLOAD_MS`.
+/// A producer node: batches of 1–4 messages every 20–80 ms until `WORKLOAD_MS` (the swarm's
+/// knobs change the topics, queues, batch sizes, pauses, body sizes and keys).
 pub async fn producer(sh: Arc<Shared>, producer: u32) {
     let mut rng = ChaCha8Rng::seed_from_u64(sh.seed ^ (0x7e1e_0000 + u64::from(producer)));
     let Ok(mut client) = Client::new(u64::from(producer), sh.broker_addr).await else { return };
     let mut seq = 0u64;
     while sh.now_ms() < WORKLOAD_MS {
-        let n = rng.gen_range(1..=4);
+        let w = &sh.workload;
+        let n = rng.gen_range(1..=w.max_batch.unwrap_or(MAX_BATCH).max(1));
         let msgs: Vec<PutMsg> = (0..n)
             .map(|_| {
                 seq += 1;
-                make_msg(&mut rng, producer, seq)
+                make_msg(&mut rng, w, producer, seq)
             })
             .collect();
         {
@@ -64,7 +80,7 @@ pub async fn producer(sh: Arc<Shared>, producer: u32) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..80))).await;
+        tokio::time::sleep(Duration::from_millis(pause_ms(&mut rng, &sh.workload))).await;
     }
 }
 
@@ -77,9 +93,10 @@ pub async fn consumer(sh: Arc<Shared>) {
     let mut round = 0u64;
     while sh.now_ms() < WORKLOAD_MS {
         round += 1;
-        for topic in TOPICS {
-            for q in 0..QUEUES_PER_TOPIC {
-                let old = round % 5 == 0 && (round / 5) % u64::from(QUEUES_PER_TOPIC * 2) == u64::from(q);
+        let queues = queues(&sh.workload);
+        for &topic in topics(&sh.workload) {
+            for q in 0..queues {
+                let old = round % 5 == 0 && (round / 5) % u64::from(queues * 2) == u64::from(q);
                 let cursor = cursors.entry((topic.to_string(), q)).or_insert(0);
                 let from = if old { 0 } else { *cursor };
                 let req = Request::Get { topic: topic.to_string(), queue_id: q, offset: from, max: 32 };
