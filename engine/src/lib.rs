@@ -20,6 +20,7 @@ mod locks;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 pub mod message;
+mod parts;
 pub mod probe;
 pub mod recovery;
 pub mod store;
