@@ -118,6 +118,12 @@ impl<'a> Dispatcher<'a> {
         }
     }
 
+    /// `dispatch` by a dispatcher made without an index (`new`): nothing to seal.
+    pub fn dispatch_unindexed(&mut self, m: &MessageRef<'_>, size_bytes: u32) -> Result<()> {
+        debug_assert!(self.index.is_none(), "an indexing dispatcher must seal full index files");
+        self.dispatch(m, size_bytes).map(drop)
+    }
+
     fn put_unit(&mut self, m: &MessageRef<'_>, tags: Option<&str>, size_bytes: u32) -> Result<()> {
         fill_queue_key(&mut self.key, m.topic, m.queue_id);
         let cq = self.files.queue(self.cqs, &self.key)?;
