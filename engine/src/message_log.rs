@@ -9,6 +9,15 @@
 //! 256 KiB piece at a time outside the commit log's lock and takes the consume-queue and index
 //! locks once per run of records (`dispatch.rs`), which a per-message visitor called under the
 //! log's borrow could not do without holding the producers' lock during reads.
+//!
+//! Recovery's message scans stay one per log. The local scan (`recovery.rs`) is what finds
+//! the log's end, so it reads whole files past any bound, and it carries per-record work of
+//! its own: the checkpoint's proofs (where the unproven bytes to rewrite start) and the
+//! `skip-half-written-record` switch, which goes on past a corrupt record. DLedger's scan
+//! (`dledger::store_recovery`) runs after the entry log's recovery found the end, is bounded
+//! by the committed position, and counts `processOffset` in entry sizes (or, with #9084,
+//! message sizes), which only entry framing has. Both decode with `message::decode_ref` and
+//! re-dispatch with the one `Dispatcher`.
 
 use crate::commit_log::{read_record_ref, CommitLog};
 use crate::dispatch::Dispatcher;

@@ -1,6 +1,8 @@
 //! The message store (`DefaultMessageStore`): open (lock, load, recover, catch up dispatch),
 //! start (background services), put/get/query, inspection for checkers, and clean shutdown.
-//! The background services live in `flush` and `dispatch`, recovery in `recovery`.
+//! The background services live in `flush`, `dispatch`, `expiry` and `allocate`, recovery
+//! in `recovery`; the store makes the parts they share (`parts`) and hands each service the
+//! ones it uses.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +72,7 @@ impl StoredMessage {
     }
 }
 
+/// Tiered storage takes the engine's mutex helper from here.
 pub(crate) use crate::locks::lock;
 pub use crate::parts::StorePaths;
 
