@@ -1,5 +1,7 @@
-//! The reput service (§3.3): reads the commit log from the reput offset up to what is
-//! readable and dispatches each message to its consume queue and to the key index.
+//! Dispatch (§3.3): `Dispatcher`, the one code that turns records into consume-queue units
+//! and key-index entries (for the store and for DLedger replicas, see `message_log`), and the
+//! store's reput service, which reads the commit log from the reput offset up to what is
+//! readable and hands each message to a `Dispatcher`.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
