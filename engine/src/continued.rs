@@ -12,18 +12,31 @@
 //! back as the hole before the queue's first unit).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
-use crate::commit_log::PutRef;
-use crate::consume_queue::ConsumeQueue;
+use crate::commit_log::{CommitLog, PutRef};
 use crate::error::{Result, StoreError};
+use crate::locks::lock;
 use crate::message::{queue_offset_possible, FIXED_RECORD_BYTES};
-use crate::store::{lock, Inner};
+use crate::parts::{CqMap, QueueFiles};
 
-pub(crate) fn continue_from(inner: &Inner, phy_floor: u64, queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()> {
-    let st = inner.storage.as_ref();
+/// The parts of the store a continued log changes.
+pub(crate) struct Continued<'a> {
+    pub cl: &'a Mutex<CommitLog>,
+    pub cqs: &'a Mutex<CqMap>,
+    pub files: &'a QueueFiles,
+    pub reput_offset: &'a AtomicU64,
+}
+
+pub(crate) fn continue_from(
+    c: Continued<'_>,
+    phy_floor: u64,
+    queue_floors: &BTreeMap<(String, u32), u64>,
+) -> Result<()> {
+    let st = c.files.storage.as_ref();
     let start = {
-        let mut cl = lock(&inner.cl);
+        let mut cl = lock(c.cl);
         if !cl.is_empty() {
             return Err(StoreError::LogNotEmpty { min_phy_offset: cl.min_offset(), max_phy_offset: cl.max_offset() });
         }
@@ -60,23 +73,10 @@ pub(crate) fn continue_from(inner: &Inner, phy_floor: u64, queue_floors: &BTreeM
         }
         cl.min_offset()
     };
-    inner.reput_offset.fetch_max(start, Ordering::SeqCst);
-    let mut cqs = lock(&inner.cqs);
+    c.reput_offset.fetch_max(start, Ordering::SeqCst);
+    let mut cqs = lock(c.cqs);
     for ((topic, queue_id), &floor) in queue_floors {
-        let key = (topic.clone(), *queue_id);
-        if !cqs.contains_key(&key) {
-            let (cq, _) = ConsumeQueue::load(
-                st,
-                &inner.paths.root,
-                topic,
-                *queue_id,
-                inner.cfg.cq_units_per_file,
-                inner.holds.clone(),
-                inner.dirs.clone(),
-            )?;
-            cqs.insert(key.clone(), cq);
-        }
-        let cq = cqs.get_mut(&key).expect("inserted");
+        let cq = c.files.queue(&mut cqs, &(topic.clone(), *queue_id))?;
         cq.extend_to(st, floor)?;
         cq.correct_min_offset(start)?;
     }

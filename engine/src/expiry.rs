@@ -8,15 +8,34 @@
 //! which `load` accepts as a log that starts later.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::commit_log::{read_record, RecordAt};
+use crate::commit_log::{read_record, CommitLog, RecordAt};
+use crate::config::StoreConfig;
 use crate::error::Result;
-use crate::io::HoldKind;
+use crate::io::{Clock, HoldKind, Holds, Storage};
+use crate::locks::lock;
 use crate::mapped_file::MappedFile;
+use crate::mapped_file_queue::DirSyncs;
 use crate::message::{DecodeOptions, Decoded};
-use crate::store::{lock, Inner};
+use crate::parts::{Checkpoint, Logics, Progress, Wakes};
+
+/// What expiry works with, handed over by the store that owns it.
+pub(crate) struct Expiry {
+    pub cfg: Arc<StoreConfig>,
+    pub clock: Arc<dyn Clock>,
+    pub storage: Arc<dyn Storage>,
+    pub holds: Holds,
+    pub dirs: Arc<DirSyncs>,
+    pub cl: Arc<Mutex<CommitLog>>,
+    pub logics: Arc<Logics>,
+    /// Read only: how far the consume-queue units are durable.
+    pub ckpt: Arc<Checkpoint>,
+    /// Read only: how far dispatch has got.
+    pub progress: Arc<Progress>,
+    pub wakes: Arc<Wakes>,
+}
 
 /// What one expiry pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,12 +59,12 @@ enum Head {
 }
 
 /// One expiry pass (`Store::delete_expired`). Without a retention it deletes nothing.
-pub(crate) fn delete_expired(inner: &Inner) -> Result<ExpiryReport> {
+pub(crate) fn delete_expired(x: &Expiry) -> Result<ExpiryReport> {
     let mut report = ExpiryReport::default();
-    if let Some(retention_ms) = inner.cfg.file_retention_ms {
-        let cutoff_ms = inner.now_ms().saturating_sub(retention_ms as i64);
+    if let Some(retention_ms) = x.cfg.file_retention_ms {
+        let cutoff_ms = x.clock.now_ms().saturating_sub(retention_ms as i64);
         loop {
-            match expire_head_file(inner, cutoff_ms)? {
+            match expire_head_file(x, cutoff_ms)? {
                 Head::Deleted => {
                     crate::probe!("expiry.commit-log-file-deleted");
                     report.commit_log_files_deleted += 1
@@ -60,13 +79,13 @@ pub(crate) fn delete_expired(inner: &Inner) -> Result<ExpiryReport> {
             }
         }
     }
-    let min_phy = lock(&inner.cl).min_offset();
+    let min_phy = lock(&x.cl).min_offset();
     report.new_min_phy_offset = min_phy;
-    if inner.cfg.file_retention_ms.is_some() {
+    if x.cfg.file_retention_ms.is_some() {
         // Also after a pass that deleted no commit-log file: an earlier one may have been
         // cut short (an error, a crash) between the commit log and the queues.
-        report.cq_files_deleted = expire_consume_queues(inner, min_phy)?;
-        report.index_files_deleted = lock(&inner.index).expire_below(inner.storage.as_ref(), min_phy)?;
+        report.cq_files_deleted = expire_consume_queues(x, min_phy)?;
+        report.index_files_deleted = lock(&x.logics.index).expire_below(x.storage.as_ref(), min_phy)?;
     }
     Ok(report)
 }
@@ -75,26 +94,26 @@ pub(crate) fn delete_expired(inner: &Inner) -> Result<ExpiryReport> {
 /// passed it, it is durable and so are the consume-queue units of its messages (a power loss
 /// must not take back units a queue's offsets depend on), its newest message is older than
 /// `cutoff_ms`, and nobody holds it.
-fn expire_head_file(inner: &Inner, cutoff_ms: i64) -> Result<Head> {
-    let units_durable_before_ms = lock(&inner.ckpt).logics_msg_timestamp_ms;
-    let mut cl = lock(&inner.cl);
+fn expire_head_file(x: &Expiry, cutoff_ms: i64) -> Result<Head> {
+    let units_durable_before_ms = lock(&x.ckpt.data).logics_msg_timestamp_ms;
+    let mut cl = lock(&x.cl);
     let q = cl.queue();
     let [head, next, ..] = q.files() else { return Ok(Head::Kept) };
     let end = head.end_offset();
-    if inner.reput_offset.load(Ordering::SeqCst) < end || q.flushed_offset() < end {
+    if x.progress.reput_offset.load(Ordering::SeqCst) < end || q.flushed_offset() < end {
         return Ok(Head::Kept);
     }
     // Store timestamps never decrease in log order: the next file's first message is at
     // least as new as every message of this one (reading this file's last one would mean
     // scanning the whole file).
-    let Some(newest_bound_ms) = first_store_ts_ms(next, inner.decode_limit())? else { return Ok(Head::Kept) };
+    let Some(newest_bound_ms) = first_store_ts_ms(next, x.cfg.max_message_size_bytes)? else { return Ok(Head::Kept) };
     if newest_bound_ms >= cutoff_ms || newest_bound_ms >= units_durable_before_ms {
         return Ok(Head::Kept);
     }
-    if inner.holds.count_on(HoldKind::MappedFile, head.name()) > 0 {
+    if x.holds.count_on(HoldKind::MappedFile, head.name()) > 0 {
         return Ok(Head::Held(head.name().to_string()));
     }
-    cl.queue_mut().remove_first(inner.storage.as_ref())?;
+    cl.queue_mut().remove_first(x.storage.as_ref())?;
     Ok(Head::Deleted)
 }
 
@@ -111,10 +130,10 @@ fn first_store_ts_ms(f: &MappedFile, max_record_bytes: u64) -> Result<Option<i64
 /// Moves every queue's minimum to `min_phy`, then deletes the queue files wholly below it
 /// (a queue's last file stays). The minimum moves first: a reader never sees a minimum
 /// below the queue's first file. Returns the files deleted.
-fn expire_consume_queues(inner: &Inner, min_phy: u64) -> Result<u64> {
-    let st = inner.storage.as_ref();
+fn expire_consume_queues(x: &Expiry, min_phy: u64) -> Result<u64> {
+    let st = x.storage.as_ref();
     let mut deleted = 0;
-    let mut cqs = lock(&inner.cqs);
+    let mut cqs = lock(&x.logics.cqs);
     for cq in cqs.values_mut() {
         cq.correct_min_offset(min_phy)?;
         while cq.expire_first_file(st, min_phy)? {
@@ -126,19 +145,19 @@ fn expire_consume_queues(inner: &Inner, min_phy: u64) -> Result<u64> {
 
 /// Spawns the expiry service: a pass every `expiry_interval_ms`, then the directory syncs
 /// that make its removals durable.
-pub(crate) fn spawn_expiry(inner: &Arc<Inner>) -> tokio::task::JoinHandle<()> {
-    let inner = inner.clone();
+pub(crate) fn spawn_expiry(x: &Arc<Expiry>) -> tokio::task::JoinHandle<()> {
+    let x = x.clone();
     tokio::spawn(async move {
-        let interval = Duration::from_millis(inner.cfg.expiry_interval_ms.max(1));
-        while !inner.stopping.load(Ordering::SeqCst) {
-            let _ = tokio::time::timeout(interval, inner.stop_notify.notified()).await;
-            if inner.stopping.load(Ordering::SeqCst) {
+        let interval = Duration::from_millis(x.cfg.expiry_interval_ms.max(1));
+        while !x.wakes.stopping.load(Ordering::SeqCst) {
+            let _ = tokio::time::timeout(interval, x.wakes.stop.notified()).await;
+            if x.wakes.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            match delete_expired(&inner) {
+            match delete_expired(&x) {
                 Ok(r) if r.commit_log_files_deleted + r.cq_files_deleted + r.index_files_deleted > 0 => {
                     tracing::info!(?r, "expired local files");
-                    if let Err(e) = inner.sync_dirs().await {
+                    if let Err(e) = x.dirs.sync(x.storage.as_ref()).await {
                         tracing::error!(error = %e, "directory sync after expiry failed");
                     }
                 }

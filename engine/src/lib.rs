@@ -20,6 +20,8 @@ mod locks;
 pub mod mapped_file;
 pub mod mapped_file_queue;
 pub mod message;
+pub mod message_log;
+mod parts;
 pub mod probe;
 pub mod recovery;
 pub mod store;

@@ -6,23 +6,21 @@
 //! rebuilt from the consume queues.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-use tokio::sync::Notify;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::bugs::Bug;
-use crate::checkpoint::{CheckpointFile, CheckpointState};
+use crate::checkpoint::{CheckpointData, CheckpointFile, CheckpointState};
 use crate::commit_log::{read_record, read_record_ref, CommitLog, RecordAt};
 use crate::config::{FlushMode, StoreConfig};
-use crate::consume_queue::ConsumeQueue;
+use crate::dispatch::Reput;
 use crate::error::{Result, StoreError};
 use crate::index::{IndexLoad, IndexService};
-use crate::io::{BufferPool, Clock, Holds, Storage, StorageFile};
+use crate::io::{BufferPool, StorageFile};
+use crate::locks::lock;
 use crate::mapped_file::SyncPlan;
-use crate::mapped_file_queue::DirSyncs;
 use crate::message::{CorruptReason, DecodeOptions, Decoded, DecodedRef};
-use crate::store::{lock, CqMap, Inner, StorePaths};
+use crate::parts::{CqMap, QueueFiles, StorePaths};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecoveryKind {
@@ -84,15 +82,18 @@ pub(crate) struct Loaded {
     repairs: Vec<String>,
 }
 
-fn load_cqs(
-    storage: &dyn Storage,
-    cfg: &StoreConfig,
-    paths: &StorePaths,
-    holds: &Holds,
-    dirs: &Arc<DirSyncs>,
-    repairs: &mut Vec<String>,
-) -> Result<CqMap> {
-    dirs.ensure_dir(storage, &paths.consume_queue)?;
+/// The structures `load` opened, for the store to put together.
+pub(crate) struct LoadedParts {
+    pub cl: CommitLog,
+    pub cqs: CqMap,
+    pub index: IndexService,
+    pub ckpt_file: CheckpointFile,
+    pub ckpt: CheckpointData,
+}
+
+fn load_cqs(files: &QueueFiles, paths: &StorePaths, repairs: &mut Vec<String>) -> Result<CqMap> {
+    let storage = files.storage.as_ref();
+    files.dirs.ensure_dir(storage, &paths.consume_queue)?;
     let mut map = CqMap::new();
     for topic in storage.list_dir(&paths.consume_queue)? {
         let tdir = paths.consume_queue.join(&topic.name);
@@ -105,15 +106,7 @@ fn load_cqs(
                 Ok(id) if q.is_dir && q.name == id.to_string() => id,
                 _ => return Err(StoreError::BadFileName { path: qdir }),
             };
-            let (cq, r) = ConsumeQueue::load(
-                storage,
-                &paths.root,
-                &topic.name,
-                id,
-                cfg.cq_units_per_file,
-                holds.clone(),
-                dirs.clone(),
-            )?;
+            let (cq, r) = files.load(&topic.name, id)?;
             repairs.extend(r.extended_files.iter().map(|p| format!("extended {}", p.display())));
             repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
             map.insert((topic.name.clone(), id), cq);
@@ -125,15 +118,13 @@ fn load_cqs(
 /// Loads every structure (`DefaultMessageStore.load`). The abort file is created here, before
 /// anything is changed, so that a crash during recovery is itself seen as a crash.
 pub(crate) fn load(
-    cfg: StoreConfig,
-    paths: StorePaths,
-    storage: Arc<dyn Storage>,
-    clock: Arc<dyn Clock>,
-    holds: Holds,
-    dirs: Arc<DirSyncs>,
+    cfg: &StoreConfig,
+    paths: &StorePaths,
+    files: &QueueFiles,
     pool: Option<BufferPool>,
-) -> Result<(Inner, Loaded)> {
-    let st = storage.as_ref();
+) -> Result<(LoadedParts, Loaded)> {
+    let st = files.storage.as_ref();
+    let (holds, dirs) = (&files.holds, &files.dirs);
     let clean = !st.exists(&paths.abort);
     if clean {
         st.create(&paths.abort)?;
@@ -162,7 +153,7 @@ pub(crate) fn load(
     }
     repairs.extend(r.extended_files.iter().map(|p| format!("extended {}", p.display())));
     repairs.extend(r.removed_after_gap.iter().map(|p| format!("removed after gap {}", p.display())));
-    let cqs = load_cqs(st, &cfg, &paths, &holds, &dirs, &mut repairs)?;
+    let cqs = load_cqs(files, paths, &mut repairs)?;
     let (ckpt_file, ckpt) = CheckpointFile::open(st, &paths.checkpoint)?;
     if ckpt == CheckpointState::Missing {
         dirs.mark(&paths.root);
@@ -177,39 +168,8 @@ pub(crate) fn load(
         clean,
         ckpt.data().index_msg_timestamp_ms,
     )?;
-    let data = ckpt.data();
-    let inner = Inner {
-        cfg,
-        paths,
-        storage,
-        clock,
-        holds,
-        dirs,
-        cl: Arc::new(Mutex::new(cl)),
-        cqs: Mutex::new(cqs),
-        index: Mutex::new(index),
-        ckpt_file: tokio::sync::Mutex::new(ckpt_file),
-        ckpt: Mutex::new(data),
-        logics_dispatched_ts: AtomicI64::new(data.logics_msg_timestamp_ms),
-        reput_offset: AtomicU64::new(0),
-        reput_stopped_at: AtomicU64::new(u64::MAX),
-        not_writeable: Mutex::new(None),
-        writeable_lost: AtomicBool::new(false),
-        shutting_down: AtomicBool::new(false),
-        stopping: Arc::new(AtomicBool::new(false)),
-        services_running: AtomicBool::new(false),
-        wake_flush: Notify::new(),
-        wake_commit: Notify::new(),
-        wake_reput: Notify::new(),
-        wake_group: Notify::new(),
-        wake_allocate: Arc::new(Notify::new()),
-        stop_notify: Notify::new(),
-        dispatched: Notify::new(),
-        group_requests: Mutex::new(Vec::new()),
-        recovery: Mutex::new(RecoveryReport::default()),
-        counters: Default::default(),
-    };
-    Ok((inner, Loaded { clean, ckpt, index_load, repairs }))
+    let parts = LoadedParts { cl, cqs, index, ckpt_file, ckpt: ckpt.data() };
+    Ok((parts, Loaded { clean, ckpt, index_load, repairs }))
 }
 
 /// The result of scanning the commit log.
@@ -237,14 +197,14 @@ struct Proven {
 
 type FileRef = (Arc<dyn StorageFile>, u64, u64);
 
-fn cl_files(inner: &Inner) -> Vec<FileRef> {
-    lock(&inner.cl).queue().files().iter().map(|f| (f.file().clone(), f.from_offset(), f.size())).collect()
+fn cl_files(r: &Reput) -> Vec<FileRef> {
+    lock(&r.cl).queue().files().iter().map(|f| (f.file().clone(), f.from_offset(), f.size())).collect()
 }
 
 /// Scans from file `start` (`recoverNormally`/`recoverAbnormally`'s loop), dispatching each
 /// valid message when `dispatch`.
 async fn scan(
-    inner: &Inner,
+    r: &Reput,
     files: &[FileRef],
     start: usize,
     opts: DecodeOptions,
@@ -254,7 +214,7 @@ async fn scan(
     let mut s = Scan::default();
     let Some(first) = files.get(start) else { return Ok(s) };
     s.end = first.1;
-    let skip_bug = inner.bug(Bug::SkipHalfWrittenRecord);
+    let skip_bug = r.cfg.bugs.has(Bug::SkipHalfWrittenRecord);
     let (mut idx, mut pos) = (start, 0u64);
     let mut buf = Vec::new();
     loop {
@@ -274,7 +234,7 @@ async fn scan(
         match decoded {
             DecodedRef::Valid(m, size_bytes) => {
                 if dispatch {
-                    crate::dispatch::dispatch_message(inner, &m, size_bytes).await?;
+                    crate::dispatch::dispatch_message(r, &m, size_bytes).await?;
                     s.dispatched += 1;
                 }
                 s.last_store_ts_ms = s.last_store_ts_ms.max(m.store_timestamp_ms);
@@ -322,18 +282,18 @@ fn file_matches(file: &FileRef, min_ts: i64, max_record: u64) -> Result<bool> {
 }
 
 /// The abnormal scan's first file.
-fn abnormal_start(inner: &Inner, files: &[FileRef], ckpt: &CheckpointState, index_from: Option<u64>) -> Result<usize> {
+fn abnormal_start(r: &Reput, files: &[FileRef], ckpt: &CheckpointState, index_from: Option<u64>) -> Result<usize> {
     let min_ts = ckpt.data().min_timestamp_ms();
     let mut start = 0;
     for i in (0..files.len()).rev() {
-        if file_matches(&files[i], min_ts, inner.decode_limit())? {
+        if file_matches(&files[i], min_ts, r.decode_limit())? {
             crate::probe!("recovery.checkpoint-matched-start");
             start = i;
             break;
         }
     }
     if let Some(phy) = index_from {
-        let by_index = lock(&inner.cl).queue().index_of(phy).unwrap_or(0);
+        let by_index = lock(&r.cl).queue().index_of(phy).unwrap_or(0);
         if by_index < start {
             crate::probe!("recovery.start-lowered-for-index")
         }
@@ -342,20 +302,20 @@ fn abnormal_start(inner: &Inner, files: &[FileRef], ckpt: &CheckpointState, inde
     Ok(start)
 }
 
-fn recovery_opts(inner: &Inner) -> DecodeOptions {
+fn recovery_opts(r: &Reput) -> DecodeOptions {
     DecodeOptions {
-        check_crc: inner.cfg.check_crc_on_recover && !inner.bug(Bug::NoCrcOnRecovery),
+        check_crc: r.cfg.check_crc_on_recover && !r.cfg.bugs.has(Bug::NoCrcOnRecovery),
         check_dup_info: false,
         expected_phy_offset: None,
         bytes_left_in_file: None,
-        max_record_bytes: inner.decode_limit(),
+        max_record_bytes: r.decode_limit(),
     }
 }
 
 /// Runs recovery and the dispatch catch-up (`recover` + the start of `start`).
-pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
-    let st = inner.storage.as_ref();
-    let keep_stale = inner.bug(Bug::NoZeroOnTruncate);
+pub(crate) async fn recover(r: &Reput, loaded: Loaded) -> Result<RecoveryReport> {
+    let st = r.files.storage.as_ref();
+    let keep_stale = r.cfg.bugs.has(Bug::NoZeroOnTruncate);
     let mut report = RecoveryReport {
         kind: if loaded.clean { RecoveryKind::Normal } else { RecoveryKind::Abnormal },
         checkpoint: match loaded.ckpt {
@@ -386,22 +346,22 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     // otherwise a later abnormal load (after this open fails, or after a power loss) would
     // keep a partial or torn rebuilt file as known durable and append to its broken chains.
     if !loaded.clean {
-        let kept_end = lock(&inner.index).files().last().map_or(0, |f| f.header().end_timestamp_ms);
+        let kept_end = lock(&r.logics.index).files().last().map_or(0, |f| f.header().end_timestamp_ms);
         let lowered = {
-            let mut c = lock(&inner.ckpt);
+            let mut c = lock(&r.ckpt.data);
             let lower = c.index_msg_timestamp_ms > kept_end;
             c.index_msg_timestamp_ms = c.index_msg_timestamp_ms.min(kept_end);
             lower
         };
         if lowered {
             crate::probe!("recovery.index-checkpoint-lowered");
-            inner.write_checkpoint().await?;
+            r.ckpt.write(&r.health).await?;
         }
     }
     let mut to_sync: Vec<SyncPlan> = Vec::new();
     // Consume queues first (`recoverConsumeQueue`).
     {
-        let mut cqs = lock(&inner.cqs);
+        let mut cqs = lock(&r.logics.cqs);
         for cq in cqs.values_mut() {
             to_sync.extend(cq.recover(st, keep_stale)?);
         }
@@ -410,25 +370,25 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     // so after every crash, not only when this load destroyed some: an earlier open may have
     // destroyed files and failed before rebuilding them.
     let index_from =
-        (!loaded.clean && !inner.bug(Bug::DestroyCurrentIndex)).then(|| lock(&inner.index).indexed_up_to());
-    let files = cl_files(inner);
-    let opts = recovery_opts(inner);
+        (!loaded.clean && !r.cfg.bugs.has(Bug::DestroyCurrentIndex)).then(|| lock(&r.logics.index).indexed_up_to());
+    let files = cl_files(r);
+    let opts = recovery_opts(r);
     let c = &report.checkpoint_data;
     let proven = Proven { physic_ms: c.physic_msg_timestamp_ms, logics_ms: c.logics_msg_timestamp_ms };
     let (cl_end, cq_cut, scan) = if loaded.clean {
         let start = files.len().saturating_sub(3);
         report.scan_start_offset = files.get(start).map_or(0, |f| f.1);
-        let s = scan(inner, &files, start, opts, false, proven).await?;
+        let s = scan(r, &files, start, opts, false, proven).await?;
         (s.end, s.end, s)
     } else {
-        let start = abnormal_start(inner, &files, &loaded.ckpt, index_from)?;
+        let start = abnormal_start(r, &files, &loaded.ckpt, index_from)?;
         report.scan_start_offset = files.get(start).map_or(0, |f| f.1);
-        let miswired = inner.bug(Bug::RecoveryCheckFlagMiswired);
-        let s = scan(inner, &files, start, DecodeOptions { check_dup_info: miswired, ..opts }, true, proven).await?;
+        let miswired = r.cfg.bugs.has(Bug::RecoveryCheckFlagMiswired);
+        let s = scan(r, &files, start, DecodeOptions { check_dup_info: miswired, ..opts }, true, proven).await?;
         if miswired && matches!(s.stopped, Some((_, CorruptReason::DupInfoMissing))) {
             // The commit log itself is recovered correctly (as DLedger's own recovery would);
             // only the consume-queue cut uses the wrongly failed offset.
-            let real = scan(inner, &files, start, opts, false, proven).await?;
+            let real = scan(r, &files, start, opts, false, proven).await?;
             (real.end, s.end, Scan { dispatched: s.dispatched, ..real })
         } else {
             (s.end, s.end, s)
@@ -450,13 +410,13 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     if !scan.skipped.is_empty() {
         crate::probe!("recovery.records-skipped")
     }
-    truncate(inner, &mut report, &mut to_sync, cl_end, cq_cut, files.is_empty(), keep_stale)?;
+    truncate(r, &mut report, &mut to_sync, cl_end, cq_cut, files.is_empty(), keep_stale)?;
     if !loaded.clean {
-        rewrite_unproven(inner, &scan, cl_end)?;
-        to_sync.extend(recovered_region_plans(inner, report.scan_start_offset));
+        rewrite_unproven(r, &scan, cl_end)?;
+        to_sync.extend(recovered_region_plans(r, report.scan_start_offset));
     }
     {
-        let mut cl = lock(&inner.cl);
+        let mut cl = lock(&r.cl);
         // New messages are stored at or after every checkpoint timestamp: the checkpoint
         // vouches for everything stored before them, and after a crash that cut the log's
         // tail that promise must not extend to messages written after recovery (#678).
@@ -467,17 +427,16 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
     for p in &to_sync {
         p.file.sync_range(p.sync_from, p.sync_to - p.sync_from).await?;
     }
-    inner.sync_dirs().await?;
-    let reput_from = reput_start(inner, cl_end, index_from, report.index_files_destroyed.len());
+    r.files.sync_dirs().await?;
+    let reput_from = reput_start(r, cl_end, index_from, report.index_files_destroyed.len());
     report.reput_from = reput_from;
-    inner.reput_offset.store(reput_from, Ordering::SeqCst);
-    report.caught_up_messages = crate::dispatch::dispatch_available(inner).await?;
+    r.progress.reput_offset.store(reput_from, Ordering::SeqCst);
+    report.caught_up_messages = crate::dispatch::dispatch_available(r).await?;
     if report.caught_up_messages > 0 {
         crate::probe!("recovery.dispatch-caught-up")
     }
-    rebuild_topic_queue_table(inner)?;
-    *lock(&inner.recovery) = report;
-    Ok(())
+    rebuild_topic_queue_table(r)?;
+    Ok(report)
 }
 
 /// Rewrites, in place, every recovered byte nothing proves durable, so that the syncs that
@@ -485,13 +444,13 @@ pub(crate) async fn recover(inner: &Arc<Inner>, loaded: Loaded) -> Result<()> {
 /// the page cache but never written (fsyncgate): the bytes read back fine, a new sync skips
 /// them, and a power loss then drops records recovery kept and consumers may have read.
 /// Found by the broker scenario (seed 8065: a failed sync, a kill, a recovery, a power loss).
-fn rewrite_unproven(inner: &Inner, scan: &Scan, cl_end: u64) -> Result<()> {
+fn rewrite_unproven(r: &Reput, scan: &Scan, cl_end: u64) -> Result<()> {
     if let Some(from) = scan.cl_unproven_from {
         crate::probe!("recovery.unproven-log-rewritten");
-        lock(&inner.cl).queue().rewrite_range(from, cl_end)?;
+        lock(&r.cl).queue().rewrite_range(from, cl_end)?;
     }
     if let Some(from) = scan.cq_unproven_from {
-        for cq in lock(&inner.cqs).values() {
+        for cq in lock(&r.logics.cqs).values() {
             cq.rewrite_units_from(from)?;
         }
     }
@@ -503,7 +462,7 @@ fn rewrite_unproven(inner: &Inner, scan: &Scan, cl_end: u64) -> Result<()> {
 /// the checkpoint would move past them): every commit-log file from the scan start and every
 /// consume-queue file is made durable before recovery ends. Found by the broker scenario: a
 /// process crash, then a power loss, lost messages `flushed_offset` had reported durable.
-fn recovered_region_plans(inner: &Inner, scan_start: u64) -> Vec<SyncPlan> {
+fn recovered_region_plans(r: &Reput, scan_start: u64) -> Vec<SyncPlan> {
     let whole = |file: &Arc<dyn StorageFile>, from: u64, size: u64| SyncPlan {
         file: file.clone(),
         from_offset: from,
@@ -512,8 +471,8 @@ fn recovered_region_plans(inner: &Inner, scan_start: u64) -> Vec<SyncPlan> {
         last_store_ts_ms: 0,
     };
     let mut plans: Vec<SyncPlan> =
-        cl_files(inner).iter().filter(|f| f.1 + f.2 > scan_start).map(|f| whole(&f.0, f.1, f.2)).collect();
-    for cq in lock(&inner.cqs).values() {
+        cl_files(r).iter().filter(|f| f.1 + f.2 > scan_start).map(|f| whole(&f.0, f.1, f.2)).collect();
+    for cq in lock(&r.logics.cqs).values() {
         plans.extend(cq.files().files().iter().map(|f| whole(f.file(), f.from_offset(), f.size())));
     }
     plans
@@ -522,7 +481,7 @@ fn recovered_region_plans(inner: &Inner, scan_start: u64) -> Vec<SyncPlan> {
 /// Cuts the commit log at `cl_end` and the consume queues at `cq_cut`; drops index files
 /// that reference the cut-off part.
 fn truncate(
-    inner: &Inner,
+    r: &Reput,
     report: &mut RecoveryReport,
     to_sync: &mut Vec<SyncPlan>,
     cl_end: u64,
@@ -530,15 +489,15 @@ fn truncate(
     no_files: bool,
     keep_stale: bool,
 ) -> Result<()> {
-    let st = inner.storage.as_ref();
-    let t = lock(&inner.cl).queue_mut().truncate_dirty(st, cl_end, keep_stale)?;
+    let st = r.files.storage.as_ref();
+    let t = lock(&r.cl).queue_mut().truncate_dirty(st, cl_end, keep_stale)?;
     report.commit_log_files_removed = t.removed_files;
     if !report.commit_log_files_removed.is_empty() {
         crate::probe!("recovery.commit-log-files-removed")
     }
     to_sync.extend(t.zeroed_tail);
-    let off_by_one = inner.bug(Bug::CqTruncateOffByOne);
-    let mut cqs = lock(&inner.cqs);
+    let off_by_one = r.cfg.bugs.has(Bug::CqTruncateOffByOne);
+    let mut cqs = lock(&r.logics.cqs);
     for ((topic, q), cq) in cqs.iter_mut() {
         let removed = if no_files {
             let n = cq.max_offset_in_queue();
@@ -560,7 +519,7 @@ fn truncate(
         }
     }
     drop(cqs);
-    let dropped = lock(&inner.index).drop_beyond(st, cl_end)?;
+    let dropped = lock(&r.logics.index).drop_beyond(st, cl_end)?;
     if !dropped.is_empty() {
         crate::probe!("recovery.index-dropped-beyond-log-end")
     }
@@ -571,19 +530,19 @@ fn truncate(
 /// The reput start (4.8: the largest consume-queue end, at least the log's first offset),
 /// lowered to where the index must be rebuilt from. Under the #8032 mechanism it is the
 /// commit-log end (5.x: the confirm offset), so truncated queues are never rebuilt.
-fn reput_start(inner: &Inner, cl_end: u64, index_from: Option<u64>, index_destroyed: usize) -> u64 {
-    if inner.bug(Bug::RecoveryCheckFlagMiswired) {
+fn reput_start(r: &Reput, cl_end: u64, index_from: Option<u64>, index_destroyed: usize) -> u64 {
+    if r.cfg.bugs.has(Bug::RecoveryCheckFlagMiswired) {
         return cl_end;
     }
-    let max_cq = lock(&inner.cqs).values().map(|c| c.max_physic_offset()).max().unwrap_or(0);
-    let min_cl = lock(&inner.cl).min_offset();
+    let max_cq = lock(&r.logics.cqs).values().map(|c| c.max_physic_offset()).max().unwrap_or(0);
+    let min_cl = lock(&r.cl).min_offset();
     let mut from = max_cq.max(min_cl).min(cl_end);
     if let Some(i) = index_from {
         from = from.min(i);
     }
-    if index_destroyed > 0 && !inner.bug(Bug::DestroyCurrentIndex) {
+    if index_destroyed > 0 && !r.cfg.bugs.has(Bug::DestroyCurrentIndex) {
         crate::probe!("recovery.index-rebuilt");
-        from = from.min(lock(&inner.index).indexed_up_to()).max(min_cl);
+        from = from.min(lock(&r.logics.index).indexed_up_to()).max(min_cl);
     }
     from
 }
@@ -591,9 +550,9 @@ fn reput_start(inner: &Inner, cl_end: u64, index_from: Option<u64>, index_destro
 /// `recoverTopicQueueTable`: each queue's next offset is its consume queue's end, and its
 /// minimum its first unit at or above the commit log's start (`correctMinOffset`: after
 /// expiry the log may start later than the queue's first units point).
-pub(crate) fn rebuild_topic_queue_table(inner: &Inner) -> Result<()> {
-    let min_phy = lock(&inner.cl).min_offset();
-    let mut cqs = lock(&inner.cqs);
+pub(crate) fn rebuild_topic_queue_table(r: &Reput) -> Result<()> {
+    let min_phy = lock(&r.cl).min_offset();
+    let mut cqs = lock(&r.logics.cqs);
     if min_phy > 0 {
         // (At 0 every queue's minimum is already its first unit: recovery put it there.)
         for cq in cqs.values_mut() {
@@ -602,6 +561,6 @@ pub(crate) fn rebuild_topic_queue_table(inner: &Inner) -> Result<()> {
     }
     let table = cqs.iter().map(|(k, cq)| (k.clone(), cq.max_offset_in_queue())).collect();
     drop(cqs);
-    lock(&inner.cl).set_topic_queue_table(table);
+    lock(&r.cl).set_topic_queue_table(table);
     Ok(())
 }

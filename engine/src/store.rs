@@ -1,26 +1,30 @@
 //! The message store (`DefaultMessageStore`): open (lock, load, recover, catch up dispatch),
 //! start (background services), put/get/query, inspection for checkers, and clean shutdown.
-//! The background services live in `flush` and `dispatch`, recovery in `recovery`.
+//! The background services live in `flush`, `dispatch`, `expiry` and `allocate`, recovery
+//! in `recovery`; the store makes the parts they share (`parts`) and hands each service the
+//! ones it uses.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
+use crate::allocate::Allocator;
 use crate::bugs::Bug;
-use crate::checkpoint::{CheckpointData, CheckpointFile};
+use crate::checkpoint::CheckpointData;
 use crate::commit_log::{read_message, read_record, CommitLog, PutRef, PutRequest, RecordAt};
 use crate::config::{FlushMode, StoreConfig};
-use crate::consume_queue::ConsumeQueue;
+use crate::continued::Continued;
+use crate::dispatch::Reput;
 use crate::error::{Result, StoreError};
-use crate::expiry::ExpiryReport;
-use crate::index::IndexService;
+use crate::expiry::{Expiry, ExpiryReport};
+use crate::flush::Flusher;
 use crate::io::{BufferPool, Clock, FileLock, Holds, IoError, Storage};
 use crate::mapped_file_queue::DirSyncs;
 use crate::message::{DecodeOptions, Decoded, Message};
+use crate::parts::{Checkpoint, Counters, GroupRequest, Health, Logics, Progress, QueueFiles, Wakes};
 use crate::recovery::RecoveryReport;
 
 /// Where a put landed.
@@ -68,93 +72,35 @@ impl StoredMessage {
     }
 }
 
-/// The store's paths.
-#[derive(Debug, Clone)]
-pub struct StorePaths {
-    pub root: PathBuf,
-    pub commit_log: PathBuf,
-    pub consume_queue: PathBuf,
-    pub index: PathBuf,
-    pub checkpoint: PathBuf,
-    pub abort: PathBuf,
-    pub lock: PathBuf,
-}
+/// Tiered storage takes the engine's mutex helper from here.
+pub(crate) use crate::locks::lock;
+pub use crate::parts::StorePaths;
 
-impl StorePaths {
-    pub fn new(root: &std::path::Path) -> StorePaths {
-        StorePaths {
-            root: root.to_path_buf(),
-            commit_log: root.join("commitlog"),
-            consume_queue: root.join("consumequeue"),
-            index: root.join("index"),
-            checkpoint: root.join("checkpoint"),
-            abort: root.join("abort"),
-            lock: root.join("lock"),
-        }
-    }
-}
-
-pub(crate) type CqMap = BTreeMap<(String, u32), ConsumeQueue>;
-
-/// A producer waiting for its bytes to be durable (group commit). The service answers it:
-/// acked once durable, failed with the sync's error, or with `FlushTimeout` once `deadline`
-/// passes (RocketMQ 4.9's `GroupCommitRequest.deadLine`). A timer per producer (timer-wheel
-/// insert and removal per put) was ~9% of the samples with 64 producers.
-pub(crate) struct GroupRequest {
-    pub end_offset: u64,
-    pub deadline: tokio::time::Instant,
-    pub done: oneshot::Sender<Result<()>>,
-}
-
-/// State shared by the store handle and its services.
-pub(crate) struct Inner {
-    pub cfg: StoreConfig,
-    pub paths: StorePaths,
-    pub storage: Arc<dyn Storage>,
-    pub clock: Arc<dyn Clock>,
-    pub holds: Holds,
-    pub dirs: Arc<DirSyncs>,
+/// State shared by the store handle and the services it owns (each service holds only the
+/// parts it uses, see `parts`).
+struct Inner {
+    cfg: Arc<StoreConfig>,
+    paths: StorePaths,
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    holds: Holds,
+    dirs: Arc<DirSyncs>,
+    files: QueueFiles,
     /// Shared with the allocation service, which prepares the log's spare files.
-    pub cl: Arc<Mutex<CommitLog>>,
-    pub cqs: Mutex<CqMap>,
-    pub index: Mutex<IndexService>,
-    pub ckpt_file: tokio::sync::Mutex<CheckpointFile>,
-    /// Checkpoint values backed by durable data (what a checkpoint write records).
-    pub ckpt: Mutex<CheckpointData>,
-    /// Store timestamp of the newest message dispatched to a consume queue.
-    pub logics_dispatched_ts: AtomicI64,
-    pub reput_offset: AtomicU64,
-    /// Where dispatch last stopped at a corrupt record of unknown size (`u64::MAX`: never).
-    /// Dispatch is stuck while it equals `reput_offset`.
-    pub reput_stopped_at: AtomicU64,
-    pub not_writeable: Mutex<Option<String>>,
-    /// Set once `not_writeable` is: the put path's lock-free check.
-    pub writeable_lost: AtomicBool,
-    pub shutting_down: AtomicBool,
-    pub stopping: Arc<AtomicBool>,
+    cl: Arc<Mutex<CommitLog>>,
+    logics: Arc<Logics>,
+    ckpt: Arc<Checkpoint>,
+    health: Arc<Health>,
+    progress: Arc<Progress>,
+    wakes: Arc<Wakes>,
+    counters: Arc<Counters>,
+    shutting_down: AtomicBool,
     /// Set while the background services run: a producer that waits when they do not (the
     /// store was not started, or is stopping) is answered at once instead.
-    pub services_running: AtomicBool,
-    pub wake_flush: Notify,
-    pub wake_commit: Notify,
-    pub wake_reput: Notify,
-    pub wake_group: Notify,
-    /// Wakes the allocation service: the last commit-log file is half full and has no spare.
-    pub wake_allocate: Arc<Notify>,
-    pub stop_notify: Notify,
-    /// Woken (`notify_waiters`) after each dispatch run: consumers of dispatched messages
-    /// (tiered storage) wait on it instead of polling.
-    pub dispatched: Notify,
-    pub group_requests: Mutex<Vec<GroupRequest>>,
-    pub recovery: Mutex<RecoveryReport>,
-    pub counters: Counters,
-}
-
-/// Running totals the services keep (read through `Store::stats`).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub group_commit_syncs: AtomicU64,
-    pub group_commit_acks: AtomicU64,
+    services_running: AtomicBool,
+    recovery: Mutex<RecoveryReport>,
+    flusher: Arc<Flusher>,
+    reput: Arc<Reput>,
 }
 
 /// What the store has done since it was opened.
@@ -166,84 +112,42 @@ pub struct StoreStats {
     pub group_commit_acks: u64,
 }
 
-pub(crate) use crate::locks::lock;
-
 impl Inner {
     /// The parts the allocation service works with.
-    pub(crate) fn allocator(&self) -> crate::allocate::Allocator {
-        crate::allocate::Allocator {
+    fn allocator(&self) -> Allocator {
+        Allocator {
             cl: self.cl.clone(),
             storage: self.storage.clone(),
             dir: self.paths.commit_log.clone(),
             file_size_bytes: self.cfg.commit_log_file_size_bytes,
             zero_fill: self.cfg.flush_mode == FlushMode::Sync,
-            wake: self.wake_allocate.clone(),
-            stopping: self.stopping.clone(),
+            wake: self.wakes.allocate.clone(),
+            stopping: self.wakes.stopping.clone(),
         }
     }
 
-    pub fn bug(&self, b: Bug) -> bool {
+    /// The parts the expiry service works with.
+    fn expiry(&self) -> Expiry {
+        Expiry {
+            cfg: self.cfg.clone(),
+            clock: self.clock.clone(),
+            storage: self.storage.clone(),
+            holds: self.holds.clone(),
+            dirs: self.dirs.clone(),
+            cl: self.cl.clone(),
+            logics: self.logics.clone(),
+            ckpt: self.ckpt.clone(),
+            progress: self.progress.clone(),
+            wakes: self.wakes.clone(),
+        }
+    }
+
+    fn bug(&self, b: Bug) -> bool {
         self.cfg.bugs.has(b)
     }
 
-    pub fn now_ms(&self) -> i64 {
+    fn now_ms(&self) -> i64 {
         self.clock.now_ms()
-    }
-
-    pub fn is_writeable(&self) -> bool {
-        lock(&self.not_writeable).is_none()
-    }
-
-    /// A failed sync: the data it covered may be gone (Linux drops the dirty pages), so the
-    /// store stops accepting writes and never acks what that sync covered.
-    pub fn mark_not_writeable(&self, reason: String) {
-        tracing::error!(%reason, "store is no longer writeable");
-        crate::probe!("store.not-writeable");
-        let mut nw = lock(&self.not_writeable);
-        if nw.is_none() {
-            *nw = Some(reason.clone());
-        }
-        self.writeable_lost.store(true, Ordering::SeqCst);
-        drop(nw);
-        self.fail_group_requests(StoreError::NotWriteable { reason });
-    }
-
-    pub fn not_writeable_error(&self) -> Option<StoreError> {
-        // Every put asks; the lock is taken only once the answer can be yes.
-        if !self.writeable_lost.load(Ordering::SeqCst) {
-            return None;
-        }
-        lock(&self.not_writeable).clone().map(|reason| StoreError::NotWriteable { reason })
-    }
-
-    /// Answers the waiting producers that `answer` has an answer for (outside the lock, in
-    /// the order they came) and keeps the others waiting. Returns how many were answered.
-    pub fn answer_group_requests(&self, answer: impl Fn(&GroupRequest) -> Option<Result<()>>) -> usize {
-        let mut reqs = lock(&self.group_requests);
-        let mut answered = Vec::new();
-        let mut waiting = Vec::with_capacity(reqs.len());
-        for r in std::mem::take(&mut *reqs) {
-            match answer(&r) {
-                Some(a) => answered.push((r, a)),
-                None => waiting.push(r),
-            }
-        }
-        *reqs = waiting;
-        drop(reqs);
-        let n = answered.len();
-        for (r, a) in answered {
-            let _ = r.done.send(a);
-        }
-        n
-    }
-
-    /// Fails every waiting producer whose deadline has passed.
-    pub fn expire_group_requests(&self) {
-        let now = tokio::time::Instant::now();
-        let timeout_ms = self.cfg.sync_flush_timeout_ms;
-        self.answer_group_requests(|r| {
-            (r.deadline <= now).then(|| Err(StoreError::FlushTimeout { offset: r.end_offset, timeout_ms }))
-        });
     }
 
     /// Answers the waiting producers when no group-commit service will: the durable ones are
@@ -252,7 +156,7 @@ impl Inner {
         let flushed = lock(&self.cl).queue().flushed_offset();
         let timeout_ms = self.cfg.sync_flush_timeout_ms;
         let shutting_down = self.shutting_down.load(Ordering::SeqCst);
-        self.answer_group_requests(|r| {
+        self.health.answer_group_requests(|r| {
             Some(if r.end_offset <= flushed {
                 Ok(())
             } else if shutting_down {
@@ -263,62 +167,38 @@ impl Inner {
         });
     }
 
-    pub fn fail_group_requests(&self, err: StoreError) {
-        self.answer_group_requests(|_| Some(Err(err.clone())));
-    }
-
-    pub fn max_phy_offset(&self) -> u64 {
+    fn max_phy_offset(&self) -> u64 {
         lock(&self.cl).max_offset()
     }
 
-    pub fn dispatch_behind_bytes(&self) -> u64 {
-        self.max_phy_offset().saturating_sub(self.reput_offset.load(Ordering::SeqCst))
-    }
-
-    pub fn decode_limit(&self) -> u64 {
+    fn decode_limit(&self) -> u64 {
         self.cfg.max_message_size_bytes
-    }
-
-    /// Writes the checkpoint with the current durable-backed values.
-    pub async fn write_checkpoint(&self) -> Result<()> {
-        let file = self.ckpt_file.lock().await;
-        let data = *lock(&self.ckpt);
-        if let Err(e) = file.write(&data).await {
-            self.mark_not_writeable(format!("checkpoint sync failed: {e}"));
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Syncs directories with new or removed entries.
-    pub async fn sync_dirs(&self) -> Result<(), IoError> {
-        self.dirs.sync(self.storage.as_ref()).await
     }
 
     fn put_inner(&self, req: &PutRef<'_>, now_ms: i64) -> Result<crate::commit_log::AppendResult> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(StoreError::ShutDown);
         }
-        if let Some(e) = self.not_writeable_error() {
+        if let Some(e) = self.health.not_writeable_error() {
             return Err(e);
         }
         let mut cl = lock(&self.cl);
         let r = cl.append(self.storage.as_ref(), req, now_ms);
         if cl.wants_spare() {
             // The last file is half full and there is no spare: prepare the next.
-            self.wake_allocate.notify_one();
+            self.wakes.allocate.notify_one();
         }
         r
     }
 
     /// Appends `req`, stored at `now_ms` (or later: store timestamps never go back).
-    pub async fn put(&self, req: PutRef<'_>, now_ms: i64) -> Result<PutResult> {
+    async fn put(&self, req: PutRef<'_>, now_ms: i64) -> Result<PutResult> {
         req.validate()?;
         let r = self.put_inner(&req, now_ms)?;
         if self.cfg.flush_mode != FlushMode::Sync {
             // Under sync flush the bytes become readable only at the group's commit, which
             // wakes dispatch itself.
-            self.wake_reput.notify_one();
+            self.wakes.reput.notify_one();
         }
         let result = PutResult {
             phy_offset: r.phy_offset,
@@ -328,7 +208,7 @@ impl Inner {
         };
         if self.cfg.flush_mode == FlushMode::Sync {
             if self.bug(Bug::AckBeforeSync) {
-                self.wake_group.notify_one();
+                self.wakes.group.notify_one();
                 return Ok(result);
             }
             self.wait_durable(r.end_offset).await?;
@@ -340,19 +220,19 @@ impl Inner {
     async fn wait_durable(&self, end_offset: u64) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.sync_flush_timeout_ms);
-        lock(&self.group_requests).push(GroupRequest { end_offset, deadline, done: tx });
+        lock(&self.health.group_requests).push(GroupRequest { end_offset, deadline, done: tx });
         if !self.services_running.load(Ordering::SeqCst) {
             // Checked after the push: `stop_services` clears the flag before its last answer
             // to the waiting producers, so every request is answered by one side or the other.
             self.settle_group_requests_without_service();
         }
-        self.wake_group.notify_one();
+        self.wakes.group.notify_one();
         rx.await.unwrap_or(Err(StoreError::ShutDown))
     }
 
-    pub fn get(&self, topic: &str, queue_id: u32, queue_offset: u64, max_count: usize) -> Result<Vec<StoredMessage>> {
+    fn get(&self, topic: &str, queue_id: u32, queue_offset: u64, max_count: usize) -> Result<Vec<StoredMessage>> {
         let units = {
-            let cqs = lock(&self.cqs);
+            let cqs = lock(&self.logics.cqs);
             let Some(cq) = cqs.get(&(topic.to_string(), queue_id)) else { return Ok(Vec::new()) };
             let end = cq.max_offset_in_queue().min(queue_offset.saturating_add(max_count as u64));
             let mut units = Vec::new();
@@ -389,7 +269,7 @@ impl Inner {
         Ok(out)
     }
 
-    pub fn query_by_key(
+    fn query_by_key(
         &self,
         topic: &str,
         key: &str,
@@ -397,7 +277,7 @@ impl Inner {
         end_ms: i64,
         max: usize,
     ) -> Result<Vec<StoredMessage>> {
-        let phys = lock(&self.index).query(topic, key, begin_ms, end_ms, max.saturating_mul(4).max(32))?;
+        let phys = lock(&self.logics.index).query(topic, key, begin_ms, end_ms, max.saturating_mul(4).max(32))?;
         let phys: std::collections::BTreeSet<u64> = phys.into_iter().collect();
         let mut out = Vec::new();
         for phy in phys {
@@ -474,9 +354,67 @@ impl Store {
                 holds.clone(),
             )
         });
-        let (inner, loaded) = crate::recovery::load(config, paths, storage, clock, holds, dirs, pool)?;
-        let inner = Arc::new(inner);
-        crate::recovery::recover(&inner, loaded).await?;
+        let files = QueueFiles {
+            storage: storage.clone(),
+            root: paths.root.clone(),
+            units_per_file: config.cq_units_per_file,
+            holds: holds.clone(),
+            dirs: dirs.clone(),
+        };
+        let (parts, loaded) = crate::recovery::load(&config, &paths, &files, pool)?;
+        let cfg = Arc::new(config);
+        let cl = Arc::new(Mutex::new(parts.cl));
+        let logics = Arc::new(Logics { cqs: Mutex::new(parts.cqs), index: Mutex::new(parts.index) });
+        let ckpt = Arc::new(Checkpoint::new(parts.ckpt_file, parts.ckpt));
+        let health = Arc::new(Health::new(cfg.sync_flush_timeout_ms));
+        let progress = Arc::new(Progress::new(parts.ckpt.logics_msg_timestamp_ms));
+        let wakes = Arc::new(Wakes::default());
+        let counters = Arc::new(Counters::default());
+        let flusher = Arc::new(Flusher {
+            cfg: cfg.clone(),
+            storage: storage.clone(),
+            dirs: dirs.clone(),
+            cl: cl.clone(),
+            logics: logics.clone(),
+            ckpt: ckpt.clone(),
+            health: health.clone(),
+            progress: progress.clone(),
+            wakes: wakes.clone(),
+            counters: counters.clone(),
+        });
+        let reput = Arc::new(Reput {
+            cfg: cfg.clone(),
+            clock: clock.clone(),
+            files: files.clone(),
+            cl: cl.clone(),
+            logics: logics.clone(),
+            ckpt: ckpt.clone(),
+            health: health.clone(),
+            progress: progress.clone(),
+            wakes: wakes.clone(),
+        });
+        let report = crate::recovery::recover(&reput, loaded).await?;
+        let inner = Arc::new(Inner {
+            cfg,
+            paths,
+            storage,
+            clock,
+            holds,
+            dirs,
+            files,
+            cl,
+            logics,
+            ckpt,
+            health,
+            progress,
+            wakes,
+            counters,
+            shutting_down: AtomicBool::new(false),
+            services_running: AtomicBool::new(false),
+            recovery: Mutex::new(report),
+            flusher,
+            reput,
+        });
         if inner.cfg.preallocate_commit_log && lock(&inner.cl).queue().is_empty() {
             // A fresh store's first file is preallocated too (if that fails, it is created
             // sparse: the failure is logged and the service tries again later).
@@ -499,13 +437,13 @@ impl Store {
         if !tasks.is_empty() {
             return Ok(());
         }
-        tasks.extend(crate::flush::spawn_services(&self.inner));
-        tasks.push(crate::dispatch::spawn_reput(&self.inner));
+        tasks.extend(crate::flush::spawn_services(&self.inner.flusher));
+        tasks.push(crate::dispatch::spawn_reput(&self.inner.reput));
         if self.inner.cfg.preallocate_commit_log {
             tasks.push(crate::allocate::spawn_allocator(self.inner.allocator()));
         }
         if self.inner.cfg.file_retention_ms.is_some() {
-            tasks.push(crate::expiry::spawn_expiry(&self.inner));
+            tasks.push(crate::expiry::spawn_expiry(&Arc::new(self.inner.expiry())));
         }
         self.inner.services_running.store(true, Ordering::SeqCst);
         Ok(())
@@ -552,12 +490,12 @@ impl Store {
 
     /// First queue offset with a message (0 for an unknown queue).
     pub fn min_offset(&self, topic: &str, queue_id: u32) -> u64 {
-        lock(&self.inner.cqs).get(&(topic.to_string(), queue_id)).map_or(0, |c| c.min_offset_in_queue())
+        lock(&self.inner.logics.cqs).get(&(topic.to_string(), queue_id)).map_or(0, |c| c.min_offset_in_queue())
     }
 
     /// Next queue offset to be dispatched (0 for an unknown queue).
     pub fn max_offset(&self, topic: &str, queue_id: u32) -> u64 {
-        lock(&self.inner.cqs).get(&(topic.to_string(), queue_id)).map_or(0, |c| c.max_offset_in_queue())
+        lock(&self.inner.logics.cqs).get(&(topic.to_string(), queue_id)).map_or(0, |c| c.max_offset_in_queue())
     }
 
     /// The consume-queue unit at `queue_offset`, if the queue has one (blank units included).
@@ -567,7 +505,7 @@ impl Store {
         queue_id: u32,
         queue_offset: u64,
     ) -> Result<Option<crate::consume_queue::CqUnit>> {
-        let cqs = lock(&self.inner.cqs);
+        let cqs = lock(&self.inner.logics.cqs);
         let Some(cq) = cqs.get(&(topic.to_string(), queue_id)) else { return Ok(None) };
         if queue_offset < cq.min_offset_in_queue() {
             return Ok(None);
@@ -609,7 +547,7 @@ impl Store {
 
     /// Woken after every dispatch run (see `Inner::dispatched`).
     pub fn dispatched(&self) -> &Notify {
-        &self.inner.dispatched
+        &self.inner.progress.dispatched
     }
 
     /// Deletes the commit-log files older than `file_retention_ms` from the head of the log
@@ -620,7 +558,7 @@ impl Store {
     /// deleted. The removed directory entries are synced by the next flush (the expiry
     /// service, started by `start` when a retention is set, syncs them at once).
     pub fn delete_expired(&self) -> Result<ExpiryReport> {
-        crate::expiry::delete_expired(&self.inner)
+        crate::expiry::delete_expired(&self.inner.expiry())
     }
 
     /// Continues an empty store above an old log (a replaced container): the commit log
@@ -631,12 +569,19 @@ impl Store {
     /// Nothing is synced: after a restart that finds the log still empty, call it again
     /// (with the same floors); once the log holds a record, recovery brings it all back.
     pub fn continue_from(&self, phy_floor: u64, queue_floors: &BTreeMap<(String, u32), u64>) -> Result<()> {
-        crate::continued::continue_from(&self.inner, phy_floor, queue_floors)
+        let inner = &self.inner;
+        let parts = Continued {
+            cl: &inner.cl,
+            cqs: &inner.logics.cqs,
+            files: &inner.files,
+            reput_offset: &inner.progress.reput_offset,
+        };
+        crate::continued::continue_from(parts, phy_floor, queue_floors)
     }
 
     /// Every known (topic, queue id).
     pub fn queues(&self) -> Vec<(String, u32)> {
-        lock(&self.inner.cqs).keys().cloned().collect()
+        lock(&self.inner.logics.cqs).keys().cloned().collect()
     }
 
     /// End of the commit log (what has been appended; after `open`, the recovered end).
@@ -659,10 +604,10 @@ impl Store {
         lock(&self.inner.cl).min_offset()
     }
     pub fn reput_offset(&self) -> u64 {
-        self.inner.reput_offset.load(Ordering::SeqCst)
+        self.inner.progress.reput_offset.load(Ordering::SeqCst)
     }
     pub fn dispatch_behind_bytes(&self) -> u64 {
-        self.inner.dispatch_behind_bytes()
+        self.inner.reput.behind_bytes()
     }
     pub fn stats(&self) -> StoreStats {
         let c = &self.inner.counters;
@@ -681,10 +626,10 @@ impl Store {
     }
     /// The checkpoint values backed by durable data (as the next checkpoint write records them).
     pub fn checkpoint(&self) -> CheckpointData {
-        *lock(&self.inner.ckpt)
+        *lock(&self.inner.ckpt.data)
     }
     pub fn is_writeable(&self) -> bool {
-        self.inner.is_writeable()
+        self.inner.health.is_writeable()
     }
     pub fn config(&self) -> &StoreConfig {
         &self.inner.cfg
@@ -696,7 +641,7 @@ impl Store {
     /// Makes everything appended so far durable (commit, flush of the commit log and
     /// consume queues) without shutting down.
     pub async fn flush_all(&self) -> Result<()> {
-        crate::flush::final_flush(&self.inner).await
+        crate::flush::final_flush(&self.inner.flusher).await
     }
 
     /// Clean shutdown (`DefaultMessageStore.shutdown`): stop accepting puts, final commit and
@@ -709,24 +654,25 @@ impl Store {
         }
         let inner = &self.inner;
         inner.shutting_down.store(true, Ordering::SeqCst);
-        let mut first_err = crate::flush::final_commit_log_flush(inner).await.err();
+        let mut first_err = crate::flush::final_commit_log_flush(&inner.flusher).await.err();
         if !inner.bug(Bug::AbortDeletedWhileBehind) {
-            crate::dispatch::wait_caught_up(inner, Duration::from_millis(inner.cfg.shutdown_dispatch_wait_ms)).await;
+            let max_wait = Duration::from_millis(inner.cfg.shutdown_dispatch_wait_ms);
+            crate::dispatch::wait_caught_up(&inner.reput, max_wait).await;
         }
         self.stop_services().await;
-        if let Err(e) = crate::flush::final_logics_flush(inner).await {
+        if let Err(e) = crate::flush::final_logics_flush(&inner.flusher).await {
             first_err.get_or_insert(e);
         }
-        inner.fail_group_requests(StoreError::ShutDown);
-        let behind = inner.dispatch_behind_bytes();
-        let clean = inner.is_writeable() && (behind == 0 || inner.bug(Bug::AbortDeletedWhileBehind));
+        inner.health.fail_group_requests(StoreError::ShutDown);
+        let behind = inner.reput.behind_bytes();
+        let clean = inner.health.is_writeable() && (behind == 0 || inner.bug(Bug::AbortDeletedWhileBehind));
         if clean {
             crate::probe!("shutdown.clean");
             if let Err(e) = remove_abort(inner).await {
                 first_err.get_or_insert(e);
             }
         } else {
-            tracing::warn!(behind, writeable = inner.is_writeable(), "shutdown abnormally: abort file kept");
+            tracing::warn!(behind, writeable = inner.health.is_writeable(), "shutdown abnormally: abort file kept");
             crate::probe!("shutdown.abort-file-kept");
         }
         lock(&self.file_lock).take();
@@ -738,15 +684,9 @@ impl Store {
 
     async fn stop_services(&self) {
         self.inner.services_running.store(false, Ordering::SeqCst);
-        self.inner.stopping.store(true, Ordering::SeqCst);
-        for n in [
-            &self.inner.stop_notify,
-            &self.inner.wake_flush,
-            &self.inner.wake_commit,
-            &self.inner.wake_reput,
-            &self.inner.wake_group,
-            &*self.inner.wake_allocate,
-        ] {
+        let w = &self.inner.wakes;
+        w.stopping.store(true, Ordering::SeqCst);
+        for n in [&w.stop, &w.flush, &w.commit, &w.reput, &w.group, &*w.allocate] {
             n.notify_waiters();
         }
         let tasks: Vec<_> = std::mem::take(&mut *lock(&self.tasks));
@@ -761,7 +701,7 @@ async fn remove_abort(inner: &Inner) -> Result<()> {
         inner.storage.remove_file(&inner.paths.abort)?;
         inner.dirs.mark(&inner.paths.root);
     }
-    inner.sync_dirs().await?;
+    inner.dirs.sync(inner.storage.as_ref()).await?;
     Ok(())
 }
 
@@ -769,7 +709,7 @@ impl Drop for Store {
     /// A drop without shutdown is a crash: background tasks are aborted where they stand
     /// (nothing is flushed, the abort file stays) and the lock is released.
     fn drop(&mut self) {
-        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.wakes.stopping.store(true, Ordering::SeqCst);
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         for t in lock(&self.tasks).drain(..) {
             t.abort();

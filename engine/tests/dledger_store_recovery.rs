@@ -6,14 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use engine::consume_queue::ConsumeQueue;
-use engine::dledger::store_recovery::{
-    committed_pos, dispatch_committed, recover_store, QueueFiles, Queues, StoreRecoveryBugs, StoreRecoveryReport,
-};
+use engine::dledger::store_recovery::{committed_pos, recover_store, Queues, StoreRecoveryBugs, StoreRecoveryReport};
 use engine::dledger::{DLedgerConfig, DLedgerPaths, EntryLog};
 use engine::io::real::RealStorage;
 use engine::io::{Holds, Storage};
 use engine::mapped_file_queue::DirSyncs;
 use engine::message::{DecodeOptions, Message};
+use engine::message_log::{dispatch_log, QueueFiles};
 
 const N: u64 = 60;
 const T0_MS: i64 = 1_700_000_000_000;
@@ -46,13 +45,13 @@ impl Env {
     fn root(&self) -> &Path {
         self.dir.path()
     }
-    fn files(&self) -> QueueFiles<'_> {
+    fn files(&self) -> QueueFiles {
         QueueFiles {
-            storage: self.storage.as_ref(),
-            root: self.root(),
+            storage: self.storage.clone(),
+            root: self.root().to_path_buf(),
             units_per_file: 16,
-            holds: &self.holds,
-            dirs: &self.dirs,
+            holds: self.holds.clone(),
+            dirs: self.dirs.clone(),
         }
     }
     async fn open_log(&self) -> EntryLog {
@@ -109,10 +108,10 @@ async fn setup() -> (Env, u64) {
     let (file, c) = log.checkpoint(false);
     file.write(&c).await.unwrap();
     let mut queues = Queues::new();
-    let scan = dispatch_committed(&log, env.files(), &mut queues, 0, DecodeOptions::default()).unwrap();
-    assert_eq!(scan.messages, N);
+    let run = dispatch_log(&log, 0, &env.files(), &mut queues).unwrap();
+    assert_eq!(run.messages, N);
     let end = committed_pos(&log).unwrap();
-    assert_eq!(scan.end_pos, end);
+    assert_eq!(run.end, end);
     (env, end)
 }
 
@@ -122,8 +121,8 @@ async fn restart(env: &Env, clean: bool, min_ts_ms: i64, bugs: StoreRecoveryBugs
     let log = env.open_log().await;
     let mut queues = env.load_queues();
     let (rep, _) =
-        recover_store(&log, env.files(), &mut queues, clean, min_ts_ms, DecodeOptions::default(), bugs).unwrap();
-    dispatch_committed(&log, env.files(), &mut queues, rep.reput_from, DecodeOptions::default()).unwrap();
+        recover_store(&log, &env.files(), &mut queues, clean, min_ts_ms, DecodeOptions::default(), bugs).unwrap();
+    dispatch_log(&log, rep.reput_from, &env.files(), &mut queues).unwrap();
     (rep, queues)
 }
 

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::bugs::BugSet;
-use crate::consume_queue::ConsumeQueue;
 use crate::io::{Clock, Holds, Storage};
 use crate::mapped_file::SyncPlan;
 use crate::mapped_file_queue::DirSyncs;
 use crate::message::{decode, DecodeOptions, Decoded, Message};
+use crate::message_log::{dispatch_log, MessageLog, QueueFiles};
 use crate::store::StoredMessage;
 
 use super::entry::ENTRY_HEADER_BYTES;
@@ -27,10 +27,7 @@ use super::log::{DLedgerConfig, DLedgerPaths};
 use super::member::Member;
 use super::raft::{MemberId, Role};
 use super::recovery::EntryRecoveryReport;
-use super::store_recovery::{
-    committed_pos, dispatch_committed, recover_store, scan_messages, QueueFiles, Queues, StoreRecoveryBugs,
-    StoreRecoveryReport,
-};
+use super::store_recovery::{committed_pos, recover_store, Queues, StoreRecoveryBugs, StoreRecoveryReport};
 
 /// Where a replica lives and how its files are sized.
 #[derive(Debug, Clone)]
@@ -70,9 +67,9 @@ pub struct Replica {
     clock: Arc<dyn Clock>,
     root: PathBuf,
     abort: PathBuf,
-    holds: Holds,
     dirs: Arc<DirSyncs>,
-    cq_units_per_file: u64,
+    /// Where the consume queues live, for dispatch.
+    files: QueueFiles,
     queues: Queues,
     /// Dispatch has put every committed message before this position into the queues.
     reput_pos: u64,
@@ -90,7 +87,7 @@ impl std::fmt::Debug for Replica {
 }
 
 /// The consume queues found on disk under `root`, each recovered (`ConsumeQueue::recover`).
-fn load_queues(files: QueueFiles<'_>, syncs: &mut Vec<SyncPlan>) -> Result<Queues> {
+fn load_queues(files: &QueueFiles, syncs: &mut Vec<SyncPlan>) -> Result<Queues> {
     let mut queues = Queues::new();
     let cq_root = files.root.join("consumequeue");
     let topics = match files.storage.list_dir(&cq_root) {
@@ -102,16 +99,8 @@ fn load_queues(files: QueueFiles<'_>, syncs: &mut Vec<SyncPlan>) -> Result<Queue
         for q in files.storage.list_dir(&cq_root.join(&topic.name))? {
             // A name that is not a queue id is not ours: left alone.
             let Ok(queue_id) = q.name.parse::<u32>() else { continue };
-            let (mut cq, _) = ConsumeQueue::load(
-                files.storage,
-                files.root,
-                &topic.name,
-                queue_id,
-                files.units_per_file,
-                files.holds.clone(),
-                files.dirs.clone(),
-            )?;
-            syncs.extend(cq.recover(files.storage, false)?);
+            let (mut cq, _) = files.load(&topic.name, queue_id)?;
+            syncs.extend(cq.recover(files.storage.as_ref(), false)?);
             queues.insert((topic.name.clone(), queue_id), cq);
         }
     }
@@ -149,17 +138,17 @@ impl Replica {
         .await?;
         let mut syncs = Vec::new();
         let files = QueueFiles {
-            storage: storage.as_ref(),
-            root: &cfg.root,
+            storage: storage.clone(),
+            root: cfg.root.clone(),
             units_per_file: cfg.cq_units_per_file,
-            holds: &holds,
-            dirs: &dirs,
+            holds,
+            dirs: dirs.clone(),
         };
-        let mut queues = load_queues(files, &mut syncs)?;
+        let mut queues = load_queues(&files, &mut syncs)?;
         // A minimum timestamp of 0 matches no file: the abnormal scan starts at the first one.
         let bugs = StoreRecoveryBugs::from_bugs(&cfg.bugs);
         let (store_report, cut_syncs) =
-            recover_store(&member.log, files, &mut queues, clean, 0, DecodeOptions::default(), bugs)?;
+            recover_store(&member.log, &files, &mut queues, clean, 0, DecodeOptions::default(), bugs)?;
         syncs.extend(cut_syncs);
         run_syncs(&syncs).await?;
         if !clean {
@@ -171,9 +160,8 @@ impl Replica {
             clock,
             root: cfg.root.clone(),
             abort: abort.clone(),
-            holds,
             dirs,
-            cq_units_per_file: cfg.cq_units_per_file,
+            files,
             queues,
             reput_pos: store_report.reput_from,
             next_queue_offset: BTreeMap::new(),
@@ -207,17 +195,9 @@ impl Replica {
 
     /// Puts the committed entries' messages not yet dispatched into the consume queues.
     pub fn dispatch(&mut self) -> Result<u64> {
-        let files = QueueFiles {
-            storage: self.storage.as_ref(),
-            root: &self.root,
-            units_per_file: self.cq_units_per_file,
-            holds: &self.holds,
-            dirs: &self.dirs,
-        };
-        let scan =
-            dispatch_committed(&self.member.log, files, &mut self.queues, self.reput_pos, DecodeOptions::default())?;
-        self.reput_pos = self.reput_pos.max(scan.end_pos);
-        Ok(scan.messages)
+        let run = dispatch_log(&self.member.log, self.reput_pos, &self.files, &mut self.queues)?;
+        self.reput_pos = self.reput_pos.max(run.end);
+        Ok(run.messages)
     }
 
     /// Syncs the consume queues' files.
@@ -244,7 +224,7 @@ impl Replica {
         let mut next: BTreeMap<(String, u32), u64> =
             self.queues.iter().map(|(k, cq)| (k.clone(), cq.max_offset_in_queue())).collect();
         let end = self.member.log.end_pos();
-        scan_messages(&self.member.log, self.reput_pos, end, DecodeOptions::default(), false, |m, _| {
+        self.member.log.read_messages(self.reput_pos, end, DecodeOptions::default(), |m, _| {
             let n = next.entry((m.topic.to_string(), m.queue_id)).or_insert(0);
             *n = (*n).max(m.queue_offset + 1);
             Ok(())

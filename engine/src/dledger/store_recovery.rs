@@ -15,33 +15,20 @@
 //! sizes without the 48-byte entry header, so the cut falls short and takes the queues' tail.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 
 use crate::bugs::{Bug, BugSet};
-use crate::consume_queue::{ConsumeQueue, CqUnit};
-use crate::io::{Holds, Storage};
-use crate::java_hash::java_string_hash;
+use crate::consume_queue::ConsumeQueue;
+use crate::dispatch::Dispatcher;
 use crate::mapped_file::SyncPlan;
-use crate::mapped_file_queue::DirSyncs;
 use crate::message::{decode_ref, DecodeOptions, DecodedRef, MessageRef};
+use crate::message_log::{CqMap, QueueFiles};
 
 use super::entry::{DecodedEntry, EntryDecodeOptions, BLANK_BYTES};
 use super::error::{DLedgerError, Result};
 use super::log::{read_entry_at, EntryLog};
 
 /// The consume queues by (topic, queue id).
-pub type Queues = BTreeMap<(String, u32), ConsumeQueue>;
-
-/// Where the consume queues live and how their files are made.
-#[derive(Clone, Copy)]
-pub struct QueueFiles<'a> {
-    pub storage: &'a dyn Storage,
-    pub root: &'a Path,
-    pub units_per_file: u64,
-    pub holds: &'a Holds,
-    pub dirs: &'a Arc<DirSyncs>,
-}
+pub type Queues = CqMap;
 
 /// The switches of this path (the catalogued bugs #8032 and #9084; both off is 5.3's fix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,36 +65,6 @@ pub struct StoreRecoveryReport {
     pub cq_units_removed: BTreeMap<String, u64>,
     /// Where dispatch resumes: the committed position.
     pub reput_from: u64,
-}
-
-/// Puts the unit of one message into its queue (creating the queue), as dispatch does.
-pub fn dispatch_unit(
-    files: QueueFiles<'_>,
-    queues: &mut Queues,
-    m: &MessageRef<'_>,
-    size_bytes: u32,
-) -> crate::error::Result<()> {
-    if !m.is_dispatchable() {
-        return Ok(());
-    }
-    let key = (m.topic.to_string(), m.queue_id);
-    if !queues.contains_key(&key) {
-        let (cq, _) = ConsumeQueue::load(
-            files.storage,
-            files.root,
-            m.topic,
-            m.queue_id,
-            files.units_per_file,
-            files.holds.clone(),
-            files.dirs.clone(),
-        )?;
-        queues.insert(key.clone(), cq);
-    }
-    let cq = queues.get_mut(&key).expect("inserted");
-    let tags_code = m.tags().map_or(0, |t| i64::from(java_string_hash(t)));
-    let unit = CqUnit { phy_offset: m.phy_offset as i64, size: ConsumeQueue::check_unit_size(size_bytes)?, tags_code };
-    cq.put(files.storage, unit, m.queue_offset)?;
-    Ok(())
 }
 
 /// How a scan over the entries' messages ended.
@@ -209,7 +166,7 @@ fn max_cq_end(queues: &Queues) -> u64 {
 
 /// Cuts every queue reaching `cut` or past it.
 fn cut_queues(
-    files: QueueFiles<'_>,
+    files: &QueueFiles,
     queues: &mut Queues,
     cut: u64,
     report: &mut StoreRecoveryReport,
@@ -220,7 +177,7 @@ fn cut_queues(
     }
     report.cq_truncated_to = Some(cut);
     for ((topic, q), cq) in queues.iter_mut() {
-        let (removed, zeroed) = cq.truncate_dirty(files.storage, cut, false, false)?;
+        let (removed, zeroed) = cq.truncate_dirty(files.storage.as_ref(), cut, false, false)?;
         syncs.extend(zeroed);
         if removed > 0 {
             report.cq_units_removed.insert(format!("{topic}/{q}"), removed);
@@ -234,7 +191,7 @@ fn cut_queues(
 /// anything new is made durable.
 pub fn recover_store(
     log: &EntryLog,
-    files: QueueFiles<'_>,
+    files: &QueueFiles,
     queues: &mut Queues,
     clean: bool,
     min_ts_ms: i64,
@@ -252,9 +209,12 @@ pub fn recover_store(
     let start = abnormal_start(log, min_ts_ms, opts)?;
     report.scan_start_pos = start;
     let scan_opts = DecodeOptions { check_dup_info: bugs.check_flag_miswired, ..opts };
+    // The store's dispatch, without an index (a DLedger replica keeps none).
+    let mut d = Dispatcher::new(files, queues, 0);
     let scan = scan_messages(log, start, committed_pos, scan_opts, bugs.size_without_header, |m, n| {
-        dispatch_unit(files, queues, m, n)
+        d.dispatch_unindexed(m, n)
     })?;
+    drop(d);
     report.redispatched_messages = scan.messages;
     report.stopped_at = scan.stopped_at;
     report.process_offset = scan.process_offset;
@@ -271,17 +231,4 @@ pub fn committed_pos(log: &EntryLog) -> Result<u64> {
         }
         None => log.data_files().first().map_or(0, |f| f.1),
     })
-}
-
-/// Dispatches the messages of the committed entries in `[from_pos, committed)` (the reput
-/// service's work in DLedger mode); returns where it got to.
-pub fn dispatch_committed(
-    log: &EntryLog,
-    files: QueueFiles<'_>,
-    queues: &mut Queues,
-    from_pos: u64,
-    opts: DecodeOptions,
-) -> Result<MessageScan> {
-    let to = committed_pos(log)?;
-    scan_messages(log, from_pos, to, opts, false, |m, n| dispatch_unit(files, queues, m, n))
 }
