@@ -273,13 +273,22 @@ async fn single(a: &Args) -> f64 {
     rate
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let a = args()?;
     std::fs::create_dir_all(&a.dir)?;
     let wants = |part: &str| a.only.as_deref().is_none_or(|o| o == part);
-    let rep = if wants("replicated") { Some(replicated(&a).await?) } else { None };
-    let one = if wants("single") { Some(single(&a).await) } else { None };
+    // The group's client on one thread, like each member (`dledger_node`); the single store
+    // on the multi-threaded runtime `bench` runs it on.
+    let rep = if wants("replicated") {
+        Some(tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(replicated(&a))?)
+    } else {
+        None
+    };
+    let one = if wants("single") {
+        Some(tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(single(&a)))
+    } else {
+        None
+    };
     if let (Some(rep), Some(one)) = (rep, one) {
         println!("replicated / single: {:.1}%  ({rep:.0} and {one:.0} msgs/s)", 100.0 * rep / one);
     }

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use engine::dledger::wire::{Ack, PutMsg, Reply, Request};
 use engine::dledger::{DLedgerConfig, DLedgerError, EntryLog};
 use engine::io::real::RealStorage;
 use engine::io::SystemClock;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{mpsc, Mutex, Notify};
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Generous next to the heartbeat: the group shares a loaded machine, and a member starved
@@ -42,6 +43,8 @@ const COMMIT_WAIT: Duration = Duration::from_millis(5_000);
 const BACKGROUND_FLUSH: Duration = Duration::from_millis(500);
 /// Entries per append request (1 KiB messages: about 1 MiB).
 const MAX_APPEND_ENTRIES: u64 = 1_024;
+/// Appends on their way to one peer at once.
+const MAX_IN_FLIGHT: usize = 2;
 /// The leader's first entry of a term: committing it commits every older entry before it.
 const NOOP_TOPIC: &str = "DLEDGER_NOOP";
 
@@ -287,44 +290,71 @@ impl Node {
         self.grew.update(|v| *v += 1);
     }
 
-    /// The leader's appends to one peer: on every heartbeat and whenever its log grows.
+    /// The leader's appends to one peer: whenever its log grows, and a heartbeat when idle.
+    /// Pipelined: up to `MAX_IN_FLIGHT` appends travel at once, each from where the previous
+    /// one ended, so that the peer finds the next batch waiting when it has synced one. A
+    /// refusal or a lost reply sends again from what the peer acknowledged.
     async fn replicator(self: Arc<Self>, peer: u32) {
-        let mut seen = self.grew.get();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        // `(term, next index to send)`; `None`: from what the peer acknowledged.
+        let mut cursor: Option<(u64, u64)> = None;
+        let mut in_flight = 0usize;
+        let mut last_sent = Instant::now() - HEARTBEAT;
         loop {
-            let grew = self.grew.notify.notified();
-            if self.grew.get() == seen {
-                tokio::select! {
-                    biased;
-                    _ = grew => {}
-                    _ = tokio::time::sleep(HEARTBEAT) => {}
-                }
-            }
-            seen = self.grew.get();
-            loop {
+            let mut grew = pin!(self.grew.notify.notified());
+            grew.as_mut().enable();
+            while in_flight < MAX_IN_FLIGHT {
                 let out = {
                     let r = self.replica.lock().await;
+                    let (term, end) = (r.member.raft.term, r.member.log.tail().next_index);
                     if r.member.raft.role != Role::Leader {
+                        cursor = None;
                         break;
                     }
-                    match r.member.append_for(peer, MAX_APPEND_ENTRIES) {
-                        Ok(o) => o,
-                        Err(e) => self.fail("append_for", &e),
+                    let next = match cursor {
+                        Some((t, n)) if t == term => n.min(end),
+                        _ => r.member.raft.next_for(peer),
+                    };
+                    // Nothing new: a heartbeat, unless an append in flight stands for one.
+                    if next >= end && (in_flight > 0 || last_sent.elapsed() < HEARTBEAT) {
+                        break;
+                    }
+                    match r.member.append_from(next, MAX_APPEND_ENTRIES) {
+                        Ok(o) => {
+                            cursor = Some((term, next + o.entries.len() as u64));
+                            o
+                        }
+                        Err(e) => self.fail("append_from", &e),
                     }
                 };
-                let sent = out.entries.len();
-                let Ok(Reply::Append(reply)) =
-                    self.peers[&peer].call(Request::Append(out.request, out.entries), APPEND_TIMEOUT).await
-                else {
-                    break;
-                };
-                let mut r = self.replica.lock().await;
-                if let Err(e) = r.member.on_append_reply(&reply).await {
-                    self.fail("append reply", &e);
+                in_flight += 1;
+                last_sent = Instant::now();
+                let (node, done) = (self.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let reply = node.peers[&peer].call(Request::Append(out.request, out.entries), APPEND_TIMEOUT).await;
+                    let _ = done.send(reply);
+                });
+            }
+            let heartbeat = HEARTBEAT.saturating_sub(last_sent.elapsed());
+            tokio::select! {
+                biased;
+                Some(reply) = done_rx.recv() => {
+                    in_flight -= 1;
+                    let Ok(Reply::Append(reply)) = reply else {
+                        cursor = None;
+                        continue;
+                    };
+                    let mut r = self.replica.lock().await;
+                    if let Err(e) = r.member.on_append_reply(&reply).await {
+                        self.fail("append reply", &e);
+                    }
+                    self.after_change(&mut r);
+                    if !reply.success {
+                        cursor = None;
+                    }
                 }
-                self.after_change(&mut r);
-                if reply.term > out.request.term || (reply.success && sent == 0) {
-                    break;
-                }
+                _ = grew => {}
+                _ = tokio::time::sleep(heartbeat) => {}
             }
         }
     }
@@ -386,7 +416,9 @@ fn config(a: &Args) -> ReplicaConfig {
     }
 }
 
-#[tokio::main]
+// One thread runs the member's tasks (syncs go to the blocking pool): with three members and
+// their clients on a few CPUs, waking tasks across worker threads costs more than it gains.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let listener = tokio::net::TcpListener::bind(a.members[&a.id]).await?;

@@ -187,10 +187,16 @@ impl Member {
 
     /// The leader's next append to `member`: up to `max_entries` from where it stands.
     pub fn append_for(&self, member: MemberId, max_entries: u64) -> Result<OutgoingAppend> {
+        self.append_from(self.raft.next_for(member), max_entries)
+    }
+
+    /// The leader's append of up to `max_entries` from index `next` on (a replicator that
+    /// pipelines sends past what its member has acknowledged).
+    pub fn append_from(&self, next: u64, max_entries: u64) -> Result<OutgoingAppend> {
         if self.raft.role != Role::Leader {
             return Err(DLedgerError::NotLeader { leader: self.raft.leader });
         }
-        let next = self.raft.next_for(member).max(self.log.first_index());
+        let next = next.max(self.log.first_index());
         let prev = match next.checked_sub(1) {
             Some(p) => Some((p, self.log.term_at(Some(p))?)),
             None => None,
