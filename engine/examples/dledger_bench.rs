@@ -7,8 +7,9 @@
 //! `/work/main/target/std/release/examples/dledger_bench --dir /tmp/dlb`
 //!
 //! Options: `--each N` (puts per producer, default 1000), `--producers N` (default 64),
-//! `--no-preallocate` (the single store's commit-log files left sparse, as the DLedger log's
-//! data files are), `--only replicated|single`, `--keep` (leave the directories).
+//! `--no-preallocate` (the single store's commit-log files and the members' first data and
+//! index files left sparse; by default both are zero-filled before the run),
+//! `--only replicated|single`, `--keep` (leave the directories).
 //!
 //! Durability compared: a replicated put is acknowledged once its entry is committed, and the
 //! leader counts a member for that only after the member synced the entry (`fdatasync` of the
@@ -93,7 +94,7 @@ struct Group {
 }
 
 impl Group {
-    fn launch(dir: &Path) -> anyhow::Result<Group> {
+    fn launch(dir: &Path, preallocate: bool) -> anyhow::Result<Group> {
         let exe = std::env::current_exe()?.with_file_name("dledger_node");
         ensure!(exe.exists(), "{} not found: build the examples", exe.display());
         // Free ports, held until all three are known.
@@ -109,6 +110,7 @@ impl Group {
             let child = Command::new(&exe)
                 .args(["--id", &id.to_string(), "--dir", &dir.join(format!("n{id}")).display().to_string()])
                 .args(["--members", &members])
+                .args(if preallocate { &[][..] } else { &["--sparse"][..] })
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()?;
@@ -225,7 +227,7 @@ async fn replicated(a: &Args) -> anyhow::Result<f64> {
     let dir = a.dir.join("group");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let group = Group::launch(&dir)?;
+    let group = Group::launch(&dir, a.preallocate)?;
     let clients: BTreeMap<u32, Arc<Client>> = group.addrs.iter().map(|(&id, &addr)| (id, Arc::new(Client::new(addr)))).collect();
     let t = Instant::now();
     let leader = group.leader(&clients).await?;

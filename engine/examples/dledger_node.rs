@@ -6,7 +6,7 @@
 //!
 //! `RUSTFLAGS="" cargo build --release --target-dir /work/main/target/std -p engine --examples`
 //!
-//!   dledger_node --id N --dir DIR --members 1=127.0.0.1:P1,2=127.0.0.1:P2,3=127.0.0.1:P3
+//!   dledger_node --id N --dir DIR --members 1=127.0.0.1:P1,2=127.0.0.1:P2,3=127.0.0.1:P3 [--sparse]
 //!
 //! It listens on its own member's address. Work in the leader's critical path is batched:
 //! every put appended while the log's sync runs is covered by the next one (group commit),
@@ -27,9 +27,10 @@ use engine::dledger::raft::Role;
 use engine::dledger::replica::{PutRequest, Replica, ReplicaConfig};
 use engine::dledger::tcp::{serve, Client};
 use engine::dledger::wire::{Ack, PutMsg, Reply, Request};
-use engine::dledger::{DLedgerConfig, DLedgerError, EntryLog};
+use engine::dledger::{DLedgerConfig, DLedgerError, DLedgerPaths, EntryLog};
 use engine::io::real::RealStorage;
-use engine::io::SystemClock;
+use engine::io::{Storage, SystemClock};
+use engine::mapped_file::file_name;
 use tokio::sync::{mpsc, Mutex, Notify};
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -52,10 +53,13 @@ struct Args {
     id: u32,
     dir: PathBuf,
     members: BTreeMap<u32, SocketAddr>,
+    /// A fresh log's first data and index files left sparse, not zero-filled.
+    sparse: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut v: Vec<String> = std::env::args().skip(1).collect();
+    let sparse = v.iter().position(|f| f == "--sparse").map(|i| v.remove(i)).is_some();
     let (mut id, mut dir, mut members) = (None, None, BTreeMap::new());
     for pair in v.chunks(2) {
         let val = pair.get(1).ok_or_else(|| anyhow::anyhow!("{} needs a value", pair[0]))?;
@@ -74,7 +78,7 @@ fn args() -> anyhow::Result<Args> {
     let id = id.ok_or_else(|| anyhow::anyhow!("--id N is required"))?;
     let dir = dir.ok_or_else(|| anyhow::anyhow!("--dir DIR is required"))?;
     anyhow::ensure!(members.contains_key(&id), "--members must name member {id}");
-    Ok(Args { id, dir, members })
+    Ok(Args { id, dir, members, sparse })
 }
 
 /// A value tasks wait on: read it, and wait for the next change.
@@ -406,7 +410,7 @@ fn config(a: &Args) -> ReplicaConfig {
         self_id: a.id,
         members: a.members.keys().copied().collect::<BTreeSet<_>>(),
         log: DLedgerConfig {
-            data_file_size_bytes: 1 << 30,
+            data_file_size_bytes: 256 << 20,
             index_units_per_file: 1 << 20,
             max_entry_bytes: 4 << 20,
             os_page_size_bytes: 4096,
@@ -418,11 +422,37 @@ fn config(a: &Args) -> ReplicaConfig {
 
 // One thread runs the member's tasks (syncs go to the blocking pool): with three members and
 // their clients on a few CPUs, waking tasks across worker threads costs more than it gains.
+/// A fresh log's first data and index files, zero-filled and synced before the log opens, as
+/// the store prepares its commit-log files (`StoreConfig::preallocate_commit_log`): a sync of
+/// entries written into them then writes data only, no block allocation. The log reads the
+/// zeros as its end. (Files it rolls to later are sparse.)
+async fn preallocate_first_files(cfg: &ReplicaConfig) -> anyhow::Result<()> {
+    let paths = DLedgerPaths::new(&cfg.root, &format!("n{}", cfg.self_id));
+    if paths.data.exists() {
+        return Ok(());
+    }
+    let st = RealStorage::new();
+    for (dir, size) in [(&paths.data, cfg.log.data_file_size_bytes), (&paths.index, cfg.log.index_file_size_bytes())] {
+        st.create_dir_all(dir)?;
+        let f = st.create(&dir.join(file_name(0)))?;
+        f.set_len(size)?;
+        f.preallocate().await?;
+    }
+    for dir in [&paths.data, &paths.index, &paths.root, &cfg.root] {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let listener = tokio::net::TcpListener::bind(a.members[&a.id]).await?;
-    let mut replica = Replica::open(Arc::new(RealStorage::new()), Arc::new(SystemClock), config(&a)).await?;
+    let cfg = config(&a);
+    if !a.sparse {
+        preallocate_first_files(&cfg).await?;
+    }
+    let mut replica = Replica::open(Arc::new(RealStorage::new()), Arc::new(SystemClock), cfg).await?;
     replica.member.defer_checkpoint(true);
     replica.member.overlap_syncs(true);
     eprintln!(

@@ -621,7 +621,8 @@ mod tests {
             encode_frame(&f, &mut buf);
             let at = FRAME_HEADER_BYTES + at.index(buf.len() - FRAME_HEADER_BYTES);
             buf[at] ^= 1 << bit;
-            prop_assert!(matches!(decode_frame(&buf, MAX_FRAME_BYTES), Err(WireError::CrcMismatch { .. })));
+            let got = decode_frame(&buf, MAX_FRAME_BYTES);
+            prop_assert!(matches!(got, Err(WireError::CrcMismatch { .. })), "{:?}", got);
         }
     }
 
