@@ -211,7 +211,11 @@ async fn verify(leader: &Client, acked: &Acked) -> anyhow::Result<u64> {
             }
             for m in &msgs {
                 if let Some(&(p, i)) = want.get(&m.queue_offset) {
-                    ensure!(m.body == body(p, i), "queue {queue_id} offset {}: body is not producer {p}'s #{i}", m.queue_offset);
+                    ensure!(
+                        m.body == body(p, i),
+                        "queue {queue_id} offset {}: body is not producer {p}'s #{i}",
+                        m.queue_offset
+                    );
                     found += 1;
                 }
                 offset = m.queue_offset + 1;
@@ -228,10 +232,16 @@ async fn replicated(a: &Args) -> anyhow::Result<f64> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let group = Group::launch(&dir, a.preallocate)?;
-    let clients: BTreeMap<u32, Arc<Client>> = group.addrs.iter().map(|(&id, &addr)| (id, Arc::new(Client::new(addr)))).collect();
+    let clients: BTreeMap<u32, Arc<Client>> =
+        group.addrs.iter().map(|(&id, &addr)| (id, Arc::new(Client::new(addr)))).collect();
     let t = Instant::now();
     let leader = group.leader(&clients).await?;
-    println!("{:<28} {:>12.1} ms  (n{leader} of 3, logs in {})", "  leader elected", t.elapsed().as_secs_f64() * 1e3, dir.display());
+    println!(
+        "{:<28} {:>12.1} ms  (n{leader} of 3, logs in {})",
+        "  leader elected",
+        t.elapsed().as_secs_f64() * 1e3,
+        dir.display()
+    );
     let c = clients[&leader].clone();
     // One put before the clock starts: the members' first data files are created outside the run.
     match c.call(put(u32::MAX, 0), CALL_TIMEOUT).await? {

@@ -71,7 +71,10 @@ impl Member {
         dirs.sync(storage.as_ref()).await?;
         let mut raft = Raft::new(id, members, persisted.term, persisted.voted_for, RaftBugs::from_bugs(&bugs));
         raft.commit = log.committed_index();
-        Ok((Member { raft, log, term_file, persisted, bugs, checkpoint_deferred: false, syncs_overlapped: false }, report))
+        Ok((
+            Member { raft, log, term_file, persisted, bugs, checkpoint_deferred: false, syncs_overlapped: false },
+            report,
+        ))
     }
 
     /// Syncs the term and vote if they changed.

@@ -22,9 +22,9 @@ pub mod record;
 pub mod recovery;
 pub mod replica;
 pub mod store_recovery;
-pub mod term;
 #[cfg(not(madsim))]
 pub mod tcp;
+pub mod term;
 pub mod wire;
 
 pub use checkpoint::{CheckpointLoad, DLedgerCheckpoint};

@@ -131,7 +131,8 @@ impl Client {
         if let Some(c) = g.as_ref().filter(|c| !c.dead.load(Ordering::SeqCst)) {
             return Ok(c.clone());
         }
-        let c = tokio::time::timeout(timeout, Conn::open(self.addr)).await.map_err(|_| NetError::Timeout(timeout))??;
+        let c =
+            tokio::time::timeout(timeout, Conn::open(self.addr)).await.map_err(|_| NetError::Timeout(timeout))??;
         let c = Arc::new(c);
         *g = Some(c.clone());
         Ok(c)
@@ -144,7 +145,8 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-        if conn.dead.load(Ordering::SeqCst) || conn.tx.send(encoded(&Frame { id, body: Body::Request(request) })).is_err()
+        if conn.dead.load(Ordering::SeqCst)
+            || conn.tx.send(encoded(&Frame { id, body: Body::Request(request) })).is_err()
         {
             conn.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             return Err(NetError::Closed);

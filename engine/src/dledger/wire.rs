@@ -42,7 +42,12 @@ pub enum Request {
     Append(AppendRequest, Vec<Vec<u8>>),
     Put(Vec<PutMsg>),
     /// Up to `max` committed messages of a queue from `offset` on (leader only).
-    Get { topic: String, queue_id: u32, offset: u64, max: usize },
+    Get {
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,9 +165,11 @@ pub fn decode_payload(header: &[u8; FRAME_HEADER_BYTES], payload: &[u8]) -> Resu
             offset: r.u64("offset")?,
             max: r.usize("max")?,
         }),
-        VOTE_REPLY => {
-            Body::Reply(Reply::Vote(VoteReply { term: r.u64("term")?, from: r.u32("from")?, granted: r.bool("granted")? }))
-        }
+        VOTE_REPLY => Body::Reply(Reply::Vote(VoteReply {
+            term: r.u64("term")?,
+            from: r.u32("from")?,
+            granted: r.bool("granted")?,
+        })),
         APPEND_REPLY => Body::Reply(Reply::Append(AppendReply {
             term: r.u64("term")?,
             from: r.u32("from")?,
@@ -497,49 +504,62 @@ mod tests {
             (bytes(64), proptest::option::of(text()), proptest::collection::vec(text(), 0..3)),
             (proptest::option::of(text()), proptest::collection::vec((text(), text()), 0..3)),
         )
-            .prop_map(|((topic, queue_id, queue_offset, phy_offset, size_bytes, st, bt), (body, tags, keys), (u, p))| {
-                StoredMessage {
-                    topic,
-                    queue_id,
-                    queue_offset,
-                    phy_offset,
-                    size_bytes,
-                    store_timestamp_ms: st,
-                    born_timestamp_ms: bt,
-                    body,
-                    tags,
-                    keys,
-                    uniq_key: u,
-                    properties: p,
-                }
-            })
+            .prop_map(
+                |((topic, queue_id, queue_offset, phy_offset, size_bytes, st, bt), (body, tags, keys), (u, p))| {
+                    StoredMessage {
+                        topic,
+                        queue_id,
+                        queue_offset,
+                        phy_offset,
+                        size_bytes,
+                        store_timestamp_ms: st,
+                        born_timestamp_ms: bt,
+                        body,
+                        tags,
+                        keys,
+                        uniq_key: u,
+                        properties: p,
+                    }
+                },
+            )
     }
 
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
-            (any::<u64>(), any::<u32>(), pair())
-                .prop_map(|(term, candidate, last)| Request::Vote(VoteRequest { term, candidate, last })),
-            (any::<u64>(), any::<u32>(), pair(), proptest::option::of(any::<u64>()), proptest::collection::vec(bytes(80), 0..4))
+            (any::<u64>(), any::<u32>(), pair()).prop_map(|(term, candidate, last)| Request::Vote(VoteRequest {
+                term,
+                candidate,
+                last
+            })),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                pair(),
+                proptest::option::of(any::<u64>()),
+                proptest::collection::vec(bytes(80), 0..4)
+            )
                 .prop_map(|(term, leader, prev, leader_commit, entries)| {
                     let request = AppendRequest { term, leader, prev, entries: entries.len(), leader_commit };
                     Request::Append(request, entries)
                 }),
             proptest::collection::vec(put_msg(), 0..4).prop_map(Request::Put),
-            (text(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(topic, queue_id, offset, max)| Request::Get {
-                topic,
-                queue_id,
-                offset,
-                max: max as usize
-            }),
+            (text(), any::<u32>(), any::<u64>(), any::<u32>())
+                .prop_map(|(topic, queue_id, offset, max)| Request::Get { topic, queue_id, offset, max: max as usize }),
         ]
     }
 
     fn reply() -> impl Strategy<Value = Reply> {
-        let ack = (any::<u64>(), any::<u64>(), any::<u64>())
-            .prop_map(|(index, term, queue_offset)| Ack { index, term, queue_offset });
+        let ack = (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(index, term, queue_offset)| Ack {
+            index,
+            term,
+            queue_offset,
+        });
         prop_oneof![
-            (any::<u64>(), any::<u32>(), any::<bool>())
-                .prop_map(|(term, from, granted)| Reply::Vote(VoteReply { term, from, granted })),
+            (any::<u64>(), any::<u32>(), any::<bool>()).prop_map(|(term, from, granted)| Reply::Vote(VoteReply {
+                term,
+                from,
+                granted
+            })),
             (any::<u64>(), any::<u32>(), proptest::option::of(any::<u64>()), any::<bool>(), any::<u64>()).prop_map(
                 |(term, from, matched, success, next_hint)| Reply::Append(AppendReply {
                     term,
@@ -633,7 +653,10 @@ mod tests {
         assert!(matches!(payload_len(&header, MAX_FRAME_BYTES), Err(WireError::TooLarge { .. })));
         let mut p = 1u64.to_le_bytes().to_vec();
         p.push(99);
-        assert_eq!(decode_frame(&sealed(&p), MAX_FRAME_BYTES), Err(WireError::UnknownTag { what: "message kind", tag: 99 }));
+        assert_eq!(
+            decode_frame(&sealed(&p), MAX_FRAME_BYTES),
+            Err(WireError::UnknownTag { what: "message kind", tag: 99 })
+        );
         // A put announcing 2^32-1 messages in a few bytes: truncated, without allocating them.
         let mut p = 1u64.to_le_bytes().to_vec();
         p.push(PUT_REQUEST);
