@@ -9,7 +9,8 @@
 //! Options: `--each N` (puts per producer, default 1000), `--producers N` (default 64),
 //! `--no-preallocate` (the single store's commit-log files and the members' first data and
 //! index files left sparse; by default both are zero-filled before the run),
-//! `--only replicated|single`, `--keep` (leave the directories).
+//! `--only replicated|single`, `--keep` (leave the directories), `--in-flight N` (appends in
+//! flight to one peer, passed to the members; default 2).
 //!
 //! Durability compared: a replicated put is acknowledged once its entry is committed, and the
 //! leader counts a member for that only after the member synced the entry (`fdatasync` of the
@@ -47,6 +48,8 @@ struct Args {
     preallocate: bool,
     only: Option<String>,
     keep: bool,
+    /// Passed to the members: appends in flight to one peer.
+    in_flight: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -57,6 +60,7 @@ fn args() -> anyhow::Result<Args> {
         preallocate: true,
         only: None,
         keep: false,
+        in_flight: None,
     };
     let mut v: Vec<String> = std::env::args().skip(1).collect();
     let mut flag = |name: &str| v.iter().position(|f| f == name).map(|i| v.remove(i)).is_some();
@@ -69,6 +73,7 @@ fn args() -> anyhow::Result<Args> {
             "--each" => a.each = val.parse().context("--each N")?,
             "--producers" => a.producers = val.parse().context("--producers N")?,
             "--only" => a.only = Some(val.clone()),
+            "--in-flight" => a.in_flight = Some(val.clone()),
             other => bail!("unknown option {other}"),
         }
     }
@@ -94,7 +99,7 @@ struct Group {
 }
 
 impl Group {
-    fn launch(dir: &Path, preallocate: bool) -> anyhow::Result<Group> {
+    fn launch(dir: &Path, a: &Args) -> anyhow::Result<Group> {
         let exe = std::env::current_exe()?.with_file_name("dledger_node");
         ensure!(exe.exists(), "{} not found: build the examples", exe.display());
         // Free ports, held until all three are known.
@@ -110,7 +115,8 @@ impl Group {
             let child = Command::new(&exe)
                 .args(["--id", &id.to_string(), "--dir", &dir.join(format!("n{id}")).display().to_string()])
                 .args(["--members", &members])
-                .args(if preallocate { &[][..] } else { &["--sparse"][..] })
+                .args(if a.preallocate { &[][..] } else { &["--sparse"][..] })
+                .args(a.in_flight.iter().flat_map(|n| ["--in-flight", n.as_str()]))
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()?;
@@ -231,7 +237,7 @@ async fn replicated(a: &Args) -> anyhow::Result<f64> {
     let dir = a.dir.join("group");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let group = Group::launch(&dir, a.preallocate)?;
+    let group = Group::launch(&dir, a)?;
     let clients: BTreeMap<u32, Arc<Client>> =
         group.addrs.iter().map(|(&id, &addr)| (id, Arc::new(Client::new(addr)))).collect();
     let t = Instant::now();

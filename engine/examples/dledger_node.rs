@@ -6,7 +6,8 @@
 //!
 //! `RUSTFLAGS="" cargo build --release --target-dir /work/main/target/std -p engine --examples`
 //!
-//!   dledger_node --id N --dir DIR --members 1=127.0.0.1:P1,2=127.0.0.1:P2,3=127.0.0.1:P3 [--sparse]
+//!   dledger_node --id N --dir DIR --members 1=127.0.0.1:P1,2=127.0.0.1:P2,3=127.0.0.1:P3
+//!                [--sparse] [--in-flight N]
 //!
 //! It listens on its own member's address. Work in the leader's critical path is batched:
 //! every put appended while the log's sync runs is covered by the next one (group commit),
@@ -44,8 +45,8 @@ const COMMIT_WAIT: Duration = Duration::from_millis(5_000);
 const BACKGROUND_FLUSH: Duration = Duration::from_millis(500);
 /// Entries per append request (1 KiB messages: about 1 MiB).
 const MAX_APPEND_ENTRIES: u64 = 1_024;
-/// Appends on their way to one peer at once.
-const MAX_IN_FLIGHT: usize = 2;
+/// Appends on their way to one peer at once, by default (`--in-flight N`).
+const IN_FLIGHT: usize = 2;
 /// The leader's first entry of a term: committing it commits every older entry before it.
 const NOOP_TOPIC: &str = "DLEDGER_NOOP";
 
@@ -55,17 +56,20 @@ struct Args {
     members: BTreeMap<u32, SocketAddr>,
     /// A fresh log's first data and index files left sparse, not zero-filled.
     sparse: bool,
+    /// Appends on their way to one peer at once (1: each waits for the previous reply).
+    in_flight: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut v: Vec<String> = std::env::args().skip(1).collect();
     let sparse = v.iter().position(|f| f == "--sparse").map(|i| v.remove(i)).is_some();
-    let (mut id, mut dir, mut members) = (None, None, BTreeMap::new());
+    let (mut id, mut dir, mut members, mut in_flight) = (None, None, BTreeMap::new(), IN_FLIGHT);
     for pair in v.chunks(2) {
         let val = pair.get(1).ok_or_else(|| anyhow::anyhow!("{} needs a value", pair[0]))?;
         match pair[0].as_str() {
             "--id" => id = Some(val.parse()?),
             "--dir" => dir = Some(PathBuf::from(val)),
+            "--in-flight" => in_flight = val.parse()?,
             "--members" => {
                 for m in val.split(',') {
                     let (n, addr) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("member {m}: want ID=ADDR"))?;
@@ -78,7 +82,8 @@ fn args() -> anyhow::Result<Args> {
     let id = id.ok_or_else(|| anyhow::anyhow!("--id N is required"))?;
     let dir = dir.ok_or_else(|| anyhow::anyhow!("--dir DIR is required"))?;
     anyhow::ensure!(members.contains_key(&id), "--members must name member {id}");
-    Ok(Args { id, dir, members, sparse })
+    anyhow::ensure!(in_flight > 0, "--in-flight must be at least 1");
+    Ok(Args { id, dir, members, sparse, in_flight })
 }
 
 /// A value tasks wait on: read it, and wait for the next change.
@@ -111,6 +116,8 @@ struct Node {
     /// Bumped when the leader's log grows: replicators send at once.
     grew: Signal<u64>,
     flush: Notify,
+    /// Appends on their way to one peer at once.
+    in_flight: usize,
     started: Instant,
     /// When this member last heard a leader or granted a vote (ms since `started`).
     last_heard_ms: AtomicU64,
@@ -295,7 +302,7 @@ impl Node {
     }
 
     /// The leader's appends to one peer: whenever its log grows, and a heartbeat when idle.
-    /// Pipelined: up to `MAX_IN_FLIGHT` appends travel at once, each from where the previous
+    /// Pipelined: up to `in_flight` appends travel at once, each from where the previous
     /// one ended, so that the peer finds the next batch waiting when it has synced one. A
     /// refusal or a lost reply sends again from what the peer acknowledged.
     async fn replicator(self: Arc<Self>, peer: u32) {
@@ -307,7 +314,7 @@ impl Node {
         loop {
             let mut grew = pin!(self.grew.notify.notified());
             grew.as_mut().enable();
-            while in_flight < MAX_IN_FLIGHT {
+            while in_flight < self.in_flight {
                 let out = {
                     let r = self.replica.lock().await;
                     let (term, end) = (r.member.raft.term, r.member.log.tail().next_index);
@@ -470,6 +477,7 @@ async fn main() -> anyhow::Result<()> {
         commit: Signal::new((0, None)),
         grew: Signal::new(0),
         flush: Notify::new(),
+        in_flight: a.in_flight,
         started: Instant::now(),
         last_heard_ms: AtomicU64::new(0),
     });
