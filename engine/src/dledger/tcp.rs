@@ -90,7 +90,12 @@ impl Conn {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
-        tokio::spawn(write_frames(w, rx));
+        let d = dead.clone();
+        tokio::spawn(async move {
+            write_frames(w, rx).await;
+            // A failed write: the next call opens a new connection.
+            d.store(true, Ordering::SeqCst);
+        });
         let (p, d) = (pending.clone(), dead.clone());
         tokio::spawn(async move {
             let mut r = BufReader::with_capacity(256 << 10, r);
