@@ -110,10 +110,6 @@ impl Member {
         self.syncs_overlapped = on;
     }
 
-    pub fn syncs_overlapped(&self) -> bool {
-        self.syncs_overlapped
-    }
-
     /// Records the committed index in the log (bounded by what it holds) and the checkpoint.
     async fn write_checkpoint(&mut self) -> Result<()> {
         if let (Some(c), Some(last)) = (self.raft.commit, self.log.tail().last_index()) {
