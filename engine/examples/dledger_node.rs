@@ -125,6 +125,30 @@ mod real {
         }
     }
 
+    /// Counters of the leader's batching: puts per sync, entries per append request.
+    #[derive(Default)]
+    struct Stats {
+        puts: AtomicU64,
+        flushes: AtomicU64,
+        appends: AtomicU64,
+        entries_sent: AtomicU64,
+    }
+
+    impl Stats {
+        fn line(&self) -> String {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            let per = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+            let (puts, flushes) = (get(&self.puts), get(&self.flushes));
+            let (appends, sent) = (get(&self.appends), get(&self.entries_sent));
+            format!(
+                "{puts} puts, {flushes} leader syncs ({:.1} puts per sync), {appends} append requests \
+                 ({:.1} entries each)",
+                per(puts, flushes),
+                per(sent, appends)
+            )
+        }
+    }
+
     struct Node {
         id: u32,
         replica: Mutex<Replica>,
@@ -139,6 +163,8 @@ mod real {
         started: Instant,
         /// When this member last heard a leader or granted a vote (ms since `started`).
         last_heard_ms: AtomicU64,
+        /// How much work each batch carried, printed at shutdown.
+        stats: Stats,
     }
 
     impl Node {
@@ -225,7 +251,10 @@ mod real {
                         keys: &keys,
                     };
                     match r.put(req) {
-                        Ok(a) => appended.push(Ok(a)),
+                        Ok(a) => {
+                            self.stats.puts.fetch_add(1, Ordering::Relaxed);
+                            appended.push(Ok(a))
+                        }
                         Err(DLedgerError::NotLeader { leader }) if appended.is_empty() => {
                             return Reply::Redirect(leader)
                         }
@@ -354,6 +383,8 @@ mod real {
                         match r.member.append_from(next, MAX_APPEND_ENTRIES) {
                             Ok(o) => {
                                 cursor = Some((term, next + o.entries.len() as u64));
+                                self.stats.appends.fetch_add(1, Ordering::Relaxed);
+                                self.stats.entries_sent.fetch_add(o.entries.len() as u64, Ordering::Relaxed);
                                 o
                             }
                             Err(e) => self.fail("append_from", &e),
@@ -407,6 +438,7 @@ mod real {
                     self.fail("flush", &e);
                 }
                 let mut r = self.replica.lock().await;
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 match r.member.flushed(&plan).await {
                     Ok(_) => self.after_change(&mut r),
                     Err(e) => self.fail("flush", &e),
@@ -504,6 +536,7 @@ mod real {
             in_flight: a.in_flight,
             started: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            stats: Stats::default(),
         });
         let handler = {
             let node = node.clone();
@@ -520,7 +553,7 @@ mod real {
         let mut r = node.replica.lock().await;
         r.member.defer_checkpoint(false);
         r.shutdown().await?;
-        eprintln!("n{}: shut down", a.id);
+        eprintln!("n{}: shut down; {}", a.id, node.stats.line());
         Ok(())
     }
 }
