@@ -15,8 +15,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use engine::io::real::RealStorage;
-use engine::io::{Storage, SystemClock};
-use engine::{FlushMode, Store, StoreConfig};
+use engine::io::Storage;
+use engine::FlushMode;
+
+#[path = "common/sync_flush.rs"]
+mod sync_flush;
+
+use sync_flush::{first_file, group_commit_line, open, StoreShape};
 
 const MSG_BYTES: usize = 1024;
 
@@ -110,29 +115,9 @@ async fn raw_bandwidth(dir: &Path, total: u64, synced: bool) -> f64 {
     mb_s
 }
 
-async fn open(a: &Args, dir: &Path, mode: FlushMode) -> Store {
-    let _ = std::fs::remove_dir_all(dir);
-    let cfg = StoreConfig {
-        root_dir: dir.to_path_buf(),
-        flush_mode: mode,
-        commit_log_file_size_bytes: a.cl_file_mb << 20,
-        preallocate_commit_log: !a.no_preallocate,
-        ..StoreConfig::default()
-    };
-    // A fresh store's `open` prepares its first commit-log file (a spare): under sync flush it
-    // writes and syncs the whole file, under async flush it allocates its blocks.
-    let t = Instant::now();
-    let store = Store::open(cfg, Arc::new(RealStorage::new()), Arc::new(SystemClock)).await.unwrap();
-    println!("{:<28} {:>12.1} ms  ({mode:?} flush, fresh store)", "  open", t.elapsed().as_secs_f64() * 1e3);
-    store.start().unwrap();
-    store
-}
-
-/// One put before the clock starts: the first commit-log file is created outside the timed
-/// run. (A fresh store's `open` has already prepared it as a spare, unless
-/// `--no-preallocate`.)
-async fn first_file(store: &Store, body: &[u8]) {
-    store.put("Bench", 0, body, None, &[]).await.unwrap();
+/// The store layout the options ask for.
+fn shape(a: &Args) -> StoreShape {
+    StoreShape { cl_file_mb: a.cl_file_mb, preallocate: !a.no_preallocate }
 }
 
 fn median(v: &mut [f64]) -> Option<f64> {
@@ -152,7 +137,7 @@ fn usage(who: libc::c_int) -> (f64, f64, i64, i64) {
 
 async fn run_async(a: &Args, raw: f64, body: &[u8]) {
     let mode = if a.transient_pool { FlushMode::TransientPool } else { FlushMode::Async };
-    let store = open(a, &a.dir.join("async"), mode).await;
+    let store = open(shape(a), &a.dir.join("async"), mode).await;
     let n = (a.mb << 20) / MSG_BYTES as u64;
     let (before, process_before) = (usage(libc::RUSAGE_THREAD), usage(libc::RUSAGE_SELF));
     let t = Instant::now();
@@ -203,20 +188,8 @@ async fn run_async(a: &Args, raw: f64, body: &[u8]) {
     store.shutdown().await.unwrap();
 }
 
-/// The group-commit batch: producers acknowledged per commit-log sync.
-fn group_commit_line(store: &Store) {
-    let st = store.stats();
-    println!(
-        "{:<28} {:>12.1} acks per sync  ({} syncs for {} acks)",
-        "  group commit",
-        st.group_commit_acks as f64 / st.group_commit_syncs.max(1) as f64,
-        st.group_commit_syncs,
-        st.group_commit_acks
-    );
-}
-
 async fn run_sync_single(a: &Args, raw: f64, body: &[u8]) -> f64 {
-    let store = open(a, &a.dir.join("sync1"), FlushMode::Sync).await;
+    let store = open(shape(a), &a.dir.join("sync1"), FlushMode::Sync).await;
     first_file(&store, body).await;
     let t = Instant::now();
     let mut bytes = 0u64;
@@ -230,25 +203,10 @@ async fn run_sync_single(a: &Args, raw: f64, body: &[u8]) -> f64 {
 }
 
 async fn run_sync_many(a: &Args, raw: f64, body: &[u8]) -> f64 {
-    let store = Arc::new(open(a, &a.dir.join("sync64"), FlushMode::Sync).await);
+    let store = Arc::new(open(shape(a), &a.dir.join("sync64"), FlushMode::Sync).await);
     first_file(&store, body).await;
-    let t = Instant::now();
-    let mut handles = Vec::new();
-    for p in 0..64u32 {
-        let (s, body, each) = (store.clone(), body.to_vec(), a.sync_each);
-        handles.push(tokio::spawn(async move {
-            let mut bytes = 0u64;
-            for _ in 0..each {
-                bytes += u64::from(s.put("Bench", p % 8, &body, None, &[]).await.unwrap().size_bytes);
-            }
-            bytes
-        }));
-    }
-    let mut bytes = 0u64;
-    for h in handles {
-        bytes += h.await.unwrap();
-    }
-    let rate = line("sync flush, 64 producers", 64 * a.sync_each, bytes, t.elapsed().as_secs_f64(), raw);
+    let run = sync_flush::producers(&store, 64, a.sync_each, body).await;
+    let rate = line("sync flush, 64 producers", run.msgs, run.bytes, run.secs, raw);
     group_commit_line(&store);
     store.shutdown().await.unwrap();
     rate

@@ -162,6 +162,8 @@ pub struct FlushPlan {
     pub next_index: u64,
     /// The log's truncation count when the plan was taken.
     truncations: u64,
+    /// How many of `syncs`, first, are zeroed truncation tails.
+    tails: usize,
 }
 
 /// One replica's log.
@@ -508,9 +510,10 @@ impl EntryLog {
     pub fn flush_plan(&mut self) -> FlushPlan {
         let page = self.cfg.os_page_size_bytes;
         let mut syncs = std::mem::take(&mut self.pending_syncs);
+        let tails = syncs.len();
         syncs.extend(self.data.sync_plans(0, page));
         syncs.extend(self.index.sync_plans(0, page));
-        FlushPlan { syncs, next_index: self.tail.next_index, truncations: self.truncations }
+        FlushPlan { syncs, next_index: self.tail.next_index, truncations: self.truncations, tails }
     }
 
     /// Awaits a plan's syncs (outside the owner's lock) and the directory entries.
@@ -518,6 +521,20 @@ impl EntryLog {
         for p in &plan.syncs {
             p.file.sync_range(p.sync_from, p.sync_to - p.sync_from).await?;
         }
+        dirs.sync(storage).await?;
+        Ok(())
+    }
+
+    /// `run_flush` with the data and index files synced at once (after the zeroed truncation
+    /// tails, in order): one sync's wait instead of two in an append's path, for a real disk
+    /// that overlaps them.
+    pub async fn run_flush_overlapped(storage: &dyn Storage, dirs: &DirSyncs, plan: &FlushPlan) -> Result<()> {
+        let (tails, rest) = plan.syncs.split_at(plan.tails);
+        for p in tails {
+            p.file.sync_range(p.sync_from, p.sync_to - p.sync_from).await?;
+        }
+        futures::future::try_join_all(rest.iter().map(|p| p.file.sync_range(p.sync_from, p.sync_to - p.sync_from)))
+            .await?;
         dirs.sync(storage).await?;
         Ok(())
     }

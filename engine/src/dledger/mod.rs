@@ -8,6 +8,8 @@
 //! log; `member` puts a member's Raft state, log and term file together in the order of
 //! durability Raft needs; `replica` is a member as a broker runs it, its committed entries
 //! dispatched into consume queues, with the store's recovery at open and the leader's puts.
+//! `wire` encodes the group's messages as frames for a byte stream; `tcp` (real build only)
+//! carries them over TCP connections.
 
 pub mod checkpoint;
 pub mod entry;
@@ -20,7 +22,10 @@ pub mod record;
 pub mod recovery;
 pub mod replica;
 pub mod store_recovery;
+#[cfg(not(madsim))]
+pub mod tcp;
 pub mod term;
+pub mod wire;
 
 pub use checkpoint::{CheckpointLoad, DLedgerCheckpoint};
 pub use entry::{DecodedEntry, EntryHeader, ENTRY_HEADER_BYTES};
