@@ -478,6 +478,11 @@ where
     }
 }
 
+/// Queues a replaced container recovers at once: its boot costs round trips per queue, and
+/// one queue after another it would grow with the number of queues times the object store's
+/// latency (and time-outs).
+const CONTINUE_RECOVERY_CONCURRENCY: usize = 16;
+
 /// A replaced container: the local log is empty but the object store holds queues. Every
 /// queue is recovered, then the local log continues above the highest local offset any tiered
 /// message had, and each queue above its tiered end. Until the object store has answered all
@@ -486,28 +491,14 @@ where
 async fn continue_local_log(inner: &Arc<TieredInner>) -> Result<(), TieredError> {
     let mut phy_floor = 0u64;
     let mut floors = BTreeMap::new();
-    for (q, flat) in inner.all_flats() {
-        let mut f = flat.lock().await;
-        while let Err(e) = inner.recover_flat(&mut f).await {
-            tracing::warn!(queue = %q, error = %e, "tiered recovery failed; retrying");
-            tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-        }
-        let end = f.commit_queue_offset();
-        if end == 0 {
-            continue;
-        }
-        floors.insert((q.topic.clone(), q.queue_id), end);
-        let last = loop {
-            match super::fetcher::last_local_end(inner, &f).await {
-                Ok(v) => break v,
-                Err(TieredError::Object(e)) => {
-                    tracing::warn!(queue = %q, error = %e, "reading the last tiered message failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-                }
-                Err(e) => return Err(e),
+    for group in inner.all_flats().chunks(CONTINUE_RECOVERY_CONCURRENCY) {
+        let ends = futures::future::join_all(group.iter().map(|(q, flat)| queue_end(inner, q, flat))).await;
+        for ((q, _), end) in group.iter().zip(ends) {
+            if let Some((end, last)) = end? {
+                floors.insert((q.topic.clone(), q.queue_id), end);
+                phy_floor = phy_floor.max(last);
             }
-        };
-        phy_floor = phy_floor.max(last);
+        }
     }
     if floors.is_empty() {
         return Ok(());
@@ -516,4 +507,33 @@ async fn continue_local_log(inner: &Arc<TieredInner>) -> Result<(), TieredError>
     crate::probe!("tiered.local-log-continued");
     inner.source.continue_from(phy_floor, &floors)?;
     Ok(())
+}
+
+/// One queue of a replaced container, recovered against the object store (retried until it
+/// answers): its tiered end and the local end of its last tiered message, or `None` when it
+/// holds nothing.
+async fn queue_end(
+    inner: &Arc<TieredInner>,
+    q: &QueueKey,
+    flat: &FlatRef,
+) -> Result<Option<(u64, u64)>, TieredError> {
+    let mut f = flat.lock().await;
+    while let Err(e) = inner.recover_flat(&mut f).await {
+        tracing::warn!(queue = %q, error = %e, "tiered recovery failed; retrying");
+        tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+    }
+    let end = f.commit_queue_offset();
+    if end == 0 {
+        return Ok(None);
+    }
+    loop {
+        match super::fetcher::last_local_end(inner, &f).await {
+            Ok(last) => return Ok(Some((end, last))),
+            Err(TieredError::Object(e)) => {
+                tracing::warn!(queue = %q, error = %e, "reading the last tiered message failed; retrying");
+                tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
