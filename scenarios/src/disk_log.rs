@@ -450,7 +450,8 @@ mod tests {
             "#,
         )
         .expect("plan");
-        let outcome = sim::run(RunOptions::new(1), move |trace| run(1, trace, plan, BTreeSet::new(), toml::Table::new()));
+        let outcome =
+            sim::run(RunOptions::new(1), move |trace| run(1, trace, plan, BTreeSet::new(), toml::Table::new()));
         assert!(outcome.passed(), "{:?}", outcome.violations);
     }
 

@@ -25,9 +25,9 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Mutex, Notify};
 
 use super::history::{AckedPut, CommittedEntry, EntryMsg};
+use super::rpc::{Ack, Caller, Envelope, Reply, Request, BROKER_PORT, REQUEST_TAG};
 use super::settings::Timing;
 use super::{checkers, shapes};
-use super::rpc::{Ack, Caller, Envelope, Reply, Request, BROKER_PORT, REQUEST_TAG};
 use super::{Shared, MEMBERS};
 use crate::broker::history::id_of_body;
 
