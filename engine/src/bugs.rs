@@ -83,7 +83,10 @@ pub enum Bug {
     /// ours: a DLedger replica's checkpoint names a committed index whose entries are not yet
     /// durable on it.
     DledgerCommitBeforeDurable,
-    /// ours: a DLedger follower drops entries it knows committed.
+    /// ours: a DLedger follower drops entries it knows committed. Only a leader whose log
+    /// lacks a committed entry asks for that, which Raft's leader completeness rules out while
+    /// its other rules hold: no scenario seed shows this switch alone, so the dledger
+    /// scenario does not offer it; `engine/tests/dledger_group.rs` drives it directly.
     DledgerFollowerTruncatesCommitted,
     /// ours: a DLedger member grants a second vote in one term.
     DledgerDoubleVote,

@@ -363,3 +363,48 @@ async fn a_flush_planned_before_a_truncation_does_not_vouch_for_later_entries() 
     flush(&mut log).await;
     assert_eq!(log.durable_next_index(), 16);
 }
+
+/// The first entry that rolled to a new file, and its index.
+fn first_roll(hs: &[engine::dledger::EntryHeader]) -> usize {
+    let size = cfg().data_file_size_bytes;
+    hs.iter().position(|h| h.pos > 0 && h.pos % size == 0).expect("an entry rolled")
+}
+
+#[tokio::test]
+async fn a_roll_that_never_finished_ends_the_log_at_its_blank() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path()).await;
+    let hs = append_n(&mut log, 0, 30, 1);
+    let k = first_roll(&hs);
+    flush(&mut log).await;
+    drop(log);
+    // The new file is gone (its creation failed after the blank was written): the entry that
+    // rolled and everything after it never existed.
+    for h in &hs[k..] {
+        let _ = std::fs::remove_file(data_file(dir.path(), h.pos));
+    }
+    let (mut log, rep) = open(dir.path()).await;
+    assert_eq!(rep.tail.next_index, k as u64);
+    assert_eq!(rep.end_pos, hs[k - 1].end_pos(), "the log ends at the blank, not at the file's end");
+    // The next entry decides anew: a small one fits where the blank was, as on a replica that
+    // never saw the roll.
+    let h = log.append(2, 10, |_, out| out.extend_from_slice(&[7; 10])).unwrap();
+    assert_eq!(h.pos, hs[k - 1].end_pos());
+}
+
+#[tokio::test]
+async fn a_truncation_before_a_rolled_entry_drops_the_blank_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path()).await;
+    let hs = append_n(&mut log, 0, 30, 1);
+    let k = first_roll(&hs);
+    log.truncate_from(k as u64, false).unwrap();
+    assert_eq!(log.end_pos(), hs[k - 1].end_pos());
+    let h = log.append(2, 10, |_, out| out.extend_from_slice(&[7; 10])).unwrap();
+    assert_eq!(h.pos, hs[k - 1].end_pos());
+    flush(&mut log).await;
+    drop(log);
+    let (log, rep) = open(dir.path()).await;
+    assert_eq!(rep.tail.next_index, k as u64 + 1);
+    assert_eq!(log.end_pos(), h.end_pos());
+}

@@ -3,6 +3,10 @@
 //! sync succeeded; the fault plan kills it, cuts its power, fails its syncs and fills its disk.
 //! After every restart the node scans the file and its checkers judge the recovered log.
 //!
+//! The swarm (`crate::swarm`) draws the disk (sector size, sync latency) and the writer's
+//! batch size and pace into the case's `config` (`[disk]`, `[writer]`); an empty table is the
+//! fixed configuration.
+//!
 //! It exercises the simulated disk end to end (page cache, power loss, fsyncgate semantics)
 //! without the message store, and it is the fastest scenario, which makes it the yardstick for
 //! the simulator's own speed.
@@ -12,6 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use engine::io::{IoError, Storage, StorageFile};
+use serde::Deserialize;
+use sim::disk::DiskConfig;
 use sim::fault_plan::{FaultKind, PlanSpace};
 use sim::world::{World, WorldConfig};
 use sim::{FaultPlan, Trace, Violation};
@@ -22,6 +28,44 @@ const LOG: &str = "/data/log";
 const HEADER_BYTES: usize = 8;
 const RECORDS_PER_BATCH: u64 = 8;
 const BATCH_INTERVAL_MS: u64 = 10;
+/// The config section of the writer's knobs.
+pub const WRITER: &str = "writer";
+
+/// The writer's knobs. Unset: the fixed value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Knobs {
+    pub records_per_batch: Option<u64>,
+    pub batch_interval_ms: Option<u64>,
+}
+
+/// The writer's batch size and pace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    records_per_batch: u64,
+    batch_interval_ms: u64,
+}
+
+/// The disk and the writer's pace from `config` (empty: the fixed ones).
+pub(crate) fn settings(config: &toml::Table) -> Result<(DiskConfig, Pace), String> {
+    if let Some(k) = config.keys().find(|k| ![crate::swarm::DISK, WRITER].contains(&k.as_str())) {
+        return Err(format!("config.{k} is not a configuration key of the disk-log scenario"));
+    }
+    let disk: DiskConfig = crate::swarm::section(config, crate::swarm::DISK, &DiskConfig::default())?;
+    disk.validate().map_err(|e| format!("config.{}: {e}", crate::swarm::DISK))?;
+    let knobs: Knobs = match config.get(WRITER) {
+        None => Knobs::default(),
+        Some(v) => v.clone().try_into().map_err(|e| format!("config.{WRITER}: {e}"))?,
+    };
+    let pace = Pace {
+        records_per_batch: knobs.records_per_batch.unwrap_or(RECORDS_PER_BATCH),
+        batch_interval_ms: knobs.batch_interval_ms.unwrap_or(BATCH_INTERVAL_MS),
+    };
+    if pace.records_per_batch == 0 || pace.batch_interval_ms == 0 {
+        return Err(format!("config.{WRITER}: records_per_batch and batch_interval_ms must be positive"));
+    }
+    Ok((disk, pace))
+}
 const BOOT_RETRY_MS: u64 = 100;
 /// Simulated time the run goes on after the last fault, before the final check.
 const QUIET_MS: u64 = 2_000;
@@ -178,7 +222,7 @@ async fn boot(
 }
 
 /// The writer process: recover, then append and sync batches until told to stop.
-async fn writer_process(world: Arc<World>, history: Shared, ack_before_sync: bool) {
+async fn writer_process(world: Arc<World>, history: Shared, ack_before_sync: bool, pace: Pace) {
     let storage = world.disk(NODE).storage();
     world.report_up(NODE);
     let now_ms = || world.trace().now_us() / 1_000;
@@ -204,9 +248,9 @@ async fn writer_process(world: Arc<World>, history: Shared, ack_before_sync: boo
         tokio::select! {
             biased;
             _ = &mut ctrl_c => break,
-            _ = tokio::time::sleep(Duration::from_millis(BATCH_INTERVAL_MS)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(pace.batch_interval_ms)) => {}
         }
-        for _ in 0..RECORDS_PER_BATCH {
+        for _ in 0..pace.records_per_batch {
             let rec = encode(next_seq);
             if file.write_at(end, &rec).is_err() {
                 break;
@@ -256,12 +300,22 @@ async fn make_durable(file: &dyn StorageFile, acked_end: u64, unacked: &[u8], pa
 }
 
 /// Runs the scenario in the current simulation; returns the checkers' violations.
-pub async fn run(seed: u64, trace: Arc<Trace>, plan: FaultPlan, bugs: BTreeSet<String>) -> Vec<Violation> {
+pub async fn run(
+    seed: u64,
+    trace: Arc<Trace>,
+    plan: FaultPlan,
+    bugs: BTreeSet<String>,
+    config: toml::Table,
+) -> Vec<Violation> {
     let ack_before_sync = bugs.contains(engine::Bug::AckBeforeSync.id());
-    let world = World::new(seed, trace.clone(), plan, WorldConfig::default());
+    let (disk, pace) = match settings(&config) {
+        Ok(s) => s,
+        Err(message) => return crate::broker::config_violation(message),
+    };
+    let world = World::new(seed, trace.clone(), plan, WorldConfig { disk, ..WorldConfig::default() });
     let history: Shared = Arc::default();
     let (w, h) = (world.clone(), history.clone());
-    let node = world.add_node(NODE, move || writer_process(w.clone(), h.clone(), ack_before_sync));
+    let node = world.add_node(NODE, move || writer_process(w.clone(), h.clone(), ack_before_sync, pace));
     world.play_faults().await;
     tokio::time::sleep(Duration::from_millis(QUIET_MS)).await;
     // Final clean stop, then one more recovery by an independent reader.
@@ -396,7 +450,8 @@ mod tests {
             "#,
         )
         .expect("plan");
-        let outcome = sim::run(RunOptions::new(1), move |trace| run(1, trace, plan, BTreeSet::new()));
+        let outcome =
+            sim::run(RunOptions::new(1), move |trace| run(1, trace, plan, BTreeSet::new(), toml::Table::new()));
         assert!(outcome.passed(), "{:?}", outcome.violations);
     }
 

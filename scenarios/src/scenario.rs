@@ -106,7 +106,7 @@ pub static SCENARIOS: &[Scenario] = &[
         checkers: &["durability", "log-prefix", "liveness", sim::runner::NO_PANIC, sim::runner::TIME_LIMIT],
         bugs: || vec![engine::Bug::AckBeforeSync.id()],
         plan_space: crate::disk_log::plan_space,
-        run: |input| Box::pin(crate::disk_log::run(input.seed, input.trace, input.plan, input.bugs)),
+        run: |input| Box::pin(crate::disk_log::run(input.seed, input.trace, input.plan, input.bugs, input.config)),
     },
 ];
 

@@ -139,6 +139,8 @@ pub fn draw(scenario: &str, seed: u64) -> toml::Table {
     match scenario {
         "broker" => draw_broker(&mut rng),
         "tiered" => draw_tiered(&mut rng),
+        "dledger" => draw_dledger(&mut rng),
+        "disk-log" => draw_disk_log(&mut rng),
         _ => toml::Table::new(),
     }
 }
@@ -387,6 +389,111 @@ fn draw_tiered(rng: &mut ChaCha8Rng) -> toml::Table {
     ])
 }
 
+/// The DLedger group's configuration (`dledger::settings`): the log's and consume queues'
+/// sizes per profile (production: DLedger's 1 GiB data files and 5 M index units per file,
+/// RocketMQ's 300,000 consume-queue units, scaled down together), the members' timers and
+/// batch limit, the leader's flush interval, the disk, the clients, and targeted fault shapes
+/// (`dledger::shapes`), each drawn with some probability.
+fn draw_dledger(rng: &mut ChaCha8Rng) -> toml::Table {
+    use crate::dledger::settings::DLEDGER;
+    // Room for the largest entry of the fixed workload (a record of a few hundred bytes).
+    const MIN_ENTRY_BYTES: u64 = 1024;
+    let blank = engine::dledger::entry::BLANK_BYTES;
+    let profile = Profile::draw(rng);
+    let data = match profile {
+        Profile::Near => file_size(rng, 32 * 1024, 128 * 1024),
+        Profile::Production => 1 << rng.gen_range(16..=20u32),
+        Profile::Tiny => file_size(rng, 2048, 8192),
+        Profile::HugeMessages => file_size(rng, 8192, 64 * 1024),
+        Profile::Wide => file_size(rng, 2048, 1 << 20),
+    }
+    .max(MIN_ENTRY_BYTES + blank);
+    let (index_units, cq_units) = match profile {
+        Profile::Production => {
+            let scaled = |n: u64| (n * data / (1 << 30)).max(2);
+            (scaled(5 * 1024 * 1024), scaled(300_000))
+        }
+        Profile::Tiny => (rng.gen_range(1..=8), rng.gen_range(1..=8)),
+        Profile::Wide => (rng.gen_range(1..=5_000), rng.gen_range(1..=1_000)),
+        Profile::Near | Profile::HugeMessages => (rng.gen_range(16..=2_048), rng.gen_range(16..=512)),
+    };
+    let max_entry = match profile {
+        Profile::HugeMessages => data - blank,
+        _ => (16 * 1024).min(data - blank),
+    };
+    let mut d = toml::Table::new();
+    d.insert("data_file_size_bytes".into(), int(data));
+    d.insert("index_units_per_file".into(), int(index_units));
+    d.insert("max_entry_bytes".into(), int(max_entry));
+    d.insert("cq_units_per_file".into(), int(cq_units));
+    let heartbeat = rng.gen_range(10..=100);
+    let election_min = heartbeat * rng.gen_range(3..=10);
+    d.insert("heartbeat_ms".into(), int(heartbeat));
+    d.insert("election_min_ms".into(), int(election_min));
+    d.insert("election_max_ms".into(), int(election_min + rng.gen_range(50..=600)));
+    d.insert("max_append_entries".into(), int(1 << rng.gen_range(0..=5u32)));
+    let lazy = rng.gen_bool(0.5);
+    d.insert("leader_flush_interval_ms".into(), int(if lazy { rng.gen_range(1..=1_000) } else { 0 }));
+    d.insert("cq_flush_ms".into(), int(rng.gen_range(10..=1_000)));
+    let disk = disk(rng);
+    let mut w = toml::Table::new();
+    if rng.gen_bool(0.5) {
+        w.insert("topics".into(), int(rng.gen_range(1..=crate::broker::workload::TOPIC_NAMES.len() as u64)));
+        w.insert("queues_per_topic".into(), int(rng.gen_range(1..=8)));
+    }
+    if rng.gen_bool(0.5) {
+        w.insert("max_batch".into(), int(rng.gen_range(1..=8)));
+    }
+    let body_max = max_entry.saturating_sub(engine::dledger::ENTRY_HEADER_BYTES + RECORD_OVERHEAD_BYTES);
+    if (profile == Profile::HugeMessages || rng.gen_bool(0.3))
+        && body_max > crate::broker::history::BODY_HEADER_BYTES as u64
+    {
+        w.insert("sized_body_prob".into(), toml::Value::Float(prob(rng, 0.02, 0.3)));
+        w.insert("body_max_bytes".into(), int(body_max));
+    }
+    if rng.gen_bool(0.4) {
+        w.insert("key_reuse_prob".into(), toml::Value::Float(prob(rng, 0.1, 1.0)));
+        w.insert("key_pool".into(), int(rng.gen_range(1..=20)));
+    }
+    let shapes = dledger_shapes(rng);
+    table(vec![
+        (PROFILE, toml::Value::String(profile.name().into())),
+        (DLEDGER, toml::Value::Table(d)),
+        (DISK, toml::Value::Table(disk)),
+        (WORKLOAD, toml::Value::Table(w)),
+        (crate::dledger::settings::SHAPES, toml::Value::Table(shapes)),
+    ])
+}
+
+/// The dledger scenario's targeted shapes, each drawn on its own.
+fn dledger_shapes(rng: &mut ChaCha8Rng) -> toml::Table {
+    let ints = |v: &[u64]| toml::Value::Array(v.iter().map(|&x| int(x)).collect());
+    let mut t = toml::Table::new();
+    if rng.gen_bool(0.3) {
+        let v = [rng.gen_range(1..=3), rng.gen_range(500..9_000), rng.gen_range(200..4_000)];
+        t.insert("minority_partition".into(), ints(&v));
+    }
+    if rng.gen_bool(0.3) {
+        t.insert("leader_isolation".into(), ints(&[rng.gen_range(500..9_000), rng.gen_range(500..4_000)]));
+    }
+    if rng.gen_bool(0.25) {
+        t.insert("leader_power_loss".into(), ints(&[rng.gen_range(1_000..9_000), rng.gen_range(50..1_500)]));
+    }
+    if rng.gen_bool(0.25) {
+        t.insert("figure8".into(), ints(&[rng.gen_range(500..4_000), rng.gen_range(1_500..4_000)]));
+    }
+    t
+}
+
+/// The disk-log scenario's knobs (`disk_log::Knobs`): the disk, records per batch and the
+/// pause between batches.
+fn draw_disk_log(rng: &mut ChaCha8Rng) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("records_per_batch".into(), int(1 << rng.gen_range(0..=6u32)));
+    t.insert("batch_interval_ms".into(), int(rng.gen_range(1..=50)));
+    table(vec![(DISK, toml::Value::Table(disk(rng))), (crate::disk_log::WRITER, toml::Value::Table(t))])
+}
+
 /// One line per section, `key=value` pairs: how `dst replay` prints a configuration.
 pub fn describe(config: &toml::Table) -> Vec<String> {
     let mut lines = Vec::new();
@@ -464,6 +571,23 @@ mod tests {
             }
         }
         assert_eq!(profiles.len(), 5, "{profiles:?}");
+    }
+
+    #[test]
+    fn dledger_and_disk_log_draws_apply_cleanly() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for seed in 0..300 {
+            let config = draw("dledger", seed);
+            assert_eq!(config, draw("dledger", seed));
+            let s = crate::dledger::settings::parse(&config).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{config}"));
+            if let Some(t) = config.get(crate::dledger::settings::SHAPES).and_then(toml::Value::as_table) {
+                shapes.extend(t.keys().cloned());
+            }
+            assert!(s.disk.is_some());
+            let config = draw("disk-log", seed);
+            crate::disk_log::settings(&config).unwrap_or_else(|e| panic!("disk-log seed {seed}: {e}\n{config}"));
+        }
+        assert_eq!(shapes.len(), 4, "every shape is drawn: {shapes:?}");
     }
 
     #[test]

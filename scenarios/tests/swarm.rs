@@ -10,7 +10,7 @@ use scenarios::{find_scenario, run_case, Case};
 #[test]
 fn a_drawn_case_replays_exactly_from_its_file() {
     sim::install_quiet_panic_hook();
-    for name in ["broker", "tiered"] {
+    for name in ["broker", "tiered", "dledger", "disk-log"] {
         let scenario = find_scenario(name).expect("scenario");
         for seed in 0..3 {
             let case = drawn_case(scenario, seed, &BTreeSet::new(), true);
@@ -49,11 +49,18 @@ fn the_swarm_keeps_the_seeds_own_fault_plan() {
 #[test]
 fn a_bad_configuration_key_is_a_config_violation() {
     sim::install_quiet_panic_hook();
-    let scenario = find_scenario("broker").expect("scenario");
-    let mut case = generated_case(scenario, 1, &BTreeSet::new());
-    case.config = "[store]\ncommit_log_file_sizes = 4096".parse().expect("toml");
-    let outcome = run_case(&case, false).expect("runs");
-    assert_eq!(outcome.violations.len(), 1, "{:?}", outcome.violations);
-    assert_eq!(outcome.violations[0].checker, "config");
-    assert!(outcome.violations[0].message.contains("commit_log_file_sizes"), "{:?}", outcome.violations);
+    for (name, config, key) in [
+        ("broker", "[store]\ncommit_log_file_sizes = 4096", "commit_log_file_sizes"),
+        ("dledger", "[dledger]\nheartbeat_millis = 5", "heartbeat_millis"),
+        ("dledger", "[shapes]\nfigure9 = [1, 2]", "figure9"),
+        ("disk-log", "[writer]\nrecords = 3", "records"),
+    ] {
+        let scenario = find_scenario(name).expect("scenario");
+        let mut case = generated_case(scenario, 1, &BTreeSet::new());
+        case.config = config.parse().expect("toml");
+        let outcome = run_case(&case, false).expect("runs");
+        assert_eq!(outcome.violations.len(), 1, "{name}: {:?}", outcome.violations);
+        assert_eq!(outcome.violations[0].checker, "config");
+        assert!(outcome.violations[0].message.contains(key), "{name}: {:?}", outcome.violations);
+    }
 }

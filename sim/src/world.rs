@@ -230,6 +230,45 @@ impl World {
         }
     }
 
+    /// Applies `fault` now, outside the plan (a scenario's nemesis reacting to what its
+    /// nodes do: the leader of the moment, say), traced like a planned one. Returns the task
+    /// that ends it (restart, window close), spawned on the caller's node.
+    pub fn inject(self: &Arc<Self>, fault: &Fault) -> Option<tokio::task::JoinHandle<()>> {
+        crate::trace!(self.trace, fault.node().unwrap_or("world"), "fault", "{fault}");
+        self.apply(fault)
+    }
+
+    /// Cuts the link between `a` and `b` both ways until `heal` (or a planned partition of the
+    /// pair ends); spawns nothing, so a node's own task may call it and the cut takes effect
+    /// before that task's next send.
+    pub fn cut(&self, a: &str, b: &str) {
+        let (Some(ida), Some(idb)) = (self.node_id(a), self.node_id(b)) else { return };
+        self.bump_partition_token(a, b);
+        let net = madsim::net::NetSim::current();
+        net.clog_link(ida, idb);
+        net.clog_link(idb, ida);
+        crate::trace!(self.trace, "world", "partition.cut", "{a} <-> {b}");
+    }
+
+    /// Heals the link between `a` and `b` (a pending planned window of the pair no longer
+    /// heals it later, nor matters).
+    pub fn heal(&self, a: &str, b: &str) {
+        let (Some(ida), Some(idb)) = (self.node_id(a), self.node_id(b)) else { return };
+        self.bump_partition_token(a, b);
+        let net = madsim::net::NetSim::current();
+        net.unclog_link(ida, idb);
+        net.unclog_link(idb, ida);
+        crate::trace!(self.trace, "world", "partition.heal", "{a} <-> {b}");
+    }
+
+    fn bump_partition_token(&self, a: &str, b: &str) -> u64 {
+        let pair = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
+        let mut tokens = lock(&self.partition_tokens);
+        let t = tokens.entry(pair).or_insert(0);
+        *t += 1;
+        *t
+    }
+
     /// Applies one fault now; returns the task that ends it (restart, window close) if any.
     fn apply(self: &Arc<Self>, fault: &Fault) -> Option<tokio::task::JoinHandle<()>> {
         probe_fault(fault);
@@ -440,12 +479,7 @@ impl World {
     fn partition(self: &Arc<Self>, a: &str, b: &str, duration_ms: u64) -> Option<tokio::task::JoinHandle<()>> {
         let (ida, idb) = (self.node_id(a)?, self.node_id(b)?);
         let pair = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
-        let token = {
-            let mut tokens = lock(&self.partition_tokens);
-            let t = tokens.entry(pair.clone()).or_insert(0);
-            *t += 1;
-            *t
-        };
+        let token = self.bump_partition_token(a, b);
         let net = madsim::net::NetSim::current();
         net.clog_link(ida, idb);
         net.clog_link(idb, ida);

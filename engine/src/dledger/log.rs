@@ -481,10 +481,16 @@ impl EntryLog {
         if let Some(c) = self.committed.filter(|&c| from_index <= c && !allow_committed) {
             return Err(DLedgerError::TruncatesCommitted { from_index, committed: c });
         }
-        let pos = self.index_unit(from_index)?.pos;
         let prev = match from_index.checked_sub(1).filter(|&p| p >= self.first_index) {
             Some(p) => Some(self.read_entry(p, &mut Vec::new())?),
             None => None,
+        };
+        // Cut right after the entry kept, not at the first entry dropped: a blank between
+        // them (the dropped entry rolled to a new file) goes too, so the next entry decides
+        // anew whether it fits, as the new leader did.
+        let pos = match &prev {
+            Some(p) => p.pos + p.size_bytes(),
+            None => self.index_unit(from_index)?.pos,
         };
         let st = self.storage.as_ref();
         let t = self.data.truncate_dirty(st, pos, false)?;

@@ -140,7 +140,14 @@ pub(crate) fn recover_entries(
                     prev = Some(h);
                 }
                 At::Blank => {
-                    end = from + size;
+                    // The log ends at the blank unless an entry follows in the next file: a
+                    // blank with nothing after it is a roll that never finished (the new
+                    // file's creation failed, or its first entry was lost), and the next
+                    // entry decides anew whether it fits. Every replica places entries by
+                    // that rule from the same prefix; a blank kept here moved this
+                    // replica's next entry to the next file and no follower ever agreed on
+                    // its position again (dledger seed 461).
+                    end = from + pos;
                     if i + 1 == files.len() {
                         break 'files;
                     }
@@ -167,7 +174,7 @@ pub(crate) fn recover_entries(
     };
     let mut syncs = cut(log, &mut report, &rewrite)?;
     commit_from_checkpoint(log, &mut report, ckpt)?;
-    syncs.extend(recovered_region(log, report.scan_start_pos));
+    syncs.extend(recovered_region(log));
     Ok((report, syncs))
 }
 
@@ -214,8 +221,11 @@ fn commit_from_checkpoint(log: &EntryLog, report: &mut EntryRecoveryReport, ckpt
     Ok(())
 }
 
-/// Every data file from the scan start and every index file, whole.
-fn recovered_region(log: &EntryLog, scan_start: u64) -> Vec<SyncPlan> {
+/// Every data file and every index file, whole. Not only the files the scan read: a leader
+/// that flushes lazily (its followers' copies commit its entries meanwhile) can leave more
+/// than the scanned files unsynced when its process dies, and a power loss after this
+/// recovery then took entries its checkpoint named committed (dledger seed 2441).
+fn recovered_region(log: &EntryLog) -> Vec<SyncPlan> {
     let whole = |f: &crate::mapped_file::MappedFile| SyncPlan {
         file: f.file().clone(),
         from_offset: f.from_offset(),
@@ -223,6 +233,5 @@ fn recovered_region(log: &EntryLog, scan_start: u64) -> Vec<SyncPlan> {
         sync_to: f.size(),
         last_store_ts_ms: 0,
     };
-    let data = log.data.files().iter().filter(|f| f.end_offset() > scan_start);
-    data.chain(log.index.files().iter()).map(whole).collect()
+    log.data.files().iter().chain(log.index.files().iter()).map(whole).collect()
 }

@@ -219,7 +219,30 @@ pub fn recover_store(
     report.stopped_at = scan.stopped_at;
     report.process_offset = scan.process_offset;
     cut_queues(files, queues, scan.process_offset, &mut report, &mut syncs)?;
+    syncs.extend(rewrite_queues(queues)?);
     Ok((report, syncs))
+}
+
+/// Rewrites every unit the queues kept and returns the syncs that make them durable. After
+/// an abnormal end nothing proves a kept unit durable: a sync that failed before left its
+/// page clean in the page cache but never written (fsyncgate), so the unit reads back, the
+/// scan's put finds it in place and skips it, no later sync covers it, and a power loss then
+/// drops it. Found by the dledger scenario (seed 10018: a failed consume-queue sync, a
+/// fail-stop, a reopen, a power loss; the no-op at offset 0 was gone).
+fn rewrite_queues(queues: &Queues) -> crate::error::Result<Vec<SyncPlan>> {
+    let mut plans = Vec::new();
+    for cq in queues.values() {
+        let files = cq.files();
+        files.rewrite_range(files.min_offset(), files.max_offset())?;
+        plans.extend(files.files().iter().filter(|f| f.wrote() > 0).map(|f| SyncPlan {
+            file: f.file().clone(),
+            from_offset: f.from_offset(),
+            sync_from: 0,
+            sync_to: f.wrote(),
+            last_store_ts_ms: 0,
+        }));
+    }
+    Ok(plans)
 }
 
 /// Where the committed entries end (`committedPos`; 0 with none committed).

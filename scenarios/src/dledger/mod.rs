@@ -7,12 +7,16 @@
 //! shuts down cleanly and is checked once more.
 //!
 //! - `rpc`: the messages; `node`: a broker; `workload`: the clients;
-//! - `history`: acks, reads, leaders, the ledger of committed entries; `checkers`.
+//! - `history`: acks, reads, leaders, the ledger of committed entries; `checkers`;
+//! - `settings`: the case's configuration; `shapes`: targeted fault shapes and the nemesis
+//!   that plays them (minority and majority partitions, a power loss on the leader, figure 8).
 
 pub mod checkers;
 pub mod history;
 pub mod node;
 pub mod rpc;
+pub mod settings;
+pub mod shapes;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -24,7 +28,6 @@ use std::time::Duration;
 
 use engine::dledger::raft::Role;
 use engine::dledger::replica::ReplicaConfig;
-use engine::dledger::DLedgerConfig;
 use engine::{Bug, BugSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -38,6 +41,8 @@ use crate::broker::{config_violation, parse_bugs, wait_for};
 use crate::scenario::RunInput;
 use history::History;
 use node::Node;
+use settings::Settings;
+use shapes::Figure8;
 
 /// The group's member ids; member `i` is node `NODES[i - 1]`.
 pub const MEMBERS: [u32; 3] = [1, 2, 3];
@@ -53,12 +58,20 @@ pub fn node_name(id: u32) -> &'static str {
 }
 
 /// The bugs this scenario can switch on: those of DLedger mode's paths its checkers catch
-/// within the zoo's 500 seeds (each with a witness in `seeds/`). The other DLedger switches
-/// (`dledger-commit-before-durable`, `dledger-follower-truncates-committed`,
-/// `dledger-commit-older-term-by-count`) are shown by engine tests only: no seed of 500 made
-/// their damage visible here.
+/// within the zoo's 500 seeds (each with a witness in `seeds/`).
+/// `dledger-follower-truncates-committed` is not among them: a follower is asked to drop an
+/// entry it counts committed only by a leader whose log lacks a committed entry, which Raft's
+/// leader completeness rules out while every other rule holds; engine tests show it.
 pub fn bugs() -> Vec<&'static str> {
-    [Bug::RecoveryCheckFlagMiswired, Bug::DledgerSizeWithoutHeader, Bug::DledgerDoubleVote].map(Bug::id).to_vec()
+    [
+        Bug::RecoveryCheckFlagMiswired,
+        Bug::DledgerSizeWithoutHeader,
+        Bug::DledgerDoubleVote,
+        Bug::DledgerCommitBeforeDurable,
+        Bug::DledgerCommitOlderTermByCount,
+    ]
+    .map(Bug::id)
+    .to_vec()
 }
 
 /// The fault kinds, on the three members, within a 10 s window (the workload runs 12 s).
@@ -91,8 +104,10 @@ pub struct Shared {
     pub world: Arc<World>,
     pub seed: u64,
     bugs: BugSet,
+    pub settings: Settings,
     history: Mutex<History>,
     nodes: Mutex<BTreeMap<u32, Weak<Node>>>,
+    figure8: Mutex<Figure8>,
     /// Boots whose recovery checks have finished.
     pub checks_done: AtomicU64,
 }
@@ -104,6 +119,24 @@ impl Shared {
 
     fn nodes(&self) -> MutexGuard<'_, BTreeMap<u32, Weak<Node>>> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn figure8(&self) -> MutexGuard<'_, Figure8> {
+        self.figure8.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The serving member that leads the newest term, if any.
+    pub async fn leader_now(&self) -> Option<u32> {
+        let mut best = None;
+        for id in MEMBERS {
+            let Some(node) = self.node(id) else { continue };
+            let r = node.replica.lock().await;
+            let raft = &r.member.raft;
+            if raft.role == Role::Leader && best.is_none_or(|(t, _)| raft.term > t) {
+                best = Some((raft.term, id));
+            }
+        }
+        best.map(|(_, id)| id)
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -135,8 +168,8 @@ impl Shared {
             root: PathBuf::from(ROOT),
             self_id: id,
             members: MEMBERS.into_iter().collect(),
-            log: DLedgerConfig::small(),
-            cq_units_per_file: 256,
+            log: self.settings.log,
+            cq_units_per_file: self.settings.cq_units_per_file,
             bugs: self.bugs.clone(),
         }
     }
@@ -144,8 +177,8 @@ impl Shared {
 
 /// A power loss on all three members at once, restarted together: drawn from the seed
 /// (`group_power_loss = false` in the case's config turns it off).
-fn group_power_loss(config: &toml::Table, seed: u64) -> Option<(u64, u64)> {
-    if config.get("group_power_loss").and_then(toml::Value::as_bool) == Some(false) {
+fn group_power_loss(settings: &Settings, seed: u64) -> Option<(u64, u64)> {
+    if !settings.group_power_loss {
         return None;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6a0e_9f0f);
@@ -180,10 +213,17 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
         Ok(b) => b,
         Err(e) => return config_violation(e),
     };
-    let group_loss = group_power_loss(&input.config, input.seed);
+    let settings = match settings::parse(&input.config) {
+        Ok(s) => s,
+        Err(e) => return config_violation(e),
+    };
+    let group_loss = group_power_loss(&settings, input.seed);
     let plan = with_group_power_loss(input.plan, group_loss);
     let mut world_config = WorldConfig::default();
-    world_config.disk.sync_latency = sync_latency(input.seed);
+    match &settings.disk {
+        Some(disk) => world_config.disk = disk.clone(),
+        None => world_config.disk.sync_latency = sync_latency(input.seed),
+    }
     let latency = world_config.disk.sync_latency;
     let world = World::new(input.seed, input.trace.clone(), plan, world_config);
     sim::trace!(
@@ -197,8 +237,10 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
         world: world.clone(),
         seed: input.seed,
         bugs,
+        settings,
         history: Mutex::new(History::default()),
         nodes: Mutex::new(BTreeMap::new()),
+        figure8: Mutex::new(Figure8::Off),
         checks_done: AtomicU64::new(0),
     });
     let mut ids = Vec::new();
@@ -212,7 +254,11 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
     }
     let s = sh.clone();
     world.add_node(CONSUMER, move || workload::consumer(s.clone()));
+    let shapes = shapes::play(&sh, &sh.settings.shapes);
     world.play_faults().await;
+    for s in shapes {
+        let _ = s.await;
+    }
     let workload_end = Duration::from_millis(workload::WORKLOAD_MS + 500);
     let elapsed = Duration::from_millis(sh.now_ms());
     if elapsed < workload_end {
@@ -232,20 +278,25 @@ pub async fn run(input: RunInput) -> Vec<Violation> {
 }
 
 /// The leader, once it has committed an entry of its own term and dispatched everything
-/// committed.
+/// committed, and a majority of the serving members are in its term (a leader cut off and
+/// healed goes on leading an old term until it hears of the new one).
 async fn settled_leader(sh: &Shared) -> Option<Arc<Node>> {
+    let mut terms = Vec::new();
+    let mut found = None;
     for id in MEMBERS {
         let Some(node) = sh.node(id) else { continue };
         let r = node.replica.lock().await;
         let raft = &r.member.raft;
+        terms.push(raft.term);
         let own_term = raft.commit.is_some_and(|c| r.member.log.term_at(Some(c)).ok() == Some(raft.term));
         let caught_up = r.committed_pos().is_ok_and(|p| r.reput_pos() >= p);
-        if raft.role == Role::Leader && own_term && caught_up {
-            drop(r);
-            return Some(node);
+        if raft.role == Role::Leader && own_term && caught_up && found.as_ref().is_none_or(|(t, _)| raft.term > *t) {
+            found = Some((raft.term, node.clone()));
         }
     }
-    None
+    let (term, node) = found?;
+    let newest = terms.iter().all(|&t| t <= term);
+    (newest && terms.iter().filter(|&&t| t == term).count() > MEMBERS.len() / 2).then_some(node)
 }
 
 /// After the faults: a leader must serve every acknowledged message; then every member shuts

@@ -24,21 +24,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::{Mutex, Notify};
 
-use super::checkers;
 use super::history::{AckedPut, CommittedEntry, EntryMsg};
 use super::rpc::{Ack, Caller, Envelope, Reply, Request, BROKER_PORT, REQUEST_TAG};
+use super::settings::Timing;
+use super::{checkers, shapes};
 use super::{Shared, MEMBERS};
 use crate::broker::history::id_of_body;
 
 const OPEN_RETRY_MS: u64 = 200;
-const HEARTBEAT_MS: u64 = 50;
-const ELECTION_MIN_MS: u64 = 300;
-const ELECTION_MAX_MS: u64 = 600;
 const VOTE_TIMEOUT: Duration = Duration::from_millis(150);
 const APPEND_TIMEOUT: Duration = Duration::from_millis(200);
 const COMMIT_WAIT: Duration = Duration::from_millis(2_000);
-const CQ_FLUSH_MS: u64 = 300;
-const MAX_APPEND_ENTRIES: u64 = 32;
 /// The leader's first entry of a term: committing it commits every older entry before it.
 pub const NOOP_TOPIC: &str = "DLEDGER_NOOP";
 
@@ -91,6 +87,10 @@ impl Node {
         self.sh.now_ms()
     }
 
+    fn timing(&self) -> &Timing {
+        &self.sh.settings.timing
+    }
+
     fn fail(&self, what: &str, e: &DLedgerError) {
         sim::trace!(self.sh.world.trace(), self.name, "dledger.fail-stop", "{what}: {e}");
         self.fatal.notify_one();
@@ -122,6 +122,7 @@ impl Node {
         }
         if r.member.raft.role == Role::Leader {
             let now = (r.member.raft.term, r.member.raft.commit);
+            shapes::on_commit(&self.sh, self.id, now.0, now.1);
             self.commit.update(|c| *c = now);
         }
     }
@@ -290,7 +291,7 @@ impl Node {
     /// Stands for election when no leader was heard for a random while.
     async fn election_timer(self: Arc<Self>, mut rng: ChaCha8Rng) {
         loop {
-            let timeout_ms = rng.gen_range(ELECTION_MIN_MS..ELECTION_MAX_MS);
+            let timeout_ms = rng.gen_range(self.timing().election_min_ms..self.timing().election_max_ms);
             tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
             let quiet = self.now_ms().saturating_sub(self.last_heard_ms.load(Ordering::SeqCst)) >= timeout_ms;
             if !quiet {
@@ -334,6 +335,7 @@ impl Node {
         let term = r.member.raft.term;
         sim::trace!(self.sh.world.trace(), self.name, "dledger.leader", "term={term}");
         checkers::leader_elected(&mut self.sh.history(), term, self.id, self.now_ms());
+        shapes::on_leader(&self.sh, self.id, term, r.member.raft.commit);
         let noop = PutRequest { topic: NOOP_TOPIC, queue_id: 0, body: b"noop", tags: None, keys: &[] };
         if let Err(e) = r.put(noop) {
             self.fail("no-op", &e);
@@ -354,7 +356,7 @@ impl Node {
                 tokio::select! {
                     biased;
                     _ = grew => {}
-                    _ = tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(self.timing().heartbeat_ms)) => {}
                 }
             }
             seen = self.grew.get();
@@ -364,7 +366,7 @@ impl Node {
                     if r.member.raft.role != Role::Leader {
                         break;
                     }
-                    match r.member.append_for(peer, MAX_APPEND_ENTRIES) {
+                    match r.member.append_for(peer, self.timing().max_append_entries) {
                         Ok(o) => o,
                         Err(e) => {
                             self.fail("append_for", &e);
@@ -391,11 +393,17 @@ impl Node {
         }
     }
 
-    /// Syncs the log when asked (the leader counts itself only for synced entries). The
-    /// sync runs outside the replica's lock: appends, replies and votes go on meanwhile.
+    /// Syncs the log when asked (the leader counts itself only for synced entries), after
+    /// the leader's flush interval if it has one (its followers' copies commit its entries
+    /// meanwhile). The sync runs outside the replica's lock: appends, replies and votes go
+    /// on meanwhile.
     async fn flusher(self: Arc<Self>) {
+        let lazy_ms = self.timing().leader_flush_interval_ms;
         loop {
             self.flush.notified().await;
+            if lazy_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(lazy_ms)).await;
+            }
             let (plan, storage, dirs) = {
                 let Some(mut r) = self.lock().await else { return };
                 let plan = r.member.log.flush_plan();
@@ -415,7 +423,7 @@ impl Node {
 
     async fn queue_flusher(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(Duration::from_millis(CQ_FLUSH_MS)).await;
+            tokio::time::sleep(Duration::from_millis(self.timing().cq_flush_ms)).await;
             let Some(mut r) = self.lock().await else { return };
             if let Err(e) = r.flush_queues().await {
                 self.fail("queue flush", &e);
@@ -426,7 +434,7 @@ impl Node {
     async fn serve(self: Arc<Self>, ep: Arc<Endpoint>) {
         loop {
             let Ok((payload, from)) = ep.recv_from_raw(REQUEST_TAG).await else {
-                tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)).await;
+                tokio::time::sleep(Duration::from_millis(self.timing().heartbeat_ms)).await;
                 continue;
             };
             // Anything else on the request tag is not a request of ours: dropped.

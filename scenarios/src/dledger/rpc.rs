@@ -11,22 +11,12 @@ use engine::dledger::raft::{AppendReply, AppendRequest, VoteReply, VoteRequest};
 use engine::StoredMessage;
 use madsim::net::Endpoint;
 
-use crate::broker::history::MsgId;
+/// One message to put: the broker scenario's.
+pub use crate::broker::rpc::PutMsg;
 
 /// The tag brokers receive requests on.
 pub const REQUEST_TAG: u64 = 1;
 pub const BROKER_PORT: u16 = 9000;
-
-/// One message to put.
-#[derive(Debug, Clone)]
-pub struct PutMsg {
-    pub id: MsgId,
-    pub topic: String,
-    pub queue_id: u32,
-    pub body: Vec<u8>,
-    pub tags: Option<String>,
-    pub keys: Vec<String>,
-}
 
 #[derive(Debug, Clone)]
 pub enum Request {

@@ -1,6 +1,8 @@
 //! The clients: two producers sending batches to the broker they believe leads (following
 //! redirects, moving on after a time-out), and one consumer reading every queue from the
-//! leader, recording what it read.
+//! leader, recording what it read. The swarm's `[workload]` knobs (`swarm::Workload`:
+//! topics, queues, batch sizes, body sizes, shared keys) draw only when set, so the fixed
+//! workload draws exactly what it always did.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,10 +14,14 @@ use rand_chacha::ChaCha8Rng;
 use super::history::Read;
 use super::rpc::{Caller, PutMsg, Reply, Request};
 use super::{Shared, MEMBERS};
-use crate::broker::history::{body_for, id_of_body};
+use crate::broker::history::{body_for, body_sized, id_of_body, BODY_HEADER_BYTES};
+use crate::broker::workload::TOPIC_NAMES;
+use crate::swarm::Workload;
 
-pub const TOPICS: [&str; 2] = ["TopicA", "TopicB"];
+/// The fixed workload writes the first `TOPICS` of `TOPIC_NAMES`.
+pub const TOPICS: usize = 2;
 pub const QUEUES_PER_TOPIC: u32 = 2;
+const MAX_BATCH: u32 = 3;
 /// The clients stop after this much simulated time.
 pub const WORKLOAD_MS: u64 = 12_000;
 const PUT_TIMEOUT: Duration = Duration::from_millis(3_000);
@@ -28,16 +34,36 @@ fn next_member(id: u32) -> u32 {
     MEMBERS[id as usize % MEMBERS.len()]
 }
 
-fn make_msg(rng: &mut ChaCha8Rng, producer: u32, seq: u64) -> PutMsg {
+/// The topics and queues a run's clients use.
+pub fn topics(w: &Workload) -> &'static [&'static str] {
+    &TOPIC_NAMES[..w.topics.unwrap_or(TOPICS).clamp(1, TOPIC_NAMES.len())]
+}
+
+pub fn queues(w: &Workload) -> u32 {
+    w.queues_per_topic.unwrap_or(QUEUES_PER_TOPIC).max(1)
+}
+
+fn make_msg(rng: &mut ChaCha8Rng, w: &Workload, producer: u32, seq: u64) -> PutMsg {
     let id = (producer, seq);
-    PutMsg {
-        id,
-        topic: TOPICS[rng.gen_range(0..TOPICS.len())].to_string(),
-        queue_id: rng.gen_range(0..QUEUES_PER_TOPIC),
-        body: body_for(id),
-        tags: rng.gen_bool(0.5).then(|| format!("tag{}", seq % 3)),
-        keys: if rng.gen_bool(0.5) { vec![format!("k{producer}-{seq}")] } else { Vec::new() },
-    }
+    let topics = topics(w);
+    let topic = topics[rng.gen_range(0..topics.len())].to_string();
+    let queue_id = rng.gen_range(0..queues(w));
+    let body = match (w.sized_body_prob, w.body_max_bytes) {
+        (Some(p), Some(max)) if rng.gen_bool(p) => {
+            let min = BODY_HEADER_BYTES as u64;
+            body_sized(id, rng.gen_range(min..=max.max(min)) as usize)
+        }
+        _ => body_for(id),
+    };
+    let tags = rng.gen_bool(0.5).then(|| format!("tag{}", seq % 3));
+    let keys = if rng.gen_bool(0.5) {
+        let shared = w.key_reuse_prob.is_some_and(|p| rng.gen_bool(p));
+        let pool = w.key_pool.unwrap_or(1).max(1);
+        vec![if shared { format!("r{}", rng.gen_range(0..pool)) } else { format!("k{producer}-{seq}") }]
+    } else {
+        Vec::new()
+    };
+    PutMsg { id, topic, queue_id, body, tags, keys }
 }
 
 /// A producer node: batches of 1–3 messages every 20–80 ms until `WORKLOAD_MS`.
@@ -47,11 +73,12 @@ pub async fn producer(sh: Arc<Shared>, producer: u32) {
     let mut target = MEMBERS[0];
     let mut seq = 0u64;
     while sh.now_ms() < WORKLOAD_MS {
-        let n = rng.gen_range(1..=3);
+        let w = &sh.settings.workload;
+        let n = rng.gen_range(1..=u64::from(w.max_batch.unwrap_or(MAX_BATCH).max(1)));
         let msgs: Vec<PutMsg> = (0..n)
             .map(|_| {
                 seq += 1;
-                make_msg(&mut rng, producer, seq)
+                make_msg(&mut rng, w, producer, seq)
             })
             .collect();
         sh.history().sent += n;
@@ -81,8 +108,8 @@ pub async fn consumer(sh: Arc<Shared>) {
     let mut target = MEMBERS[0];
     let mut cursors: BTreeMap<(&str, u32), u64> = BTreeMap::new();
     while sh.now_ms() < WORKLOAD_MS {
-        for topic in TOPICS {
-            for q in 0..QUEUES_PER_TOPIC {
+        for &topic in topics(&sh.settings.workload) {
+            for q in 0..queues(&sh.settings.workload) {
                 let cursor = cursors.entry((topic, q)).or_insert(0);
                 let req = Request::Get { topic: topic.to_string(), queue_id: q, offset: *cursor, max: 32 };
                 match caller.call(sh.addr(target), req, GET_TIMEOUT).await {
