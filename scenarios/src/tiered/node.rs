@@ -45,8 +45,18 @@ pub async fn broker_process(sh: Arc<Shared>) {
         let h = sh.history();
         (if replaced { checkers::expected_keys(&h, EXPECTED_KEYS) } else { Vec::new() }, h.committed.clone())
     };
-    let store = Arc::new(open_store(&sh).await);
-    let tiered = Arc::new(open_tiered(&sh, &store).await);
+    // A clean shutdown asked while the stores open ends the boot within its bound: opening
+    // may wait on a failing disk or, for the tiered store, on an object store that is out.
+    let store = tokio::select! {
+        biased;
+        _ = &mut ctrl_c => return stopped_while_opening(&sh, None).await,
+        s = open_store(&sh) => Arc::new(s),
+    };
+    let tiered = tokio::select! {
+        biased;
+        _ = &mut ctrl_c => return stopped_while_opening(&sh, Some(&store)).await,
+        t = open_tiered(&sh, &store) => Arc::new(t),
+    };
     if store.start().is_err() {
         return park().await;
     }
@@ -74,6 +84,30 @@ pub async fn broker_process(sh: Arc<Shared>) {
     sh.history().replaced_boot_running = false;
     serve(&sh, &store, &tiered, ctrl_c).await;
     stop(&sh, &store, &tiered).await;
+    park().await
+}
+
+/// A clean shutdown before the tiered store opened: the local store (if open) stops
+/// cleanly; the tiered store's open is abandoned like a crash, so nothing counts as
+/// uploaded and the next boot keeps this disk.
+async fn stopped_while_opening(sh: &Shared, store: Option<&Store>) {
+    if let Some(store) = store {
+        let stopped = store.shutdown().await;
+        let leaks = crate::broker::checkers::no_leak(
+            &store.holds().outstanding(),
+            sh.config.flush_mode,
+            stopped.is_err(),
+            sh.now_ms(),
+        );
+        sh.history().violations.extend(leaks);
+    }
+    {
+        let mut h = sh.history();
+        h.index_uploaded = false;
+        h.replace_at_boot = false;
+    }
+    sim::trace!(sh.world.trace(), BROKER, "broker.stopped", "while opening");
+    sh.world.report_stopped(BROKER);
     park().await
 }
 
