@@ -46,9 +46,9 @@ pub(crate) fn continue_from(
         // locally), the floors do.
         let mut implied = 0u64;
         for ((topic, queue_id), &floor) in queue_floors {
-            let min_phy = floor.checked_mul(FIXED_RECORD_BYTES).ok_or_else(|| {
-                StoreError::InvalidArgument(format!("queue floor {floor} of {topic}/{queue_id}"))
-            })?;
+            let min_phy = floor
+                .checked_mul(FIXED_RECORD_BYTES)
+                .ok_or_else(|| StoreError::InvalidArgument(format!("queue floor {floor} of {topic}/{queue_id}")))?;
             implied = implied.max(min_phy);
         }
         let floor = phy_floor.max(implied);

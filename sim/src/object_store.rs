@@ -336,10 +336,7 @@ impl SimObjectStore {
     /// endpoint per request, inside the calling node's context, so it keeps working across
     /// kills and restarts of that node. The node must have an IP (replies are addressed to it).
     pub fn client(self: &Arc<Self>, client_node: &str) -> Arc<dyn ObjectStore> {
-        Arc::new(SimObjectClient {
-            shared: self.shared.clone(),
-            node: client_node.to_string(),
-        })
+        Arc::new(SimObjectClient { shared: self.shared.clone(), node: client_node.to_string() })
     }
 
     /// Replaces the active fault probabilities.

@@ -512,11 +512,7 @@ async fn continue_local_log(inner: &Arc<TieredInner>) -> Result<(), TieredError>
 /// One queue of a replaced container, recovered against the object store (retried until it
 /// answers): its tiered end and the local end of its last tiered message, or `None` when it
 /// holds nothing.
-async fn queue_end(
-    inner: &Arc<TieredInner>,
-    q: &QueueKey,
-    flat: &FlatRef,
-) -> Result<Option<(u64, u64)>, TieredError> {
+async fn queue_end(inner: &Arc<TieredInner>, q: &QueueKey, flat: &FlatRef) -> Result<Option<(u64, u64)>, TieredError> {
     let mut f = flat.lock().await;
     while let Err(e) = inner.recover_flat(&mut f).await {
         tracing::warn!(queue = %q, error = %e, "tiered recovery failed; retrying");
