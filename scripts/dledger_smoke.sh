@@ -7,13 +7,13 @@
 # back again from the new leader. Under 30 s; exits non-zero if a put is not acknowledged or
 # an acknowledged message is missing or different.
 #
-#   RUSTFLAGS="" cargo build --release --target-dir /work/main/target/std -p engine --examples
+#   RUSTFLAGS="" cargo build --release --target-dir target/std -p engine --example dledger_node --example dledger_bench
 #   scripts/dledger_smoke.sh [WORK_DIR=a new temporary directory]
 #
 # DLEDGER_BENCH_BIN overrides the bench binary (dledger_node must sit beside it).
 set -euo pipefail
 work=${1:-$(mktemp -d /tmp/dledger-smoke.XXXXXX)}
-bin=${DLEDGER_BENCH_BIN:-/work/main/target/std/release/examples/dledger_bench}
+bin=${DLEDGER_BENCH_BIN:-$(dirname "$0")/../target/std/release/examples/dledger_bench}
 [[ -x $bin && -x $(dirname "$bin")/dledger_node ]] || { echo "no $bin or dledger_node beside it: build them first (see the header)" >&2; exit 2; }
 # Sparse files: zero-filling the members' files would take most of the time allowed.
 timeout 30 "$bin" --dir "$work" --only replicated --producers 8 --each 50 --no-preallocate --crash-restart
