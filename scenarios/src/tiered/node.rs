@@ -92,14 +92,7 @@ pub async fn broker_process(sh: Arc<Shared>) {
 /// uploaded and the next boot keeps this disk.
 async fn stopped_while_opening(sh: &Shared, store: Option<&Store>) {
     if let Some(store) = store {
-        let stopped = store.shutdown().await;
-        let leaks = crate::broker::checkers::no_leak(
-            &store.holds().outstanding(),
-            sh.config.flush_mode,
-            stopped.is_err(),
-            sh.now_ms(),
-        );
-        sh.history().violations.extend(leaks);
+        stop_local(sh, store).await;
     }
     {
         let mut h = sh.history();
@@ -109,6 +102,20 @@ async fn stopped_while_opening(sh: &Shared, store: Option<&Store>) {
     sim::trace!(sh.world.trace(), BROKER, "broker.stopped", "while opening");
     sh.world.report_stopped(BROKER);
     park().await
+}
+
+/// Shuts the local store down after the tiered one (or without it): nothing either took may
+/// still be held then (a shutdown that failed keeps the active transient-pool buffer, as in
+/// `broker`).
+async fn stop_local(sh: &Shared, store: &Store) {
+    let stopped = store.shutdown().await;
+    let leaks = crate::broker::checkers::no_leak(
+        &store.holds().outstanding(),
+        sh.config.flush_mode,
+        stopped.is_err(),
+        sh.now_ms(),
+    );
+    sh.history().violations.extend(leaks);
 }
 
 async fn park() {
@@ -248,16 +255,7 @@ async fn stop(sh: &Shared, store: &Store, tiered: &TieredStore) {
     if let Err(e) = &r {
         sim::trace!(sh.world.trace(), BROKER, "broker.tiered_shutdown_failed", "{e}");
     }
-    let stopped = store.shutdown().await;
-    // With both stopped, nothing either took may still be held (a shutdown that failed keeps
-    // the active transient-pool buffer, as in `broker`).
-    let leaks = crate::broker::checkers::no_leak(
-        &store.holds().outstanding(),
-        sh.config.flush_mode,
-        stopped.is_err(),
-        sh.now_ms(),
-    );
-    sh.history().violations.extend(leaks);
+    stop_local(sh, store).await;
     *sh.serving_slot() = (Weak::new(), Weak::new());
     {
         let mut h = sh.history();
