@@ -91,11 +91,7 @@ pub(crate) async fn round(inner: &Arc<TieredInner>, force: bool) -> Result<(), T
     for (topic, queue_id) in inner.source.queues() {
         let q = QueueKey { topic, queue_id };
         if inner.flat(&q).is_none() {
-            // From queue offset 0, whatever the local minimum: offsets that expired locally
-            // before the queue was first seen get blank units like any later expiry. A flat
-            // file started at the local minimum with nothing to upload would leave no trace
-            // in the object store, and a replaced container would hand those offsets out again.
-            inner.flat_or_create(&q, 0);
+            inner.flat_or_create(&q);
         }
     }
     let flats = inner.all_flats();

@@ -89,8 +89,12 @@ pub struct FlatMessageFile {
 }
 
 impl FlatMessageFile {
-    /// A queue whose tiering starts at `first_queue_offset`.
-    pub fn new(cfg: &TieredConfig, queue: QueueKey, first_queue_offset: u64) -> FlatMessageFile {
+    /// A queue's flat files, tiering from queue offset 0 whatever the local minimum: offsets
+    /// that expired locally before the queue was first seen get blank units like any later
+    /// expiry. Started at the local minimum with nothing to upload, the queue would leave no
+    /// trace in the object store, and a replaced container would hand those offsets out again.
+    /// (Recovery moves the start to what the object store holds.)
+    pub fn new(cfg: &TieredConfig, queue: QueueKey) -> FlatMessageFile {
         let cl =
             FlatAppendFile::new(FileKind::CommitLog, queue.clone(), &cfg.key_prefix, cfg.commit_log_segment_bytes, 0);
         let cq = FlatAppendFile::new(
@@ -98,7 +102,7 @@ impl FlatMessageFile {
             queue.clone(),
             &cfg.key_prefix,
             cfg.consume_queue_segment_bytes,
-            first_queue_offset * TIERED_CQ_UNIT_BYTES,
+            0,
         );
         FlatMessageFile {
             queue,

@@ -90,14 +90,14 @@ impl TieredInner {
         lock(&self.flats).get(q).cloned()
     }
 
-    /// The queue's flat file, created (tiering from `first_queue_offset`) if missing. A queue
-    /// neither the metadata nor the listing at open knew has nothing in the object store: the
-    /// metadata names every segment before any byte is uploaded to it.
-    pub fn flat_or_create(&self, q: &QueueKey, first_queue_offset: u64) -> FlatRef {
+    /// The queue's flat file, created if missing. A queue neither the metadata nor the listing
+    /// at open knew has nothing in the object store: the metadata names every segment before
+    /// any byte is uploaded to it.
+    pub fn flat_or_create(&self, q: &QueueKey) -> FlatRef {
         lock(&self.flats)
             .entry(q.clone())
             .or_insert_with(|| {
-                let mut f = FlatMessageFile::new(&self.cfg, q.clone(), first_queue_offset);
+                let mut f = FlatMessageFile::new(&self.cfg, q.clone());
                 f.recovered = true;
                 Arc::new(tokio::sync::Mutex::new(f))
             })
@@ -218,7 +218,7 @@ impl TieredStore {
             all
         };
         for q in queues {
-            let f = FlatMessageFile::new(&inner.cfg, q.clone(), 0);
+            let f = FlatMessageFile::new(&inner.cfg, q.clone());
             lock(&inner.flats).insert(q, Arc::new(tokio::sync::Mutex::new(f)));
         }
         if inner.source.log_is_empty() && !lock(&inner.flats).is_empty() {
